@@ -1,0 +1,47 @@
+# clbench: set up with `make install`, test with `make test`, benchmark with `make bench METHOD=x`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+METHOD ?= naive
+SEEDS ?= 0
+ARGS ?=
+
+.PHONY: install test test-slow test-all bench perf quality ui lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow -q
+
+test-all: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/clbench bench method=$(METHOD) --seeds $(SEEDS) $(ARGS)
+
+perf: install
+	$(BIN)/python tests/perf/perf_throughput.py
+
+quality: install
+	$(BIN)/ruff check clbench methods scenarios tests
+	$(BIN)/mypy
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+# Regenerate the pinned lock file from the current environment (after changing dependencies).
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+clean:
+	rm -rf runs mlruns mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""Owns the command line: thin argparse front end, one function per verb.
+
+    clbench run method=naive scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
+    clbench list
+    clbench show <run dir | MLflow run id>
+    clbench bench method=ewc [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clbench.errors import ClbenchError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clbench.config import build_run_config, load_yaml, parse_overrides
+    from clbench.report import show
+    from clbench.runner import run
+
+    values = load_yaml(args.config) if args.config else {}
+    values.update(parse_overrides(args.overrides))
+    results = run(build_run_config(values), resume=args.resume, force=args.force)
+    print(show(results))
+    print(f"\nrun directory: {results['run_dir']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from clbench.registry import METHODS, MODELS, SCENARIOS
+
+    for title, reg in (("methods", METHODS), ("scenarios", SCENARIOS), ("models", MODELS)):
+        print(f"{title}:")
+        for name in reg.names():
+            print(f"  {name:<20} {reg.describe(name)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from clbench.report import show
+
+    print(show(load_results(args.target)))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from clbench.bench import run_bench
+    from clbench.config import parse_overrides
+
+    values = parse_overrides(args.overrides)
+    if "method" not in values:
+        raise ClbenchError("bench needs a method: clbench bench method=<name> (see `clbench list`)")
+    print(run_bench(values, seeds=args.seeds, resume=args.resume))
+    return 0
+
+
+def load_results(target: str) -> dict[str, Any]:
+    """``results.json`` from a run directory (or the file itself), else an MLflow run id."""
+    p = Path(target)
+    if p.is_dir():
+        p = p / "results.json"
+    if p.is_file():
+        return dict(json.loads(p.read_text()))
+    if p.exists() or "/" in target:
+        raise ClbenchError(f"no results.json at {target} (the run may be unfinished or failed)")
+    return _results_from_mlflow(target)
+
+
+def _results_from_mlflow(run_id: str) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    from clbench.config import TrackingConfig
+    from clbench.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(TrackingConfig()))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, "results.json", tmp)
+            return dict(json.loads(Path(path).read_text()))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types
+        raise ClbenchError(f"{run_id!r} is neither a run directory nor an MLflow run id with "
+                           f"a results.json artifact ({type(exc).__name__})") from exc
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark harness")
+    sub = p.add_subparsers(dest="verb", required=True)
+    r = sub.add_parser("run", help="run one method on one scenario")
+    r.add_argument("overrides", nargs="*", help="key=value, e.g. method=ewc trainer.lr=0.1")
+    r.add_argument("--config", help="YAML run config (overrides apply on top)")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument("--force", action="store_true", help="discard an existing run dir and restart")
+    r.set_defaults(fn=cmd_run)
+    sub.add_parser("list", help="list methods, scenarios and models").set_defaults(fn=cmd_list)
+    s = sub.add_parser("show", help="print R and metrics of a run")
+    s.add_argument("target", help="run directory, results.json or MLflow run id")
+    s.set_defaults(fn=cmd_show)
+    b = sub.add_parser("bench", help="run a method on the default suite and print one table")
+    b.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value")
+    b.add_argument("--seeds", type=int, nargs="+", default=[0])
+    b.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ClbenchError as exc:
+        print(f"clbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clbench: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

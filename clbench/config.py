@@ -1,0 +1,275 @@
+"""Owns the typed run configuration: frozen dataclasses, YAML loading and dotted overrides.
+
+Overrides are ``key=value`` strings. ``method=ewc`` picks the method, ``method.<field>=v`` sets a
+field of that method's own config dataclass (the same for ``scenario.`` and ``model.``), and
+``trainer.lr=0.1`` sets a field of :class:`TrainerConfig`. Values are parsed with
+``yaml.safe_load`` and then checked against the dataclass field's type; a bad key or value raises
+:class:`~clbench.errors.ConfigError` naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from clbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How the one training loop runs (identical for every method)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    grad_accum: int = 1  # micro-batches per optimizer step
+    shuffle: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
+        _non_negative(self, "trainer", ("lr", "momentum", "weight_decay", "grad_clip"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the accuracy matrix is filled."""
+
+    batch_size: int = 1024
+    validation: bool = True  # also fill R_val on the validation splits (used for tuning)
+
+    def __post_init__(self) -> None:
+        _positive(self, "eval", ("batch_size",))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where results go. An empty ``uri`` means MLFLOW_TRACKING_URI, else ./mlflow.db."""
+
+    runs_dir: str = "runs"
+    mlflow: bool = True
+    uri: str = ""
+    experiment: str = "clbench"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a method on a scenario with a model and a seed.
+
+    ``method_options``/``scenario_options``/``model_options`` hold the raw overrides of the
+    plug-in's own config dataclass; :func:`clbench.runner.resolve` validates them.
+    """
+
+    method: str = "naive"
+    scenario: str = "split_mnist"
+    model: str = "auto"
+    seed: int = 0
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    scenario_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable nested dict."""
+        return to_plain(self)
+
+    def key(self) -> str:
+        """Short stable hash of everything that changes the result (not tracking/progress)."""
+        d = self.to_dict()
+        d.pop("tracking")
+        d["trainer"].pop("progress")
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+_PLUGIN_SECTIONS = ("method", "scenario", "model")
+_SECTIONS = {"trainer": TrainerConfig, "eval": EvalConfig, "tracking": TrackingConfig}
+
+
+def to_plain(obj: Any) -> Any:
+    """Recursively convert dataclasses/mappings/tuples to JSON-friendly Python values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values go through ``yaml.safe_load`` (``0.1`` -> float)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError("override", item, "key=value, e.g. trainer.lr=0.1")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys (``{"trainer": {"lr": 1}}`` -> ``{"trainer.lr": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run config (safe loader) into dotted keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", str(path), "an existing YAML file")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", str(path), "a YAML mapping at top level")
+    return flatten(data)
+
+
+def build_run_config(values: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Apply dotted ``values`` on top of ``base`` (defaults when None) and validate."""
+    base = base or RunConfig()
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    plugin: dict[str, dict[str, Any]] = {name: dict(getattr(base, f"{name}_options")) for name in _PLUGIN_SECTIONS}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if head in _PLUGIN_SECTIONS and rest in ("", "name"):
+            top[head] = value
+        elif head in _PLUGIN_SECTIONS:
+            plugin[head][rest] = value
+        elif head in _SECTIONS and rest:
+            sections[head][rest] = value
+        elif head == "seed" and not rest:
+            top["seed"] = value
+        else:
+            allowed = ["method", "scenario", "model", "seed"] + [
+                f"{s}.<field>" for s in (*_SECTIONS, *_PLUGIN_SECTIONS)
+            ]
+            raise ConfigError("override key", key, allowed)
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        kwargs[name] = replace_checked(getattr(base, name), sections[name], name)
+    for name in ("method", "scenario", "model"):
+        kwargs[name] = _coerce(f"{name}", top.get(name, getattr(base, name)), str)
+    kwargs["seed"] = _coerce("seed", top.get("seed", base.seed), int)
+    for name in _PLUGIN_SECTIONS:
+        kwargs[f"{name}_options"] = plugin[name]
+    return RunConfig(**kwargs)
+
+
+def replace_checked(obj: Any, changes: Mapping[str, Any], prefix: str) -> Any:
+    """``dataclasses.replace`` with unknown-field and type checks on every change."""
+    return build_dataclass(type(obj), {**to_shallow(obj), **changes}, prefix)
+
+
+def to_shallow(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, checking names and types.
+
+    Raises:
+        ConfigError: unknown field (lists the valid ones) or a value of the wrong type/choice.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"{prefix}.{name}", value, sorted(fields) or "(no options)")
+        kwargs[name] = _coerce(f"{prefix}.{name}", value, hints[name])
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(prefix, dict(values), str(exc)) from exc
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check/convert ``value`` to type ``tp`` (int, float, bool, str, Literal, Optional, tuple)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(name, value, args)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, arg)
+            except ConfigError as exc:
+                errors.append(exc.allowed)
+        raise ConfigError(name, value, " or ".join(errors))
+    if origin in (tuple, Sequence) or tp is tuple:
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(name, value, "a list")
+        inner = args[0] if args else Any
+        return tuple(_coerce(name, v, inner) for v in value)
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(name, value, "a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(name, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            return str(value)
+        return value
+    return value
+
+
+def _positive(obj: Any, prefix: str, names: Sequence[str]) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{prefix}.{n}", getattr(obj, n), "a value > 0")
+
+
+def _non_negative(obj: Any, prefix: str, names: Sequence[str]) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise ConfigError(f"{prefix}.{n}", getattr(obj, n), "a value >= 0")

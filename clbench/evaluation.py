@@ -1,0 +1,61 @@
+"""Owns evaluation: fills rows of the accuracy matrix R, batched under ``torch.inference_mode``.
+
+The evaluator hides what the scenario does not grant: labels never reach ``predict``/``adapt``,
+and task ids reach them only in task-incremental streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from clbench.protocol import Method
+from clbench.streams import Batch, Experience, Split
+from clbench.trainer import autocast_for, mask_to_classes
+
+
+class Evaluator:
+    """Computes accuracies of ``method``'s inference path on experiences' splits."""
+
+    def __init__(self, device: torch.device, batch_size: int, task_aware: bool,
+                 precision: str = "auto", progress: bool = False) -> None:
+        self.device = device
+        self.batch_size = batch_size
+        self.task_aware = task_aware
+        self.precision = precision
+        self.progress = progress
+
+    def row(self, model: nn.Module, method: Method, experiences: Sequence[Experience],
+            split: str = "test", desc: str = "eval") -> list[float]:
+        """Accuracy on each experience's ``split`` ("test" or "val")."""
+        was_training = model.training
+        model.eval()
+        try:
+            bar = tqdm(experiences, desc=desc, leave=False, unit="exp", disable=not self.progress)
+            return [self.accuracy(model, method, e, getattr(e, split)) for e in bar]
+        finally:
+            model.train(was_training)
+
+    @torch.inference_mode()
+    def accuracy(self, model: nn.Module, method: Method, exp: Experience, data: Split) -> float:
+        return self._accuracy(lambda b: method.predict(model, b), exp, data)
+
+    def _accuracy(self, infer: Callable[[Batch], Tensor], exp: Experience, data: Split) -> float:
+        if len(data) == 0:
+            return float("nan")
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for i in range(0, len(data), self.batch_size):
+            x = data.x[i : i + self.batch_size].to(self.device, non_blocking=True)
+            task = None
+            if self.task_aware:
+                task = torch.full((len(x),), exp.task_id, dtype=torch.long, device=self.device)
+            with autocast_for(self.device, self.precision):
+                logits = infer(Batch(x, None, task))
+            if self.task_aware:
+                logits = mask_to_classes(logits, exp.classes)
+            y = data.y[i : i + self.batch_size].to(self.device, non_blocking=True)
+            correct += (logits.argmax(-1) == y).sum()
+        return float(correct) / len(data)

@@ -1,0 +1,84 @@
+"""Owns the CL metrics: pure functions of the accuracy matrix R (formulas in docstrings).
+
+Notation: ``R`` is T x T with ``R[i, j]`` = accuracy on experience j's test split after training
+through experience i (0-based here; the formulas below use 1-based i, j = 1..T as the papers do).
+``b[j]`` = accuracy on experience j before any training (the pre-training row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Matrix = np.ndarray | Sequence[Sequence[float]]
+
+
+def _square(R: Matrix) -> np.ndarray:
+    a = np.asarray(R, dtype=float)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"R must be a non-empty square matrix, got shape {a.shape}")
+    return a
+
+
+def average_accuracy(R: Matrix) -> float:
+    """ACC = (1/T) Σ_j R[T, j]."""
+    a = _square(R)
+    return float(a[-1].mean())
+
+
+def average_incremental_accuracy(R: Matrix) -> float:
+    """AIA = (1/T) Σ_i (1/i) Σ_{j≤i} R[i, j]."""
+    a = _square(R)
+    return float(np.mean([a[i, : i + 1].mean() for i in range(len(a))]))
+
+
+def backward_transfer(R: Matrix) -> float:
+    """BWT = (1/(T−1)) Σ_{j<T} (R[T, j] − R[j, j])  (Lopez-Paz & Ranzato 2017). NaN if T = 1."""
+    a = _square(R)
+    T = len(a)
+    if T < 2:
+        return float("nan")
+    return float(np.mean([a[-1, j] - a[j, j] for j in range(T - 1)]))
+
+
+def forward_transfer(R: Matrix, b: Sequence[float]) -> float:
+    """FWT = (1/(T−1)) Σ_{j≥2} (R[j−1, j] − b_j), b = pre-training accuracies. NaN if T = 1."""
+    a = _square(R)
+    base = np.asarray(b, dtype=float)
+    T = len(a)
+    if base.shape != (T,):
+        raise ValueError(f"b must have length {T}, got shape {base.shape}")
+    if T < 2:
+        return float("nan")
+    return float(np.mean([a[j - 1, j] - base[j] for j in range(1, T)]))
+
+
+def forgetting(R: Matrix) -> float:
+    """F = (1/(T−1)) Σ_{j<T} max_{l∈[j, T−1]} (R[l, j] − R[T, j])  (Chaudhry et al. 2018).
+
+    NaN if T = 1.
+    """
+    a = _square(R)
+    T = len(a)
+    if T < 2:
+        return float("nan")
+    return float(np.mean([max(a[l, j] - a[-1, j] for l in range(j, T - 1)) for j in range(T - 1)]))
+
+
+def learning_accuracy(R: Matrix) -> float:
+    """Plasticity / learning accuracy LA = (1/T) Σ_j R[j, j]."""
+    a = _square(R)
+    return float(np.mean(np.diag(a)))
+
+
+def summarize(R: Matrix, b: Sequence[float]) -> dict[str, float]:
+    """All matrix metrics in one dict (keys are the MLflow metric names)."""
+    return {
+        "acc": average_accuracy(R),
+        "avg_inc_acc": average_incremental_accuracy(R),
+        "bwt": backward_transfer(R),
+        "fwt": forward_transfer(R, b),
+        "forgetting": forgetting(R),
+        "plasticity": learning_accuracy(R),
+    }

@@ -1,0 +1,100 @@
+"""Owns model builders and the resolver: small vision networks built from a StreamInfo.
+
+A model plug-in is an ``nn.Module`` class with a ``Config`` dataclass, a ``family`` string
+(checked against methods' ``model_families``) and a constructor ``(info, config)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from clbench.registry import register_model
+from clbench.streams import StreamInfo
+
+DEFAULT_MODEL = "mlp"
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+
+
+@register_model("mlp")
+class MLP(nn.Module):
+    """Multi-layer perceptron on flattened inputs (the default vision model)."""
+
+    Config: ClassVar[type] = MLPConfig
+    family: ClassVar[str] = "vision"
+
+    def __init__(self, info: StreamInfo, config: MLPConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or MLPConfig()
+        dims = [math.prod(info.input_shape)] + [cfg.hidden] * cfg.layers
+        blocks: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            blocks += [nn.Linear(a, b), nn.ReLU()]
+            if cfg.dropout:
+                blocks.append(nn.Dropout(cfg.dropout))
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(dims[-1], info.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    channels: int = 32
+
+
+@register_model("cnn")
+class CNN(nn.Module):
+    """Two conv blocks + linear head for (C, H, W) or (H, W) image inputs."""
+
+    Config: ClassVar[type] = CNNConfig
+    family: ClassVar[str] = "vision"
+
+    def __init__(self, info: StreamInfo, config: CNNConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or CNNConfig()
+        shape = info.input_shape
+        in_ch = 1 if len(shape) < 3 else shape[0]
+        c = cfg.channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * c * 4, info.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))
+
+
+def build_model(name: str, info: StreamInfo, options: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """Resolve ``name`` (``auto`` -> the default) and build it; returns (model, config)."""
+    from clbench.config import build_dataclass
+    from clbench.registry import MODELS
+
+    cls = MODELS.get(DEFAULT_MODEL if name == "auto" else name)
+    cfg = build_dataclass(cls.Config, options, "model")
+    return cls(info, cfg), cfg
+
+
+def model_family(model: nn.Module) -> str:
+    return str(getattr(model, "family", "any"))
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return train, total

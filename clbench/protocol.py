@@ -1,0 +1,139 @@
+"""Owns the plug-in contracts: the Method base class (no-op hooks), Scenario base, capability checks.
+
+Hook order for one run (tested in ``tests/test_contract.py``)::
+
+    setup
+    for each experience:
+        on_experience_start -> train_data -> optimizer
+        for each batch: transform_batch -> loss -> [on_after_backward -> (step) -> on_after_step]
+        on_experience_end
+        (evaluation: predict, or adapt for test-time methods)
+
+A hook receives what it needs and returns what it changes; none receives the trainer. Methods
+never step the optimizer: ``on_after_backward`` may edit gradients in place, that is all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from clbench.config import TrainerConfig
+from clbench.errors import IncompatibleError
+from clbench.streams import SCENARIO_TYPES, Batch, Experience, Split, Stream, StreamInfo
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A plug-in without options."""
+
+
+class Method:
+    """Base class of every CL method; all hooks are no-ops.
+
+    Capabilities (class attributes) are checked against the scenario and model before training.
+    """
+
+    Config: ClassVar[type] = NoOptions
+    scenario_types: ClassVar[frozenset[str]] = frozenset(SCENARIO_TYPES)
+    model_families: ClassVar[frozenset[str]] = frozenset({"any"})
+    needs_source_data: ClassVar[bool] = False
+    adapts_at_test_time: ClassVar[bool] = False
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
+        """Called once before the first experience; may wrap the model or inject modules."""
+        return model
+
+    def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
+        """Called before an experience's optimizer is built: freeze/select parameters, heads."""
+
+    def train_data(self, exp: Experience, seen: Sequence[Experience]) -> Split:
+        """The training split for ``exp``; ``seen`` are the experiences so far (``exp`` last)."""
+        return exp.train
+
+    def optimizer(self, params: list[nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer | None:
+        """Return an optimizer only if the method *is* one; ``None`` = the trainer's default."""
+        return None
+
+    def transform_batch(self, batch: Batch) -> Batch:
+        """Change a training batch before the forward pass (e.g. add replayed samples)."""
+        return batch
+
+    def loss(self, model: nn.Module, batch: Batch, outputs: Tensor, base_loss: Tensor) -> Tensor:
+        """Return the loss to minimise; ``base_loss`` is cross-entropy on ``outputs``."""
+        return base_loss
+
+    def on_after_backward(self, model: nn.Module) -> None:
+        """Edit gradients in place (masks) before clipping and the optimizer step."""
+
+    def on_after_step(self, model: nn.Module) -> None:
+        """Called after each optimizer step (EMA, proximal updates)."""
+
+    def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
+        """Consolidate after training on ``exp`` (importance, buffers, teachers, merging)."""
+
+    def predict(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Inference path; ``batch.y`` is always None here."""
+        return model(batch.x)
+
+    def adapt(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Test-time adaptation on an unlabeled batch; returns logits for it."""
+        return self.predict(model, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the method needs to resume (tensors, numbers, strings, containers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+class Scenario:
+    """Base class of scenario builders. ``build`` returns a :class:`Stream`."""
+
+    Config: ClassVar[type] = NoOptions
+    VERSION: ClassVar[str] = "1"
+    scenario_type: ClassVar[str] = "class_incremental"
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def build(self) -> Stream:
+        raise NotImplementedError
+
+
+def check_compatible(method: type[Method], stream: Stream, model_family: str) -> None:
+    """Refuse illegal (method, scenario, model) combinations before any training.
+
+    Raises:
+        IncompatibleError: naming the method, the mismatching capability and what it supports.
+    """
+    name = method.registry_name or method.__name__
+    if stream.scenario_type not in method.scenario_types:
+        raise IncompatibleError(
+            f"method {name!r} does not support {stream.scenario_type} scenarios "
+            f"(scenario {stream.name!r}); it supports: {', '.join(sorted(method.scenario_types))}"
+        )
+    if method.needs_source_data and stream.source is None:
+        raise IncompatibleError(
+            f"method {name!r} needs source data but scenario {stream.name!r} declares none"
+        )
+    families = method.model_families
+    if "any" not in families and model_family not in families:
+        raise IncompatibleError(
+            f"method {name!r} does not support model family {model_family!r}; "
+            f"it supports: {', '.join(sorted(families))}"
+        )
+
+
+def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]

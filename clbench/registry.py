@@ -1,0 +1,80 @@
+"""Owns the name -> plug-in registries for methods, scenarios and models."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from clbench.errors import ConfigError
+
+T = TypeVar("T")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Registry(Generic[T]):
+    """A mapping of lower_snake names to plug-ins; registering a name twice raises."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("ewc")``."""
+        if not _NAME.match(name):
+            raise ValueError(f"{self.kind} name {name!r} must be lower_snake_case")
+
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = obj
+            try:
+                obj.registry_name = name  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                pass
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        """The plug-in called ``name``; an unknown name raises listing the valid ones."""
+        load_plugins()
+        if name not in self._items:
+            raise ConfigError(self.kind, name, self.names())
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._items)
+
+    def describe(self, name: str) -> str:
+        """First line of the plug-in's docstring."""
+        doc = (getattr(self.get(name), "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests that register temporary plug-ins)."""
+        self._items.pop(name, None)
+
+
+METHODS: Registry[Any] = Registry("method")
+SCENARIOS: Registry[Any] = Registry("scenario")
+MODELS: Registry[Any] = Registry("model")
+
+register_method = METHODS.register
+register_scenario = SCENARIOS.register
+register_model = MODELS.register
+
+_PLUGIN_PACKAGES = ("clbench.models", "methods", "scenarios")
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the plug-in packages once (their modules register themselves)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for pkg in _PLUGIN_PACKAGES:
+        importlib.import_module(pkg)

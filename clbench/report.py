@@ -1,0 +1,61 @@
+"""Owns text rendering of results: accuracy matrices and metric tables (Markdown)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SUMMARY_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"),
+                   ("plasticity", "Plasticity"))
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def matrix_table(R: Sequence[Sequence[float]], b: Sequence[float] | None = None) -> str:
+    """R with a pre-training row (when ``b`` is given); rows = trained through, cols = tested on."""
+    T = len(R[0]) if R else 0
+    header = ["trained through \\ tested on"] + [f"exp {j}" for j in range(T)]
+    rows: list[list[Any]] = []
+    if b is not None:
+        rows.append(["(pre-training)", *b])
+    rows += [[f"exp {i}", *r] for i, r in enumerate(R)]
+    return markdown_table(header, rows)
+
+
+def summary_row(results: Mapping[str, Any]) -> list[Any]:
+    m, c = results["metrics"], results["cost"]
+    return [*(m.get(k) for k, _ in SUMMARY_COLUMNS), f"{c['wall_time_s']:.1f}",
+            f"{c['train_samples_per_s']:.0f}"]
+
+
+def summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One row per run: method, scenario, seed, ACC, BWT, FWT, forgetting, plasticity, time."""
+    header = ["method", "scenario", "seed", *(h for _, h in SUMMARY_COLUMNS), "time (s)", "train samples/s"]
+    rows = [[r["config"]["method"], r["config"]["scenario"], r["config"]["seed"], *summary_row(r)]
+            for r in runs]
+    return markdown_table(header, rows)
+
+
+def show(results: Mapping[str, Any]) -> str:
+    """Full text view of one run: header, R, metrics, cost."""
+    cfg = results["config"]
+    head = (f"{cfg['method']} on {cfg['scenario']} (seed {cfg['seed']}), scenario "
+            f"v{results['scenario']['version']} {results['scenario']['content_hash'][:12]}, "
+            f"device {results['env']['device']}")
+    metrics = markdown_table(["metric", "value"], list(results["metrics"].items()))
+    cost = markdown_table(["cost", "value"], [(k, v) for k, v in results["cost"].items()])
+    return "\n\n".join([head, "Accuracy matrix R:\n" + matrix_table(results["R"], results["R_pretrain"]),
+                        metrics, cost])

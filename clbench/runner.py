@@ -1,0 +1,262 @@
+"""Owns one run end to end: resolve config, build stream/model/method, train, evaluate, record.
+
+Everything that can be validated is validated before the run directory exists, so bad input
+leaves nothing behind. Checkpoints are taken at experience boundaries; ``resume=True`` continues
+from the last one and gives the same R as an uninterrupted run (per-experience reseeding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from clbench import metrics as M
+from clbench.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from clbench.config import RunConfig, build_dataclass, to_plain
+from clbench.errors import ClbenchError
+from clbench.evaluation import Evaluator
+from clbench.models import build_model, count_params, model_family
+from clbench.protocol import Method, Scenario, check_compatible
+from clbench.registry import METHODS, SCENARIOS
+from clbench.streams import Stream
+from clbench.tracking import MlflowRun, environment, heatmap_png, write_results
+from clbench.trainer import Trainer, resolve_device
+
+STATUS = "status.json"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated run: the config plus the plug-ins' typed option objects."""
+
+    cfg: RunConfig
+    method_cls: type[Method]
+    method_cfg: Any
+    scenario: Scenario
+
+    def config_dict(self) -> dict[str, Any]:
+        d = self.cfg.to_dict()
+        d["method_options"] = to_plain(self.method_cfg)
+        d["scenario_options"] = to_plain(self.scenario.config)
+        return d
+
+
+def resolve(cfg: RunConfig) -> Resolved:
+    """Look up plug-ins and validate their options (raises ConfigError; builds nothing)."""
+    method_cls = METHODS.get(cfg.method)
+    method_cfg = build_dataclass(method_cls.Config, cfg.method_options, "method")
+    scenario_cls = SCENARIOS.get(cfg.scenario)
+    scenario_cfg = build_dataclass(scenario_cls.Config, cfg.scenario_options, "scenario")
+    return Resolved(cfg, method_cls, method_cfg, scenario_cls(scenario_cfg))
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.tracking.runs_dir) / cfg.scenario / cfg.method / f"seed{cfg.seed}-{cfg.key()}"
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (stable across processes)."""
+    h = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def state_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` and return the results dict (also written to ``<run dir>/results.json``).
+
+    Args:
+        resume: continue from the run directory's last checkpoint (a finished run is returned
+            as is).
+        force: delete an existing run directory for this config and start over.
+    """
+    res = resolve(cfg)
+    run_dir = run_dir_for(cfg)
+    if resume and (run_dir / "results.json").is_file():
+        import json
+
+        return dict(json.loads((run_dir / "results.json").read_text()))
+    stream = res.scenario.build()
+    seed_everything(cfg.seed)
+    model, _ = build_model(cfg.model, stream.info(), dict(cfg.model_options))
+    check_compatible(res.method_cls, stream, model_family(model))
+    _prepare_dir(run_dir, resume, force)
+    return _Run(res, stream, model, run_dir).execute(resume)
+
+
+def _prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if run_dir.exists() and force:
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise ClbenchError(
+            f"run directory {run_dir} already exists; pass --resume to continue it "
+            "or --force to start over"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+class _Run:
+    """The state of one executing run (kept out of the trainer on purpose)."""
+
+    def __init__(self, res: Resolved, stream: Stream, model: nn.Module, run_dir: Path) -> None:
+        cfg = res.cfg
+        self.res, self.cfg, self.stream, self.run_dir = res, cfg, stream, run_dir
+        self.device = resolve_device(cfg.trainer.device)
+        self.init_hash = state_hash(model)
+        self.method = res.method_cls(res.method_cfg)
+        self.model = self.method.setup(model, stream.info()).to(self.device)
+        task_aware = stream.scenario_type == "task_incremental"
+        self.trainer = Trainer(cfg.trainer, self.device, task_aware)
+        self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_aware,
+                                   cfg.trainer.precision, cfg.trainer.progress)
+        self.tracker = MlflowRun(cfg.tracking)
+        self.state: dict[str, Any] = {"done": 0, "R": [], "R_val": [], "b": None, "per_exp": [],
+                                      "wall_s": 0.0, "mlflow_run_id": None, "started_at": _now()}
+
+    def execute(self, resume: bool) -> dict[str, Any]:
+        if resume:
+            self._restore()
+        self._start_tracking()
+        t0 = time.perf_counter()
+        try:
+            if self.state["b"] is None:
+                self.state["b"] = self.evaluator.row(self.model, self.method, self.stream.experiences,
+                                                     desc="eval pre-training")
+            for i in range(self.state["done"], len(self.stream)):
+                self._experience(i, t0)
+                t0 = time.perf_counter()
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            reason = f"{type(exc).__name__}: {exc}"
+            atomic_write_json(self.run_dir / STATUS, {"status": status.lower(), "reason": reason,
+                                                      "completed_experiences": self.state["done"]})
+            self.tracker.end(status, reason)
+            raise
+        return self._finish()
+
+    def _experience(self, i: int, t0: float) -> None:
+        exps = self.stream.experiences
+        torch.manual_seed(derive_seed(self.cfg.seed, i))
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, i, 1))
+        stats = self.trainer.train_experience(self.model, self.method, exps[i], exps[: i + 1], gen)
+        row = self.evaluator.row(self.model, self.method, exps, desc=f"eval after exp {i}")
+        self.state["R"].append(row)
+        if self.cfg.eval.validation:
+            self.state["R_val"].append(self.evaluator.row(self.model, self.method, exps, "val"))
+        trainable, _ = count_params(self.model)
+        self.state["per_exp"].append({**vars(stats), "trainable_params": trainable})
+        self.state["done"] = i + 1
+        self.state["wall_s"] += time.perf_counter() - t0
+        self._checkpoint()
+        self._log_experience(i, row, stats.mean_loss, stats.train_time_s)
+
+    def _log_experience(self, i: int, row: list[float], loss: float, secs: float) -> None:
+        m = {f"acc_exp_{j}": a for j, a in enumerate(row)}
+        m.update(acc_seen=float(np.mean(row[: i + 1])), acc_all=float(np.mean(row)),
+                 train_loss=loss, train_time_s=secs)
+        if self.state["R_val"]:
+            m["val_acc_seen"] = float(np.mean(self.state["R_val"][-1][: i + 1]))
+        self.tracker.log_metrics(m, step=i)
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.run_dir, {"model": self.model.state_dict(),
+                                       "method": self.method.state_dict(),
+                                       "progress": dict(self.state), "config_key": self.cfg.key()})
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir)
+        if ckpt is None:
+            return
+        if ckpt.get("config_key") != self.cfg.key():
+            raise ClbenchError(f"checkpoint in {self.run_dir} belongs to another config")
+        self.model.load_state_dict(ckpt["model"])
+        self.method.load_state_dict(ckpt["method"])
+        self.state.update(ckpt["progress"])
+
+    def _start_tracking(self) -> None:
+        cfg = self.cfg
+        tags = {"method": cfg.method, "scenario": cfg.scenario, "seed": str(cfg.seed),
+                "run_dir": str(self.run_dir.resolve()), "clbench.run_key": cfg.key()}
+        rid = self.tracker.start(f"{cfg.method}-{cfg.scenario}-s{cfg.seed}", self.res.config_dict(),
+                                 tags, resume_id=self.state.get("mlflow_run_id"))
+        self.state["mlflow_run_id"] = rid
+
+    def _finish(self) -> dict[str, Any]:
+        results = self._results()
+        path = write_results(self.run_dir, results)
+        (self.run_dir / STATUS).unlink(missing_ok=True)
+        self.tracker.log_metrics({**results["metrics"], **_numeric(results["cost"])}, step=len(self.stream) - 1)
+        r_json = self.run_dir / "R.json"
+        atomic_write_json(r_json, {"R": results["R"], "R_pretrain": results["R_pretrain"]})
+        title = f"{self.cfg.method} on {self.cfg.scenario} (seed {self.cfg.seed})"
+        png = heatmap_png(results["R"], self.run_dir / "R.png", title)
+        self.tracker.log_artifacts([path, r_json, png])
+        self.tracker.end("FINISHED")
+        return results
+
+    def _results(self) -> dict[str, Any]:
+        s, stream = self.state, self.stream
+        trainable, total = count_params(self.model)
+        per = s["per_exp"]
+        train_time = sum(p["train_time_s"] for p in per)
+        samples = sum(p["train_samples"] for p in per)
+        return {
+            "status": "finished",
+            "run_key": self.cfg.key(),
+            "config": self.res.config_dict(),
+            "scenario": {"name": stream.name, "version": self.res.scenario.VERSION,
+                         "type": stream.scenario_type, "content_hash": stream.content_hash(),
+                         "n_experiences": len(stream), "num_classes": stream.num_classes,
+                         "classes": [list(e.classes) for e in stream.experiences]},
+            "model": {"name": self.cfg.model, "family": model_family(self.model),
+                      "init_hash": self.init_hash, "trainable_params": trainable, "total_params": total},
+            "seeds": {"seed": self.cfg.seed,
+                      "experience_seeds": [derive_seed(self.cfg.seed, i) for i in range(len(stream))]},
+            "R": s["R"], "R_pretrain": s["b"], "R_val": s["R_val"],
+            "metrics": M.summarize(s["R"], s["b"]),
+            "per_experience": per,
+            "cost": {"wall_time_s": s["wall_s"], "train_time_s": train_time,
+                     "train_samples": samples, "train_samples_per_s": samples / max(train_time, 1e-9),
+                     "optimizer_steps": sum(p["optimizer_steps"] for p in per),
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     "peak_cuda_mb": _cuda_peak_mb(), "trainable_params": trainable, "total_params": total},
+            "env": environment(str(self.device)),
+            "mlflow": {"run_id": s["mlflow_run_id"], "tracking_uri": self.tracker.uri if s["mlflow_run_id"] else None},
+            "run_dir": str(self.run_dir),
+            "started_at": s["started_at"], "finished_at": _now(),
+        }
+
+
+def _cuda_peak_mb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def _numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

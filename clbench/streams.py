@@ -1,0 +1,139 @@
+"""Owns the data model of a CL scenario: Split, Experience, Stream, StreamInfo and Batch.
+
+Data stays as tensors end to end (no Dataset/DataLoader on the hot path). A ``Stream`` is an
+ordered tuple of experiences; each has train/val/test splits, a task id and its class set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+ScenarioType = Literal["class_incremental", "domain_incremental", "task_incremental"]
+SCENARIO_TYPES: tuple[str, ...] = ("class_incremental", "domain_incremental", "task_incremental")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs ``x`` (N, ...) and integer labels ``y`` (N,)."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: Tensor) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+    @staticmethod
+    def concat(splits: Sequence[Split]) -> Split:
+        return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
+
+
+@dataclass(frozen=True)
+class Experience:
+    """One step of the stream."""
+
+    index: int
+    task_id: int
+    classes: tuple[int, ...]
+    train: Split
+    val: Split
+    test: Split
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a method may know about a stream before training (no data)."""
+
+    name: str
+    scenario_type: str
+    n_experiences: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    classes_per_experience: tuple[tuple[int, ...], ...]
+    has_source: bool = False
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A built scenario: experiences plus provenance (VERSION, content hash)."""
+
+    name: str
+    version: str
+    scenario_type: str
+    experiences: tuple[Experience, ...]
+    num_classes: int
+    description: str = ""
+    source: Split | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scenario_type not in SCENARIO_TYPES:
+            raise ValueError(f"scenario_type {self.scenario_type!r} not in {SCENARIO_TYPES}")
+        if not self.experiences:
+            raise ValueError("a stream needs at least one experience")
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.experiences[0].train.x.shape[1:])
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            name=self.name,
+            scenario_type=self.scenario_type,
+            n_experiences=len(self),
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            classes_per_experience=tuple(e.classes for e in self.experiences),
+            has_source=self.source is not None,
+        )
+
+    def content_hash(self) -> str:
+        """sha256 over every split's tensors, task ids and class sets (order-sensitive)."""
+        h = hashlib.sha256()
+        for e in self.experiences:
+            h.update(f"{e.index}:{e.task_id}:{e.classes}".encode())
+            for s in (e.train, e.val, e.test):
+                _update(h, s)
+        if self.source is not None:
+            _update(h, self.source)
+        return h.hexdigest()
+
+
+def _update(h: Any, s: Split) -> None:
+    for t in (s.x, s.y):
+        c = t.detach().cpu().contiguous()
+        h.update(str((tuple(c.shape), str(c.dtype))).encode())
+        h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
+
+
+@dataclass
+class Batch:
+    """A minibatch: inputs, labels (None when hidden) and task ids (None when hidden)."""
+
+    x: Tensor
+    y: Tensor | None
+    task: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        def mv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(mv(self.x), mv(self.y), mv(self.task))  # type: ignore[arg-type]

@@ -1,0 +1,197 @@
+"""Owns run directories, ``results.json`` (schema-versioned) and MLflow logging.
+
+``results.json`` is always written to the run directory first, so a tracking failure loses
+nothing. MLflow: the embedded default store is ``sqlite:///<cwd>/mlflow.db`` (artifacts in
+``<cwd>/mlartifacts``); ``MLFLOW_TRACKING_URI`` or ``tracking.uri`` select another store or a
+server. Metric names use only ``[a-z0-9_]`` so MLflow search needs no quoting.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clbench.checkpoint import atomic_write_bytes, atomic_write_json
+from clbench.config import TrackingConfig, flatten
+
+SCHEMA_VERSION = 1
+RESULTS = "results.json"
+_PACKAGES = ("torch", "torchvision", "numpy", "avalanche-lib", "mlflow", "transformers",
+             "datasets", "lm-eval", "mlxtend", "scikit-learn")
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """``tracking.uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<cwd>/mlflow.db``."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Git commit, package versions, device, world size, Python and platform."""
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "git_commit": git_commit(),
+        "packages": versions,
+        "device": device,
+        "device_name": _device_name(device),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return str(torch.cuda.get_device_name(0))
+    return platform.processor() or platform.machine()
+
+
+def write_results(run_dir: Path, results: Mapping[str, Any]) -> Path:
+    """Atomically write ``results.json`` with the schema version stamped in."""
+    path = run_dir / RESULTS
+    atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **results})
+    return path
+
+
+def heatmap_png(R: list[list[float]], path: Path, title: str) -> Path:
+    """Draw R as an annotated heatmap (rows: trained through i; columns: evaluated on j)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = np.asarray(R, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * a.shape[1], 1.0 + 0.6 * a.shape[0]))
+    im = ax.imshow(a, vmin=0.0, vmax=1.0, cmap="viridis")
+    for (i, j), v in np.ndenumerate(a):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xlabel("evaluated on experience j")
+    ax.set_ylabel("trained through experience i")
+    ax.set_xticks(range(a.shape[1]))
+    ax.set_yticks(range(a.shape[0]))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class MlflowRun:
+    """One MLflow run per (method, scenario, seed); every call degrades to a warning on failure."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg)
+        self.run_id: str | None = None
+        self._client: Any = None
+
+    def start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+              resume_id: str | None = None) -> str | None:
+        """Create (or reopen, when resuming) the run and log flattened params."""
+        if not self.cfg.mlflow:
+            return None
+        try:
+            client = self._get_client()
+            if resume_id:
+                self.run_id = resume_id
+                client.update_run(resume_id, status="RUNNING")
+                return resume_id
+            exp_id = self._experiment_id(client)
+            run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+            self.run_id = run.info.run_id
+            self._log_params(flatten(params))
+        except Exception as exc:  # noqa: BLE001 - tracking must never lose a run
+            self._warn("start", exc)
+        return self.run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        if self.run_id is None:
+            return
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
+        self._call("log_metrics", lambda c: c.log_batch(self.run_id, metrics=items))
+
+    def log_artifacts(self, paths: list[Path]) -> None:
+        for p in paths:
+            self._call("log_artifact", lambda c, p=p: c.log_artifact(self.run_id, str(p)))
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Mark the run FINISHED / FAILED / KILLED (with ``failure_reason`` tag)."""
+        if self.run_id is None:
+            return
+        if reason:
+            self._call("set_tag", lambda c: c.set_tag(self.run_id, "failure_reason", reason[:4000]))
+        self._call("terminate", lambda c: c.set_terminated(self.run_id, status))
+
+    def _log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self._get_client().log_batch(self.run_id, params=items[i : i + 100])
+
+    def _experiment_id(self, client: Any) -> str:
+        exp = client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return str(client.create_experiment(self.cfg.experiment, artifact_location=location))
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _call(self, what: str, fn: Any) -> None:
+        if self.run_id is None:
+            return
+        try:
+            fn(self._get_client())
+        except Exception as exc:  # noqa: BLE001
+            self._warn(what, exc)
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        warnings.warn(f"MLflow {what} failed ({self.uri}): {exc}; results.json is unaffected",
+                      stacklevel=3)
+
+
+def save_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())

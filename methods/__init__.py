@@ -1,0 +1,3 @@
+"""Method plug-ins: one module per method, registered on import (registry name = file name)."""
+
+from methods import joint, naive  # noqa: F401
