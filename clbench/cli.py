@@ -1,6 +1,6 @@
 """Owns the command line: thin argparse front end, one function per verb.
 
-    clbench run method=naive scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
+    clbench run method=<name> scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
     clbench list
     clbench show <run dir | MLflow run id>
     clbench bench method=ewc [--seeds 0 1 2]

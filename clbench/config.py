@@ -75,7 +75,7 @@ class RunConfig:
     plug-in's own config dataclass; :func:`clbench.runner.resolve` validates them.
     """
 
-    method: str = "naive"
+    method: str = ""  # required: a registered method name
     scenario: str = "split_mnist"
     model: str = "auto"
     seed: int = 0

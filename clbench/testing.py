@@ -57,7 +57,7 @@ def register_tiny() -> str:
     return "tiny"
 
 
-def tiny_config(tmp: Path, method: str = "naive", **overrides: Any) -> RunConfig:
+def tiny_config(tmp: Path, method: str, **overrides: Any) -> RunConfig:
     """A fast RunConfig on the tiny stream writing under ``tmp`` (MLflow off unless asked)."""
     register_tiny()
     base = RunConfig(

@@ -130,7 +130,7 @@ class Trainer:
             base = F.cross_entropy(outputs.float(), batch.y)
             loss = method.loss(model, batch, outputs, base)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(exp.index, k, float(loss))
+            raise NonFiniteLossError(exp.index, k, float(loss.detach()))
         (loss / self.cfg.grad_accum).backward()
         return loss
 

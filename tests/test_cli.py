@@ -1,0 +1,58 @@
+"""CLI smoke tests: list, run, show, bench validation, and bad input exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clbench.cli import main
+from clbench.testing import register_tiny
+
+TINY = ["scenario=tiny", "model=mlp", "model.hidden=16", "trainer.epochs=1", "trainer.progress=false",
+        "tracking.mlflow=false"]
+
+
+def test_list_shows_methods_and_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("naive", "joint", "split_mnist", "rotated_mnist", "permuted_mnist", "split_digits", "mlp"):
+        assert name in out
+    assert "Naive sequential fine-tuning" in out
+
+
+def test_run_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    register_tiny()
+    assert main(["run", "method=naive", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "Accuracy matrix R" in out and "| acc |" in out
+    run_dir = out.strip().splitlines()[-1].split(": ", 1)[1]
+    assert main(["show", run_dir]) == 0
+    assert "naive on tiny (seed 0)" in capsys.readouterr().out
+
+
+def test_run_with_yaml_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    register_tiny()
+    f = tmp_path / "run.yaml"
+    f.write_text("method: {name: joint, reset: false}\nscenario: tiny\ntrainer: {epochs: 1, progress: false}\n"
+                 "tracking: {mlflow: false}\nmodel: {name: mlp, hidden: 16}\n")
+    assert main(["run", "--config", str(f)]) == 0
+    assert "joint on tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "method=nope"], "invalid method='nope'; allowed:"),
+        (["run", "method=naive", "trainer.lr=fast"], "invalid trainer.lr='fast'; allowed: a number"),
+        (["run", "method=naive", "scenario=nope"], "invalid scenario='nope'; allowed:"),
+        (["bench"], "bench needs a method"),
+        (["bench", "method=nope"], "invalid method='nope'"),
+        (["show", "no/such/run"], "no results.json"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not Path("runs").exists()

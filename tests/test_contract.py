@@ -1,0 +1,135 @@
+"""Contract tests over every registered method: hook order, resume, frozen params, state."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from clbench.protocol import Method
+from clbench.registry import METHODS
+from clbench.runner import run
+from clbench.testing import tiny_config
+
+HOOKS = ("setup", "on_experience_start", "train_data", "optimizer", "transform_batch", "loss",
+         "on_after_backward", "on_after_step", "on_experience_end", "predict")
+ORDER = re.compile(
+    r"^setup (predict )+"
+    r"(on_experience_start train_data optimizer (transform_batch loss on_after_backward on_after_step )+"
+    r"on_experience_end (predict )+)+$"
+)
+
+
+def _recording(cls: type[Method], log: list[str]) -> type[Method]:
+    """Subclass of ``cls`` that logs top-level hook calls (nested calls are not logged)."""
+    depth = [0]
+
+    def wrap(name: str) -> Any:
+        parent = getattr(cls, name)
+
+        @functools.wraps(parent)
+        def hook(self: Method, *args: Any, **kwargs: Any) -> Any:
+            if depth[0] == 0:
+                log.append(name)
+            depth[0] += 1
+            try:
+                return parent(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return hook
+
+    return type(f"Recording{cls.__name__}", (cls,), {h: wrap(h) for h in HOOKS})
+
+
+@pytest.fixture
+def swap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    def do(name: str, cls: type[Method]) -> None:
+        monkeypatch.setitem(METHODS._items, name, cls)
+
+    yield do
+
+
+ALL = METHODS.names()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_hooks_fire_in_documented_order(name: str, tmp_path: Path, swap: Any) -> None:
+    log: list[str] = []
+    swap(name, _recording(METHODS.get(name), log))
+    run(tiny_config(tmp_path, method=name, **{"scenario.n_experiences": 2, "eval.validation": False}))
+    assert ORDER.match(" ".join(log) + " "), " ".join(log)
+    assert log.count("on_experience_start") == 2 and log.count("on_experience_end") == 2
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_resume_after_kill_equals_uninterrupted(name: str, tmp_path: Path, swap: Any) -> None:
+    full = run(tiny_config(tmp_path / "full", method=name))
+    cls = METHODS.get(name)
+
+    class Killed(cls):  # type: ignore[valid-type, misc]
+        def on_experience_start(self, exp: Any, model: torch.nn.Module) -> None:
+            if exp.index == 2:
+                raise KeyboardInterrupt("simulated kill")
+            super().on_experience_start(exp, model)
+
+    swap(name, Killed)
+    cfg = tiny_config(tmp_path / "resumed", method=name)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    run_dirs = list((tmp_path / "resumed" / "runs").rglob("checkpoint.pt"))
+    assert len(run_dirs) == 1 and not (run_dirs[0].parent / "results.json").exists()
+    swap(name, cls)
+    resumed = run(cfg, resume=True)
+    assert resumed["R"] == full["R"]
+    assert resumed["R_pretrain"] == full["R_pretrain"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_frozen_parameters_stay_frozen(name: str, tmp_path: Path, swap: Any) -> None:
+    cls = METHODS.get(name)
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Freezing(cls):  # type: ignore[valid-type, misc]
+        def on_experience_start(self, exp: Any, model: torch.nn.Module) -> None:
+            super().on_experience_start(exp, model)
+            layer = model.features[1]
+            layer.weight.requires_grad_(False)
+            snapshots.append((layer.weight, layer.weight.detach().clone()))
+
+        def on_experience_end(self, exp: Any, model: torch.nn.Module) -> None:
+            live, before = snapshots[-1]
+            assert torch.equal(live, before), "a frozen parameter changed during training"
+            super().on_experience_end(exp, model)
+
+    swap(name, Freezing)
+    res = run(tiny_config(tmp_path, method=name, **{"trainer.weight_decay": 0.01, "trainer.momentum": 0.9}))
+    assert len(snapshots) == 3 and len(res["R"]) == 3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_method_contract_basics(name: str) -> None:
+    cls = METHODS.get(name)
+    assert cls.registry_name == name
+    assert (Path(__file__).parent.parent / "methods" / f"{name}.py").is_file(), "file name = registry name"
+    doc = cls.__doc__ or ""
+    assert "Deviations" in doc and "Hooks used" in doc, "class docstring must list hooks and deviations"
+    state = cls().state_dict()
+    assert isinstance(state, dict)
+    import dataclasses
+
+    assert dataclasses.is_dataclass(cls.Config)
+    assert cls.Config.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_core_never_names_a_method() -> None:
+    root = Path(__file__).parent.parent
+    core = "\n".join(p.read_text() for p in (root / "clbench").rglob("*.py"))
+    for name in ALL:
+        if len(name) >= 4:
+            assert not re.search(rf"\b{name}\b", core), f"clbench/ mentions method {name!r}"

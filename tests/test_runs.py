@@ -1,0 +1,153 @@
+"""Runs end to end: results.json schema, MLflow logging, bad input, NaN handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from clbench.errors import ConfigError, DataUnavailableError, IncompatibleError, NonFiniteLossError
+from clbench.protocol import Method
+from clbench.registry import METHODS
+from clbench.runner import run, run_dir_for
+from clbench.testing import register_tiny, tiny_config
+
+
+def _client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _mlflow_cfg(tmp_path: Path, method: str = "naive", **kw: Any) -> Any:
+    return tiny_config(tmp_path, method, **{"tracking.mlflow": True, **kw})
+
+
+def test_results_json_schema_and_metrics(tmp_path: Path) -> None:
+    res = run(tiny_config(tmp_path, "naive"))
+    on_disk = json.loads((Path(res["run_dir"]) / "results.json").read_text())
+    assert on_disk["schema_version"] == 1
+    for key in ("config", "scenario", "model", "seeds", "R", "R_pretrain", "R_val", "metrics",
+                "cost", "env", "per_experience"):
+        assert key in on_disk, key
+    assert len(on_disk["R"]) == 3 and all(len(r) == 3 for r in on_disk["R"])
+    assert len(on_disk["scenario"]["content_hash"]) == 64 and on_disk["scenario"]["version"] == "1"
+    assert set(on_disk["metrics"]) == {"acc", "avg_inc_acc", "bwt", "fwt", "forgetting", "plasticity"}
+    assert on_disk["metrics"]["acc"] == pytest.approx(sum(on_disk["R"][-1]) / 3)
+    cost = on_disk["cost"]
+    assert cost["optimizer_steps"] == 3 * 2 * 6 and cost["train_samples"] == 3 * 2 * 48
+    assert cost["trainable_params"] == cost["total_params"] > 0
+    assert on_disk["env"]["packages"]["torch"].startswith("2.14")
+    assert on_disk["config"]["method_options"] == {}
+    assert (Path(res["run_dir"]) / "R.png").stat().st_size > 1000
+
+
+def test_mlflow_run_params_metrics_artifacts(tmp_path: Path) -> None:
+    res = run(_mlflow_cfg(tmp_path))
+    client = _client(tmp_path)
+    r = client.get_run(res["mlflow"]["run_id"])
+    assert r.info.status == "FINISHED"
+    assert r.data.params["trainer.lr"] == "0.05" and r.data.params["method"] == "naive"
+    assert r.data.tags["scenario"] == "tiny" and r.data.tags["seed"] == "0"
+    history = client.get_metric_history(r.info.run_id, "acc_seen")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert r.data.metrics["acc"] == pytest.approx(res["metrics"]["acc"])
+    names = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"results.json", "R.json", "R.png"} <= names
+    found = client.search_runs([r.info.experiment_id], "metrics.acc > -1 and params.method = 'naive'")
+    assert len(found) == 1
+
+
+def test_resume_keeps_one_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = METHODS.get("naive")
+
+    class Killed(original):  # type: ignore[misc]
+        def on_experience_start(self, exp: Any, model: torch.nn.Module) -> None:
+            if exp.index == 1:
+                raise KeyboardInterrupt
+    monkeypatch.setitem(METHODS._items, "naive", Killed)
+    cfg = _mlflow_cfg(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setitem(METHODS._items, "naive", original)
+    client = _client(tmp_path)
+    [killed] = client.search_runs([client.get_experiment_by_name("clbench").experiment_id])
+    assert killed.info.status == "KILLED"
+    res = run(cfg, resume=True)
+    runs = client.search_runs([killed.info.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert res["mlflow"]["run_id"] == killed.info.run_id
+
+
+def test_nan_loss_fails_cleanly_and_keeps_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Exploding(Method):
+        """Loss becomes NaN on experience 1."""
+
+        def loss(self, model: Any, batch: Any, outputs: torch.Tensor, base_loss: torch.Tensor) -> torch.Tensor:
+            return base_loss * float("nan") if int(batch.task[0]) == 0 and self.exp == 1 else base_loss
+
+        def on_experience_start(self, exp: Any, model: Any) -> None:
+            self.exp = exp.index
+
+    monkeypatch.setitem(METHODS._items, "naive", Exploding)
+    cfg = _mlflow_cfg(tmp_path)
+    with pytest.raises(NonFiniteLossError, match="experience 1"):
+        run(cfg)
+    run_dir = run_dir_for(cfg)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and status["completed_experiences"] == 1
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "results.json").exists()
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["progress"]["done"] == 1
+    client = _client(tmp_path)
+    [r] = client.search_runs([client.get_experiment_by_name("clbench").experiment_id])
+    assert r.info.status == "FAILED" and "non-finite loss" in r.data.tags["failure_reason"]
+
+
+def test_unknown_method_lists_valid_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="naive") as err:
+        run(tiny_config(tmp_path, "nope"))
+    assert "method='nope'" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_scenario_and_bad_method_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="split_mnist"):
+        run(tiny_config(tmp_path, "naive", scenario="mnist_typo"))
+    with pytest.raises(ConfigError, match=r"method.bogus=1; allowed: reset"):
+        run(tiny_config(tmp_path, "joint", **{"method.bogus": 1}))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_incompatible_pair_refused_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class DomainOnly(Method):
+        """Only domain-incremental."""
+
+        scenario_types = frozenset({"domain_incremental"})
+
+    monkeypatch.setitem(METHODS._items, "naive", DomainOnly)
+    with pytest.raises(IncompatibleError, match="does not support class_incremental.*domain_incremental"):
+        run(tiny_config(tmp_path, "naive"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
+    register_tiny()
+    cfg = tiny_config(tmp_path, "naive", scenario="split_mnist",
+                      **{"scenario.data": "mnist10k", "scenario.data_dir": str(tmp_path / "none")})
+    with pytest.raises(DataUnavailableError, match="scenario.data_dir"):
+        run(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_dir_needs_resume_or_force(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "naive")
+    first = run(cfg)
+    from clbench.errors import ClbenchError
+
+    with pytest.raises(ClbenchError, match="--resume"):
+        run(cfg)
+    assert run(cfg, resume=True)["R"] == first["R"]
+    assert run(cfg, force=True)["R"] == first["R"]

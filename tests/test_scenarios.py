@@ -1,0 +1,61 @@
+"""Built-in scenarios: structure, splits, provenance (VERSION + content hash), determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clbench.config import build_dataclass
+from clbench.registry import SCENARIOS
+
+OFFLINE = ["split_mnist", "permuted_mnist", "rotated_mnist", "split_digits"]
+
+
+def _build(name: str, **options: object):  # type: ignore[no-untyped-def]
+    cls = SCENARIOS.get(name)
+    return cls(build_dataclass(cls.Config, options, "scenario")).build()
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_offline_scenarios_build_with_disjoint_splits(name: str) -> None:
+    s = _build(name)
+    assert len(s) == 5 and s.num_classes == 10 and s.version
+    for e in s.experiences:
+        assert len(e.train) and len(e.val) and len(e.test)
+        assert set(e.train.y.tolist()) == set(e.classes) == set(e.test.y.tolist())
+        # validation is carved from train: no train image appears in val
+        tr = {hash(r.numpy().tobytes()) for r in e.train.x}
+        assert not any(hash(r.numpy().tobytes()) in tr for r in e.val.x)
+    assert s.content_hash() == _build(name).content_hash()
+
+
+def test_split_mnist_is_class_incremental_pairs() -> None:
+    s = _build("split_mnist")
+    assert s.scenario_type == "class_incremental"
+    assert [e.classes for e in s.experiences] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert sum(len(e.train) + len(e.val) + len(e.test) for e in s.experiences) == 5000
+    assert {e.task_id for e in s.experiences} == {0}
+    t = _build("split_mnist", task_incremental=True)
+    assert t.scenario_type == "task_incremental" and [e.task_id for e in t.experiences] == [0, 1, 2, 3, 4]
+    assert t.content_hash() != s.content_hash()
+
+
+def test_class_order_seed_changes_groups_and_hash() -> None:
+    a, b = _build("split_digits"), _build("split_digits", class_order_seed=3)
+    assert [e.classes for e in a.experiences] != [e.classes for e in b.experiences]
+    assert a.content_hash() != b.content_hash()
+
+
+def test_rotated_and_permuted_are_domain_incremental() -> None:
+    r = _build("rotated_mnist")
+    assert r.scenario_type == "domain_incremental"
+    assert torch.equal(r.experiences[0].test.y, r.experiences[3].test.y)
+    assert not torch.equal(r.experiences[0].test.x, r.experiences[3].test.x)
+    p = _build("permuted_mnist")
+    x0, x1 = p.experiences[0].train.x.flatten(1), p.experiences[1].train.x.flatten(1)
+    assert torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)  # same pixels, new order
+
+
+def test_digits_resize_for_shared_backbone() -> None:
+    assert _build("split_digits", image_size=28).input_shape == (1, 28, 28)
+    assert _build("split_digits").input_shape == (1, 8, 8)
