@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_show)
     b = sub.add_parser("bench", help="run a method on the default suite and print one table")
     b.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value")
-    b.add_argument("--seeds", type=int, nargs="+", default=[0])
+    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
     b.set_defaults(fn=cmd_bench)
     return p

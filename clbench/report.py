@@ -49,6 +49,30 @@ def summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
+def aggregate_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Mean ± std over seeds, one row per (method, scenario)."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["config"]["method"], r["config"]["scenario"]), []).append(r)
+    header = ["method", "scenario", "seeds", *(h for _, h in SUMMARY_COLUMNS), "time (s)"]
+    rows = []
+    for (method, scenario), rs in groups.items():
+        cells = [mean_std([r["metrics"][k] for r in rs]) for k, _ in SUMMARY_COLUMNS]
+        rows.append([method, scenario, len(rs), *cells, mean_std([r["cost"]["wall_time_s"] for r in rs], 1)])
+    return markdown_table(header, rows)
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """``mean ± std`` (population std over seeds); ``n/a`` when all values are NaN."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    a = a[~np.isnan(a)]
+    if not len(a):
+        return "n/a"
+    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
+
+
 def show(results: Mapping[str, Any]) -> str:
     """Full text view of one run: header, R, metrics, cost."""
     cfg = results["config"]

@@ -1,3 +1,3 @@
 """Method plug-ins: one module per method, registered on import (registry name = file name)."""
 
-from methods import joint, naive  # noqa: F401
+from methods import ewc, joint, lwf, naive, replay  # noqa: F401

@@ -99,7 +99,7 @@ class EWC(Method):
     def penalty(self, model: nn.Module) -> Tensor:
         """``sum_t sum_k F_t,k (theta_k - theta*_t,k)^2`` over the stored anchors."""
         params = dict(model.named_parameters())
-        device = next(iter(params.values())).device
+        device = next((p.device for p in params.values()), torch.device("cpu"))
         self._to(device)
         total = torch.zeros((), device=device)
         for imp, saved in zip(self.importances, self.saved_params, strict=True):
@@ -109,7 +109,7 @@ class EWC(Method):
         return total
 
     def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
-        bs = self.config.fisher_batch_size or self._train_bs or len(exp.train)
+        bs = self.config.fisher_batch_size or self._train_bs or max(len(exp.train), 1)
         new = self.fisher(model, exp.train, exp.classes, bs)
         anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in new}
         if self.config.mode == "online" and self.importances:
@@ -123,6 +123,8 @@ class EWC(Method):
     def fisher(self, model: nn.Module, data: Split, classes: tuple[int, ...], batch_size: int) -> TensorDict:
         """Empirical Fisher diagonal: mean over minibatches of squared loss gradients."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named or len(data) == 0:
+            return {}
         device = named[0][1].device
         imp = {n: torch.zeros_like(p) for n, p in named}
         was_training = model.training
@@ -145,7 +147,8 @@ class EWC(Method):
         return {n: f / max(n_batches, 1) for n, f in imp.items()}
 
     def _to(self, device: torch.device) -> None:
-        if self.importances and next(iter(self.importances[0].values())).device != device:
+        first = next((t for d in self.importances for t in d.values()), None)
+        if first is not None and first.device != device:
             self.importances = [{n: t.to(device) for n, t in d.items()} for d in self.importances]
             self.saved_params = [{n: t.to(device) for n, t in d.items()} for d in self.saved_params]
 
