@@ -174,7 +174,7 @@ def build_run_config(values: Mapping[str, Any], base: RunConfig | None = None) -
             ]
             raise ConfigError("override key", key, allowed)
     kwargs: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name in _SECTIONS:
         kwargs[name] = replace_checked(getattr(base, name), sections[name], name)
     for name in ("method", "scenario", "model"):
         kwargs[name] = _coerce(f"{name}", top.get(name, getattr(base, name)), str)

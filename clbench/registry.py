@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 from collections.abc import Callable
@@ -29,10 +30,8 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
-            try:
+            with contextlib.suppress(AttributeError, TypeError):
                 obj.registry_name = name  # type: ignore[attr-defined]
-            except (AttributeError, TypeError):
-                pass
             return obj
 
         return deco

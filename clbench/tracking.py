@@ -36,7 +36,7 @@ def tracking_uri(cfg: TrackingConfig) -> str:
 
 def environment(device: str) -> dict[str, Any]:
     """Git commit, package versions, device, world size, Python and platform."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in _PACKAGES:
         try:
             versions[pkg] = importlib.metadata.version(pkg)

@@ -127,6 +127,7 @@ class Trainer:
             outputs = model(batch.x)
             if self.task_aware:
                 outputs = mask_to_classes(outputs, exp.classes)
+            assert batch.y is not None, "training batches carry labels"
             base = F.cross_entropy(outputs.float(), batch.y)
             loss = method.loss(model, batch, outputs, base)
         if not torch.isfinite(loss):

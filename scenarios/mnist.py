@@ -65,8 +65,9 @@ def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, or use scenario.data=mnist5k"
         )
     _verify(folder, [img, lab])
-    X = np.frombuffer(gzip.open(img).read(), np.uint8, offset=16).reshape(-1, 784)
-    y = np.frombuffer(gzip.open(lab).read(), np.uint8, offset=8)
+    with gzip.open(img) as fi, gzip.open(lab) as fl:
+        X = np.frombuffer(fi.read(), np.uint8, offset=16).reshape(-1, 784)
+        y = np.frombuffer(fl.read(), np.uint8, offset=8)
     return X, y
 
 
@@ -74,9 +75,13 @@ def _verify(folder: Path, files: list[Path]) -> None:
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return
-    expected = dict(reversed(line.split(None, 1)) for line in sums.read_text().splitlines() if line.strip())
+    expected: dict[str, str] = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(None, 1)
+            expected[Path(name.strip().lstrip("*")).name] = digest
     for f in files:
-        want = expected.get(f.name) or expected.get("*" + f.name)
+        want = expected.get(f.name)
         if want and hashlib.sha256(f.read_bytes()).hexdigest() != want:
             raise DataUnavailableError(f"checksum mismatch for {f}")
 

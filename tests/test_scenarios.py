@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 from clbench.config import build_dataclass
+from clbench.errors import DataUnavailableError
 from clbench.registry import SCENARIOS
 
 OFFLINE = ["split_mnist", "permuted_mnist", "rotated_mnist", "split_digits"]
@@ -59,3 +63,24 @@ def test_rotated_and_permuted_are_domain_incremental() -> None:
 def test_digits_resize_for_shared_backbone() -> None:
     assert _build("split_digits", image_size=28).input_shape == (1, 28, 28)
     assert _build("split_digits").input_shape == (1, 8, 8)
+
+
+def _shared_mnist() -> Path:
+    from scenarios.mnist import shared_data_dir
+
+    return shared_data_dir() / "mnist-test"
+
+
+@pytest.mark.skipif(not (_shared_mnist() / "SHA256SUMS").is_file(),
+                    reason="../shared/data/mnist-test is absent (it exists only beside the project checkout)")
+def test_mnist10k_from_shared_data_with_checksums(tmp_path: Path) -> None:
+    s = _build("split_mnist", data="mnist10k")
+    assert sum(len(e.train) + len(e.val) + len(e.test) for e in s.experiences) == 10_000
+    bad = tmp_path / "mnist"
+    shutil.copytree(_shared_mnist(), bad)
+    sums = (bad / "SHA256SUMS").read_text().splitlines()
+    (bad / "SHA256SUMS").write_text("\n".join(["0" * 64 + sums[0][64:], *sums[1:]]) + "\n")
+    from scenarios.mnist import load_mnist
+
+    with pytest.raises(DataUnavailableError, match="checksum mismatch"):
+        load_mnist("mnist10k", str(bad))
