@@ -3,7 +3,7 @@
     clbench run method=<name> scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
     clbench list
     clbench show <run dir | MLflow run id>
-    clbench bench method=ewc [--seeds 0 1 2]
+    clbench bench method=<name> [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark harness")
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="run one method on one scenario")
-    r.add_argument("overrides", nargs="*", help="key=value, e.g. method=ewc trainer.lr=0.1")
+    r.add_argument("overrides", nargs="*", help="key=value, e.g. method=<name> trainer.lr=0.1")
     r.add_argument("--config", help="YAML run config (overrides apply on top)")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     r.add_argument("--force", action="store_true", help="discard an existing run dir and restart")

@@ -1,6 +1,6 @@
 """Owns the typed run configuration: frozen dataclasses, YAML loading and dotted overrides.
 
-Overrides are ``key=value`` strings. ``method=ewc`` picks the method, ``method.<field>=v`` sets a
+Overrides are ``key=value`` strings. ``method=<name>`` picks the method, ``method.<field>=v`` sets a
 field of that method's own config dataclass (the same for ``scenario.`` and ``model.``), and
 ``trainer.lr=0.1`` sets a field of :class:`TrainerConfig`. Values are parsed with
 ``yaml.safe_load`` and then checked against the dataclass field's type; a bad key or value raises

@@ -41,6 +41,6 @@ class NonFiniteLossError(ClbenchError):
     def __init__(self, experience: int, step: int, value: float) -> None:
         self.experience, self.step, self.value = experience, step, value
         super().__init__(
-            f"non-finite loss {value} at experience {experience}, batch {step}; "
+            f"non-finite loss {value} at experience {experience}, by batch {step}; "
             "the run is marked FAILED and its last good checkpoint is kept"
         )

@@ -14,17 +14,17 @@ from tqdm.auto import tqdm
 
 from clbench.protocol import Method
 from clbench.streams import Batch, Experience, Split
-from clbench.trainer import autocast_for, mask_to_classes
+from clbench.trainer import autocast_for, mask_by_task
 
 
 class Evaluator:
     """Computes accuracies of ``method``'s inference path on experiences' splits."""
 
-    def __init__(self, device: torch.device, batch_size: int, task_aware: bool,
+    def __init__(self, device: torch.device, batch_size: int, task_mask: Tensor | None = None,
                  precision: str = "auto", progress: bool = False) -> None:
         self.device = device
         self.batch_size = batch_size
-        self.task_aware = task_aware
+        self.task_mask = None if task_mask is None else task_mask.to(device)  # task-IL only
         self.precision = precision
         self.progress = progress
 
@@ -50,12 +50,12 @@ class Evaluator:
         for i in range(0, len(data), self.batch_size):
             x = data.x[i : i + self.batch_size].to(self.device, non_blocking=True)
             task = None
-            if self.task_aware:
+            if self.task_mask is not None:
                 task = torch.full((len(x),), exp.task_id, dtype=torch.long, device=self.device)
             with autocast_for(self.device, self.precision):
                 logits = infer(Batch(x, None, task))
-            if self.task_aware:
-                logits = mask_to_classes(logits, exp.classes)
+            if task is not None:
+                logits = mask_by_task(logits, self.task_mask, task)  # type: ignore[arg-type]
             y = data.y[i : i + self.batch_size].to(self.device, non_blocking=True)
             correct += (logits.argmax(-1) == y).sum()
         return float(correct) / len(data)

@@ -22,7 +22,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@METHODS.register("ewc")``."""
+        """Decorator: ``@METHODS.register("<name>")``."""
         if not _NAME.match(name):
             raise ValueError(f"{self.kind} name {name!r} must be lower_snake_case")
 

@@ -31,7 +31,7 @@ from clbench.protocol import Method, Scenario, check_compatible
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
 from clbench.tracking import MlflowRun, environment, heatmap_png, write_results
-from clbench.trainer import Trainer, resolve_device
+from clbench.trainer import Trainer, resolve_device, task_class_mask
 
 STATUS = "status.json"
 
@@ -128,9 +128,11 @@ class _Run:
         self.init_hash = state_hash(model)
         self.method = res.method_cls(res.method_cfg)
         self.model = self.method.setup(model, stream.info()).to(self.device)
-        task_aware = stream.scenario_type == "task_incremental"
-        self.trainer = Trainer(cfg.trainer, self.device, task_aware)
-        self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_aware,
+        task_mask = None
+        if stream.scenario_type == "task_incremental":
+            task_mask = task_class_mask(stream.experiences, stream.num_classes)
+        self.trainer = Trainer(cfg.trainer, self.device, task_mask)
+        self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_mask,
                                    cfg.trainer.precision, cfg.trainer.progress)
         self.tracker = MlflowRun(cfg.tracking)
         self.state: dict[str, Any] = {"done": 0, "R": [], "R_val": [], "b": None, "per_exp": [],

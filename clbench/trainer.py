@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ class ExperienceStats:
 
     optimizer_steps: int = 0
     train_samples: int = 0  # samples of the experience's training data consumed
-    forward_samples: int = 0  # samples forwarded (after transform_batch, e.g. with replay)
+    forward_samples: int = 0  # samples forwarded (after transform_batch, e.g. memory samples)
     train_time_s: float = 0.0
     mean_loss: float = float("nan")
 
@@ -57,20 +57,38 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainerConfig) -> torch.opt
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def task_class_mask(experiences: Sequence[Experience], num_classes: int) -> Tensor:
+    """Boolean (n_tasks, num_classes) table: which classes belong to each task id."""
+    n_tasks = max(e.task_id for e in experiences) + 1
+    table = torch.zeros(n_tasks, num_classes, dtype=torch.bool)
+    for e in experiences:
+        table[e.task_id, list(e.classes)] = True
+    return table
+
+
 def mask_to_classes(logits: Tensor, classes: Sequence[int]) -> Tensor:
-    """Task-incremental heads: logits outside the task's classes set to a large negative."""
+    """Logits outside ``classes`` set to the dtype's lowest value (one task's head)."""
     keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     keep[list(classes)] = True
+    return logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
+
+
+def mask_by_task(logits: Tensor, table: Tensor, task: Tensor) -> Tensor:
+    """Task-incremental heads: each sample's logits outside its task's classes set very low."""
+    keep = table.to(logits.device)[task]
     return logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
 
 
 class Trainer:
     """Runs one experience of training for any method through its hooks."""
 
-    def __init__(self, cfg: TrainerConfig, device: torch.device, task_aware: bool = False) -> None:
+    def __init__(self, cfg: TrainerConfig, device: torch.device, task_mask: Tensor | None = None) -> None:
         self.cfg = cfg
         self.device = device
-        self.task_aware = task_aware  # task-incremental: losses on the task's classes only
+        # task-incremental streams: (n_tasks, n_classes) table; each sample's loss is computed
+        # over its own task's classes only (replayed samples keep their task ids)
+        self.task_mask = None if task_mask is None else task_mask.to(device)
+        self._on_cpu = device.type == "cpu"
 
     def train_experience(
         self,
@@ -89,51 +107,47 @@ class Trainer:
         model.train()
         stats = ExperienceStats()
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=self.device)
-        n_batches = 0
+        losses = _LossMonitor(exp.index, self.device)
         for epoch in range(self.cfg.epochs):
             total = math.ceil(len(data) / self.cfg.batch_size)
-            bar = tqdm(self._batches(data, exp, generator), total=total, leave=False, unit="batch",
-                       desc=f"exp {exp.index} epoch {epoch + 1}/{self.cfg.epochs}",
-                       disable=not self.cfg.progress)
-            for k, batch in enumerate(bar):
-                stats.train_samples += len(batch)
-                loss = self._forward_backward(model, method, exp, batch, stats, k)
-                loss_sum += loss.detach()
-                n_batches += 1
+            batches: Iterable[Batch] = self._batches(data, exp, generator)
+            if self.cfg.progress:
+                batches = tqdm(batches, total=total, leave=False, unit="batch",
+                               desc=f"exp {exp.index} epoch {epoch + 1}/{self.cfg.epochs}")
+            for k, batch in enumerate(batches):
+                stats.train_samples += len(batch.y)  # type: ignore[arg-type]
+                losses.add(self._forward_backward(model, method, batch, stats), k)
                 if (k + 1) % self.cfg.grad_accum == 0 or k + 1 == total:
                     self._step(model, method, opt, params)
                     stats.optimizer_steps += 1
+            losses.check(total - 1)
         method.on_experience_end(exp, model)
         stats.train_time_s = time.perf_counter() - start
-        stats.mean_loss = float(loss_sum) / max(n_batches, 1)
+        stats.mean_loss = losses.mean()
         return stats
 
     def _batches(self, data: Split, exp: Experience, gen: torch.Generator) -> Iterator[Batch]:
         n, bs = len(data), self.cfg.batch_size
         order = torch.randperm(n, generator=gen) if self.cfg.shuffle else torch.arange(n)
+        tasks = torch.full((bs,), exp.task_id, dtype=torch.long)
         for i in range(0, n, bs):
             idx = order[i : i + bs]
-            task = torch.full((len(idx),), exp.task_id, dtype=torch.long)
-            yield Batch(data.x[idx], data.y[idx], task)
+            batch = Batch(data.x[idx], data.y[idx], tasks[: len(idx)])
+            yield batch if self._on_cpu else batch.to(self.device, non_blocking=True)
 
-    def _forward_backward(
-        self, model: nn.Module, method: Method, exp: Experience, batch: Batch,
-        stats: ExperienceStats, k: int,
-    ) -> Tensor:
-        batch = method.transform_batch(batch.to(self.device, non_blocking=True))
-        stats.forward_samples += len(batch)
+    def _forward_backward(self, model: nn.Module, method: Method, batch: Batch,
+                          stats: ExperienceStats) -> Tensor:
+        batch = method.transform_batch(batch)
+        assert batch.y is not None, "training batches carry labels"
+        stats.forward_samples += len(batch.y)
         with autocast_for(self.device, self.cfg.precision):
             outputs = model(batch.x)
-            if self.task_aware:
-                outputs = mask_to_classes(outputs, exp.classes)
-            assert batch.y is not None, "training batches carry labels"
+            if self.task_mask is not None:
+                outputs = mask_by_task(outputs, self.task_mask, batch.task)  # type: ignore[arg-type]
             base = F.cross_entropy(outputs.float(), batch.y)
             loss = method.loss(model, batch, outputs, base)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(exp.index, k, float(loss.detach()))
-        (loss / self.cfg.grad_accum).backward()
-        return loss
+        (loss if self.cfg.grad_accum == 1 else loss / self.cfg.grad_accum).backward()
+        return loss.detach()
 
     def _step(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer,
               params: list[nn.Parameter]) -> None:
@@ -143,3 +157,37 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
         method.on_after_step(model)
+
+
+class _LossMonitor:
+    """Sums losses and stops on NaN/inf without a host sync per step on accelerators.
+
+    On CPU every step is checked (``.item()`` is cheap there); on CUDA the running sum is checked
+    every ``cuda_every`` batches and at each epoch end, so a failure names a batch range.
+    """
+
+    def __init__(self, experience: int, device: torch.device, cuda_every: int = 50) -> None:
+        self.experience, self.cpu, self.every = experience, device.type == "cpu", cuda_every
+        self.total: float | Tensor = 0.0 if self.cpu else torch.zeros((), device=device)
+        self.n = 0
+        self.last_checked = -1
+
+    def add(self, loss: Tensor, k: int) -> None:
+        self.n += 1
+        if self.cpu:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(self.experience, k, value)
+            self.total += value
+        else:
+            self.total += loss
+            if (k + 1) % self.every == 0:
+                self.check(k)
+
+    def check(self, k: int) -> None:
+        if not self.cpu and not bool(torch.isfinite(self.total)):  # type: ignore[arg-type]
+            raise NonFiniteLossError(self.experience, k, float(self.total))
+        self.last_checked = k
+
+    def mean(self) -> float:
+        return float(self.total) / max(self.n, 1)

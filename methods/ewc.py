@@ -114,13 +114,15 @@ class EWC(Method):
         anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in new}
         if self.config.mode == "online" and self.importances:
             old = self.importances[-1]
-            new = {n: self.config.decay_factor * old[n] + f if n in old else f for n, f in new.items()}
+            decay = self.config.decay_factor
+            new = {n: decay * old[n] + f if n in old else f for n, f in new.items()}
             self.importances, self.saved_params = [new], [anchor]
         else:
             self.importances.append(new)
             self.saved_params.append(anchor)
 
-    def fisher(self, model: nn.Module, data: Split, classes: tuple[int, ...], batch_size: int) -> TensorDict:
+    def fisher(self, model: nn.Module, data: Split, classes: tuple[int, ...],
+               batch_size: int) -> TensorDict:
         """Empirical Fisher diagonal: mean over minibatches of squared loss gradients."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named or len(data) == 0:

@@ -13,6 +13,7 @@ from clbench.registry import register_method
 from clbench.streams import Batch, Experience
 
 Group = dict[str, Tensor]  # x, y, task, w (reservoir weights, sorted descending)
+Storage = Literal["reservoir", "class_balanced", "experience_balanced"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ReplayConfig:
     """
 
     mem_size: int = 200
-    storage: Literal["reservoir", "class_balanced", "experience_balanced"] = "reservoir"
+    storage: Storage = "reservoir"
     batch_size_mem: int = 0
     shuffle_memory: bool = True
 
@@ -76,12 +77,13 @@ class Replay(Method):
         - ``batch_size_mem=0`` infers the training batch size from the largest batch seen in
           the experience (Avalanche reads ``train_mb_size``); memory order uses the global torch
           RNG (reseeded per experience by the runner) instead of a DataLoader sampler.
-        - Not offered for task-incremental streams: the trainer masks logits to the current
-          experience's classes, which would make replayed old-task labels unreachable.
+        - The memory is updated once per experience, at its end (as Avalanche), not after every
+          batch as in the paper's online setting: an experience never replays its own samples.
+        - Task-incremental streams: replayed samples keep their task ids, and the trainer masks
+          each sample's logits to its own task's classes.
     """
 
     Config = ReplayConfig
-    scenario_types = frozenset({"class_incremental", "domain_incremental"})
 
     def __init__(self, config: ReplayConfig | None = None) -> None:
         super().__init__(config)
@@ -90,12 +92,14 @@ class Replay(Method):
         self._order: Tensor | None = None
         self._pos = self._consumed = self._n_train = self._bs = 0
 
-    def __len__(self) -> int:
+    @property
+    def memory_size(self) -> int:
+        """Number of samples in the memory."""
         return sum(len(g["y"]) for g in self.groups.values())
 
     def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
-        keys = ("x", "y", "task")
-        self._mem = {k: torch.cat([g[k] for g in self.groups.values()]) for k in keys} if len(self) else {}
+        parts = list(self.groups.values()) if self.memory_size else []
+        self._mem = {k: torch.cat([g[k] for g in parts]) for k in ("x", "y", "task")} if parts else {}
         self._order, self._pos, self._consumed = None, 0, 0
         self._n_train, self._bs = len(exp.train), 0
 

@@ -75,7 +75,8 @@ def test_hand_computed_values(R: list[list[float]], b: list[float], expected: di
 
 
 def test_accepts_numpy_and_lists_alike() -> None:
-    assert M.summarize(np.asarray(R3), np.asarray(B3)) == pytest.approx(M.summarize(R3, B3))
+    b = np.asarray(B3)  # an ndarray works though the signature says Sequence[float]
+    assert M.summarize(np.asarray(R3), b) == pytest.approx(M.summarize(R3, B3))  # type: ignore[arg-type]
 
 
 def test_single_experience_gives_nan_transfer_and_forgetting() -> None:
@@ -126,7 +127,7 @@ def test_avalanche_metric_classes_fed_in_documented_order(R: np.ndarray) -> None
     from avalanche.evaluation.metrics.forward_transfer import ForwardTransfer
 
     T = len(R)
-    b = np.linspace(0.05, 0.15, T)
+    b = np.linspace(0.05, 0.15, T).tolist()
     forg, bwt, fwt = Forgetting(), BWT(), ForwardTransfer()
     for k in range(T):
         fwt.update(k, float(b[k]), initial=True)  # evaluation before any training

@@ -15,7 +15,7 @@ from clbench.protocol import Method
 from clbench.runner import run
 from clbench.streams import Batch
 from clbench.testing import params_equal, tiny_config, tiny_stream
-from clbench.trainer import Trainer
+from clbench.trainer import Trainer, task_class_mask
 
 
 def _model(seed: int = 0) -> MLP:
@@ -108,8 +108,8 @@ def test_task_incremental_masks_logits_to_task_classes() -> None:
             assert batch.y is None
             return model(batch.x)
 
-    aware = Evaluator(torch.device("cpu"), 16, task_aware=True)
-    blind = Evaluator(torch.device("cpu"), 16, task_aware=False)
+    aware = Evaluator(torch.device("cpu"), 16, task_class_mask(stream.experiences, stream.num_classes))
+    blind = Evaluator(torch.device("cpu"), 16, None)
     frac_1 = float((exp0.test.y == 1).float().mean())
     assert aware.row(Constant(), Spy(), [exp0])[0] == frac_1
     assert seen_tasks[-1] is not None and bool((seen_tasks[-1] == 0).all())
