@@ -86,15 +86,26 @@ def _verify(folder: Path, files: list[Path]) -> None:
             raise DataUnavailableError(f"checksum mismatch for {f}")
 
 
+def _splits(c: MNISTData) -> tuple[Split, Split, Split]:
+    x, y = load_mnist(c.data, c.data_dir)
+    return train_val_test(x, y, c.test_fraction, c.val_fraction)
+
+
 @dataclass(frozen=True)
-class SplitMNISTConfig:
-    n_experiences: int = 5
-    task_incremental: bool = False  # True: task ids given at train and test (task-IL)
-    class_order_seed: int | None = None  # None: classes 0..9 in order
+class MNISTData:
+    """Data options shared by the MNIST scenarios."""
+
     data: DataName = "mnist5k"
     data_dir: str = ""
     test_fraction: float = 0.2
     val_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class SplitMNISTConfig(MNISTData):
+    n_experiences: int = 5
+    task_incremental: bool = False  # True: task ids given at train and test (task-IL)
+    class_order_seed: int | None = None  # None: classes 0..9 in order
 
 
 @register_scenario("split_mnist")
@@ -106,8 +117,7 @@ class SplitMNIST(Scenario):
 
     def build(self) -> Stream:
         c: SplitMNISTConfig = self.config
-        x, y = load_mnist(c.data, c.data_dir)
-        splits = train_val_test(x, y, c.test_fraction, c.val_fraction)
+        splits = _splits(c)
         exps = split_by_classes(splits, class_order(10, c.class_order_seed), c.n_experiences,
                                 task_incremental=c.task_incremental)
         kind = "task_incremental" if c.task_incremental else "class_incremental"
@@ -115,14 +125,10 @@ class SplitMNIST(Scenario):
 
 
 @dataclass(frozen=True)
-class PermutedMNISTConfig:
+class PermutedMNISTConfig(MNISTData):
     n_experiences: int = 5
     permutation_seed: int = 0
     first_identity: bool = False  # True: experience 0 is unpermuted
-    data: DataName = "mnist5k"
-    data_dir: str = ""
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
 
 
 @register_scenario("permuted_mnist")
@@ -134,8 +140,7 @@ class PermutedMNIST(Scenario):
 
     def build(self) -> Stream:
         c: PermutedMNISTConfig = self.config
-        x, y = load_mnist(c.data, c.data_dir)
-        base = train_val_test(x, y, c.test_fraction, c.val_fraction)
+        base = _splits(c)
         g = torch.Generator().manual_seed(c.permutation_seed)
         exps = []
         for i in range(c.n_experiences):
@@ -146,12 +151,8 @@ class PermutedMNIST(Scenario):
 
 
 @dataclass(frozen=True)
-class RotatedMNISTConfig:
+class RotatedMNISTConfig(MNISTData):
     angles: tuple[float, ...] = (0.0, 30.0, 60.0, 90.0, 120.0)
-    data: DataName = "mnist5k"
-    data_dir: str = ""
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
 
 
 @register_scenario("rotated_mnist")
@@ -163,8 +164,7 @@ class RotatedMNIST(Scenario):
 
     def build(self) -> Stream:
         c: RotatedMNISTConfig = self.config
-        x, y = load_mnist(c.data, c.data_dir)
-        base = train_val_test(x, y, c.test_fraction, c.val_fraction)
+        base = _splits(c)
         exps = []
         for i, angle in enumerate(c.angles):
             parts = [Split(TF.rotate(s.x, angle), s.y) for s in base]
