@@ -58,6 +58,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FoundationConfig:
+    """How the foundation model is obtained when a scenario declares a source distribution.
+
+    The model is pretrained on the source train split with these settings (seeded), cached on
+    disk under a key of (model, source content hash, these settings), and reloaded afterwards.
+    ``cache_dir`` empty = ``$CLBENCH_CACHE`` or ``~/.cache/clbench``.
+    """
+
+    pretrain: bool = True
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.002
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    weight_decay: float = 0.01
+    seed: int = 0
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _positive(self, "foundation", ("epochs", "batch_size"))
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Where results go. An empty ``uri`` means MLFLOW_TRACKING_URI, else ./mlflow.db."""
 
@@ -81,6 +103,7 @@ class RunConfig:
     seed: int = 0
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     method_options: Mapping[str, Any] = field(default_factory=dict)
     scenario_options: Mapping[str, Any] = field(default_factory=dict)
@@ -95,12 +118,14 @@ class RunConfig:
         d = self.to_dict()
         d.pop("tracking")
         d["trainer"].pop("progress")
+        d["foundation"].pop("cache_dir")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
 
 _PLUGIN_SECTIONS = ("method", "scenario", "model")
-_SECTIONS = {"trainer": TrainerConfig, "eval": EvalConfig, "tracking": TrackingConfig}
+_SECTIONS = {"trainer": TrainerConfig, "eval": EvalConfig, "foundation": FoundationConfig,
+             "tracking": TrackingConfig}
 
 
 def to_plain(obj: Any) -> Any:

@@ -43,14 +43,24 @@ class Evaluator:
     def accuracy(self, model: nn.Module, method: Method, exp: Experience, data: Split) -> float:
         return self._accuracy(lambda b: method.predict(model, b), exp, data)
 
-    def _accuracy(self, infer: Callable[[Batch], Tensor], exp: Experience, data: Split) -> float:
+    @torch.inference_mode()
+    def split_accuracy(self, model: nn.Module, method: Method, data: Split) -> float:
+        """Accuracy on a split outside the stream (e.g. the source test split); no task id."""
+        was_training = model.training
+        model.eval()
+        try:
+            return self._accuracy(lambda b: method.predict(model, b), None, data)
+        finally:
+            model.train(was_training)
+
+    def _accuracy(self, infer: Callable[[Batch], Tensor], exp: Experience | None, data: Split) -> float:
         if len(data) == 0:
             return float("nan")
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for i in range(0, len(data), self.batch_size):
             x = data.x[i : i + self.batch_size].to(self.device, non_blocking=True)
             task = None
-            if self.task_mask is not None:
+            if self.task_mask is not None and exp is not None:
                 task = torch.full((len(x),), exp.task_id, dtype=torch.long, device=self.device)
             with autocast_for(self.device, self.precision):
                 logits = infer(Batch(x, None, task))

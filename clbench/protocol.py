@@ -3,10 +3,11 @@
 Hook order for one run (tested in ``tests/test_contract.py``)::
 
     setup
+    on_source_data            (only for methods declaring needs_source_data)
     for each experience:
         on_experience_start -> train_data -> optimizer
         for each batch: transform_batch -> loss -> [on_after_backward -> (step) -> on_after_step]
-        on_experience_end
+        on_experience_end -> experience_report
         (evaluation: predict, or adapt for test-time methods)
 
 A hook receives what it needs and returns what it changes; none receives the trainer. Methods
@@ -52,6 +53,12 @@ class Method:
         """Called once before the first experience; may wrap the model or inject modules."""
         return model
 
+    def on_source_data(self, model: nn.Module, source: Split) -> None:
+        """Called once before the first experience with the scenario's source train split.
+
+        Only methods declaring ``needs_source_data`` receive it (e.g. importance calibration).
+        """
+
     def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
         """Called before an experience's optimizer is built: freeze/select parameters, heads."""
 
@@ -80,6 +87,14 @@ class Method:
     def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
         """Consolidate after training on ``exp`` (importance, buffers, teachers, merging)."""
 
+    def experience_report(self) -> dict[str, Any]:
+        """What the method selected in the experience just trained (frozen fractions, kept ranks).
+
+        Numbers are logged to MLflow as ``method_<key>`` with the experience as step; everything
+        is stored under ``per_experience[i]["method"]`` in results.json.
+        """
+        return {}
+
     def predict(self, model: nn.Module, batch: Batch) -> Tensor:
         """Inference path; ``batch.y`` is always None here."""
         return model(batch.x)
@@ -102,6 +117,7 @@ class Scenario:
     Config: ClassVar[type] = NoOptions
     VERSION: ClassVar[str] = "1"
     scenario_type: ClassVar[str] = "class_incremental"
+    default_model: ClassVar[str] = ""  # what model=auto resolves to ("" = the global default)
     registry_name: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:

@@ -26,6 +26,7 @@ from clbench.checkpoint import atomic_write_json, load_checkpoint, save_checkpoi
 from clbench.config import RunConfig, build_dataclass, to_plain
 from clbench.errors import ClbenchError
 from clbench.evaluation import Evaluator
+from clbench.foundation import obtain_foundation
 from clbench.models import build_model, count_params, model_family
 from clbench.protocol import Method, Scenario, check_compatible
 from clbench.registry import METHODS, SCENARIOS
@@ -101,10 +102,15 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         return dict(json.loads((run_dir / "results.json").read_text()))
     stream = res.scenario.build()
     seed_everything(cfg.seed)
-    model, _ = build_model(cfg.model, stream.info(), dict(cfg.model_options))
+    model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
+    model, _ = build_model(model_name, stream.info(), dict(cfg.model_options))
     check_compatible(res.method_cls, stream, model_family(model))
+    foundation = None
+    if stream.source is not None and cfg.foundation.pretrain:
+        foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
+                                       resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
-    return _Run(res, stream, model, run_dir).execute(resume)
+    return _Run(res, stream, model, run_dir, foundation).execute(resume)
 
 
 def _prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
@@ -121,9 +127,11 @@ def _prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
 class _Run:
     """The state of one executing run (kept out of the trainer on purpose)."""
 
-    def __init__(self, res: Resolved, stream: Stream, model: nn.Module, run_dir: Path) -> None:
+    def __init__(self, res: Resolved, stream: Stream, model: nn.Module, run_dir: Path,
+                 foundation: dict[str, Any] | None) -> None:
         cfg = res.cfg
         self.res, self.cfg, self.stream, self.run_dir = res, cfg, stream, run_dir
+        self.foundation = foundation
         self.device = resolve_device(cfg.trainer.device)
         self.init_hash = state_hash(model)
         self.method = res.method_cls(res.method_cfg)
@@ -136,6 +144,7 @@ class _Run:
                                    cfg.trainer.precision, cfg.trainer.progress)
         self.tracker = MlflowRun(cfg.tracking)
         self.state: dict[str, Any] = {"done": 0, "R": [], "R_val": [], "b": None, "per_exp": [],
+                                      "general_before": None, "general": [],
                                       "wall_s": 0.0, "mlflow_run_id": None, "started_at": _now()}
 
     def execute(self, resume: bool) -> dict[str, Any]:
@@ -145,8 +154,7 @@ class _Run:
         t0 = time.perf_counter()
         try:
             if self.state["b"] is None:
-                self.state["b"] = self.evaluator.row(self.model, self.method, self.stream.experiences,
-                                                     desc="eval pre-training")
+                self._before_training()
             for i in range(self.state["done"], len(self.stream)):
                 self._experience(i, t0)
                 t0 = time.perf_counter()
@@ -159,6 +167,22 @@ class _Run:
             raise
         return self._finish()
 
+    def _before_training(self) -> None:
+        source = self.stream.source
+        if source is not None and self.method.needs_source_data:
+            self.method.on_source_data(self.model, source.train)
+        self.state["b"] = self.evaluator.row(self.model, self.method, self.stream.experiences,
+                                             desc="eval pre-training")
+        self.state["general_before"] = self._general()
+        self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.state["general_before"].items()}, 0)
+
+    def _general(self) -> dict[str, float]:
+        """General capability: accuracy on the source test split (empty without a source)."""
+        source = self.stream.source
+        if source is None:
+            return {}
+        return {f"{source.name}/acc": self.evaluator.split_accuracy(self.model, self.method, source.test)}
+
     def _experience(self, i: int, t0: float) -> None:
         exps = self.stream.experiences
         torch.manual_seed(derive_seed(self.cfg.seed, i))
@@ -168,19 +192,28 @@ class _Run:
         self.state["R"].append(row)
         if self.cfg.eval.validation:
             self.state["R_val"].append(self.evaluator.row(self.model, self.method, exps, "val"))
+        general = self._general()
+        self.state["general"].append(general)
         trainable, _ = count_params(self.model)
-        self.state["per_exp"].append({**vars(stats), "trainable_params": trainable})
+        report = to_plain(self.method.experience_report())
+        self.state["per_exp"].append({**vars(stats), "trainable_params": trainable, "method": report})
         self.state["done"] = i + 1
         self.state["wall_s"] += time.perf_counter() - t0
         self._checkpoint()
-        self._log_experience(i, row, stats.mean_loss, stats.train_time_s)
+        self._log_experience(i, row, stats.mean_loss, stats.train_time_s, general, report)
 
-    def _log_experience(self, i: int, row: list[float], loss: float, secs: float) -> None:
+    def _log_experience(self, i: int, row: list[float], loss: float, secs: float,
+                        general: dict[str, float], report: dict[str, Any]) -> None:
         m = {f"acc_exp_{j}": a for j, a in enumerate(row)}
         m.update(acc_seen=float(np.mean(row[: i + 1])), acc_all=float(np.mean(row)),
                  train_loss=loss, train_time_s=secs)
         if self.state["R_val"]:
             m["val_acc_seen"] = float(np.mean(self.state["R_val"][-1][: i + 1]))
+        before = self.state["general_before"] or {}
+        for k, v in general.items():
+            m[f"general/{k}"] = v
+            m[f"general/{k}_retention"] = v / before[k] if before.get(k) else float("nan")
+        m.update({f"method_{k}": float(v) for k, v in _numeric(report).items()})
         self.tracker.log_metrics(m, step=i)
 
     def _checkpoint(self) -> None:
@@ -219,6 +252,14 @@ class _Run:
         self.tracker.end("FINISHED")
         return results
 
+    def _general_summary(self) -> dict[str, float]:
+        """``general_retention``: mean over general-capability scores of last / before."""
+        before, after = self.state["general_before"] or {}, self.state["general"]
+        if not before or not after:
+            return {}
+        ratios = [after[-1][k] / v for k, v in before.items() if v]
+        return {"general_retention": float(np.mean(ratios))} if ratios else {}
+
     def _results(self) -> dict[str, Any]:
         s, stream = self.state, self.stream
         trainable, total = count_params(self.model)
@@ -238,7 +279,9 @@ class _Run:
             "seeds": {"seed": self.cfg.seed,
                       "experience_seeds": [derive_seed(self.cfg.seed, i) for i in range(len(stream))]},
             "R": s["R"], "R_pretrain": s["b"], "R_val": s["R_val"],
-            "metrics": M.summarize(s["R"], s["b"]),
+            "metrics": {**M.summarize(s["R"], s["b"]), **self._general_summary()},
+            "general": {"before": s["general_before"], "after": s["general"]},
+            "foundation": self.foundation,
             "per_experience": per,
             "cost": {"wall_time_s": s["wall_s"], "train_time_s": train_time,
                      "train_samples": samples, "train_samples_per_s": samples / max(train_time, 1e-9),

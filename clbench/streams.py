@@ -53,6 +53,20 @@ class Experience:
 
 
 @dataclass(frozen=True)
+class SourceData:
+    """The source distribution of a foundation setting (what the pretrained model knows).
+
+    ``train`` pretrains the foundation (and calibrates methods that declare
+    ``needs_source_data``); ``test`` measures general capability before and after each experience.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+
+
+@dataclass(frozen=True)
 class StreamInfo:
     """What a method may know about a stream before training (no data)."""
 
@@ -75,7 +89,7 @@ class Stream:
     experiences: tuple[Experience, ...]
     num_classes: int
     description: str = ""
-    source: Split | None = None
+    source: SourceData | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,7 +124,9 @@ class Stream:
             for s in (e.train, e.val, e.test):
                 _update(h, s)
         if self.source is not None:
-            _update(h, self.source)
+            h.update(self.source.name.encode())
+            for s in (self.source.train, self.source.val, self.source.test):
+                _update(h, s)
         return h.hexdigest()
 
 

@@ -12,19 +12,28 @@ from torch import Tensor, nn
 from clbench.config import RunConfig, TrackingConfig, TrainerConfig, build_run_config
 from clbench.protocol import Scenario
 from clbench.registry import SCENARIOS
-from clbench.streams import Experience, Split, Stream
+from clbench.streams import Experience, SourceData, Split, Stream
 
 
 def tiny_stream(n_experiences: int = 3, classes_per_exp: int = 2, n_per_class: int = 24,
-                dim: int = 16, scenario_type: str = "class_incremental", seed: int = 0) -> Stream:
-    """A learnable synthetic stream: Gaussian blobs, one mean per class, (N, dim) float inputs."""
+                dim: int = 16, scenario_type: str = "class_incremental", seed: int = 0,
+                source: bool = False, image: bool = False) -> Stream:
+    """A learnable synthetic stream: Gaussian blobs, one mean per class, (N, dim) float inputs.
+
+    Args:
+        source: also attach a :class:`SourceData` (blobs of every class, a foundation setting).
+        image: shape inputs as (N, 1, s, s) images with s*s = dim (for the ViT).
+    """
     g = torch.Generator().manual_seed(seed)
     n_classes = n_experiences * classes_per_exp
     means = torch.randn(n_classes, dim, generator=g) * 2.0
 
+    side = int(dim**0.5)
+
     def split(classes: tuple[int, ...], n: int) -> Split:
         y = torch.tensor(classes).repeat_interleave(n)
-        return Split(means[y] + torch.randn(len(y), dim, generator=g), y)
+        x = means[y] + torch.randn(len(y), dim, generator=g)
+        return Split(x.reshape(-1, 1, side, side) if image else x, y)
 
     exps = []
     for i in range(n_experiences):
@@ -32,13 +41,19 @@ def tiny_stream(n_experiences: int = 3, classes_per_exp: int = 2, n_per_class: i
         task = i if scenario_type == "task_incremental" else 0
         exps.append(Experience(i, task, classes, split(classes, n_per_class),
                                split(classes, n_per_class // 4), split(classes, n_per_class // 2)))
-    return Stream("tiny", "1", scenario_type, tuple(exps), n_classes, "synthetic test stream")
+    src = None
+    if source:
+        every = tuple(range(n_classes))
+        src = SourceData("tiny_source", split(every, n_per_class), split(every, 4), split(every, 8))
+    return Stream("tiny", "1", scenario_type, tuple(exps), n_classes, "synthetic test stream", source=src)
 
 
 @dataclass(frozen=True)
 class TinyConfig:
     n_experiences: int = 3
     scenario_type: str = "class_incremental"
+    source: bool = False  # attach source data (foundation setting)
+    image: bool = False  # (N, 1, 4, 4) inputs, e.g. for model=vit_tiny model.patch=2
 
 
 class TinyScenario(Scenario):
@@ -47,7 +62,8 @@ class TinyScenario(Scenario):
     Config = TinyConfig
 
     def build(self) -> Stream:
-        return tiny_stream(self.config.n_experiences, scenario_type=self.config.scenario_type)
+        c = self.config
+        return tiny_stream(c.n_experiences, scenario_type=c.scenario_type, source=c.source, image=c.image)
 
 
 def register_tiny() -> str:
@@ -64,9 +80,20 @@ def tiny_config(tmp: Path, method: str, **overrides: Any) -> RunConfig:
         method=method, scenario="tiny", model="mlp", seed=0,
         trainer=TrainerConfig(epochs=2, batch_size=8, lr=0.05, progress=False),
         tracking=TrackingConfig(runs_dir=str(tmp / "runs"), mlflow=False),
-        model_options={"hidden": 32, "layers": 1},
+        model_options={} if overrides.get("model", "mlp") != "mlp" else {"hidden": 32, "layers": 1},
     )
     return build_run_config(overrides, base)
+
+
+def tiny_vit_config(tmp: Path, method: str, **overrides: Any) -> RunConfig:
+    """A fast foundation-setting RunConfig: tiny ViT on image blobs with source data.
+
+    The foundation is pretrained (10 tiny epochs) into ``tmp/cache`` on first use.
+    """
+    values = {"scenario.source": True, "scenario.image": True, "model": "vit_tiny",
+              "model.patch": 2, "model.dim": 16, "model.depth": 2, "model.heads": 2,
+              "foundation.epochs": 10, "foundation.cache_dir": str(tmp / "cache")}
+    return tiny_config(tmp, method, **{**values, **overrides})
 
 
 def params_equal(a: nn.Module | dict[str, Tensor], b: nn.Module | dict[str, Tensor]) -> bool:
