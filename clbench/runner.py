@@ -188,6 +188,7 @@ class _Run:
         torch.manual_seed(derive_seed(self.cfg.seed, i))
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, i, 1))
         stats = self.trainer.train_experience(self.model, self.method, exps[i], exps[: i + 1], gen)
+        report = to_plain(self.method.experience_report())
         row = self.evaluator.row(self.model, self.method, exps, desc=f"eval after exp {i}")
         self.state["R"].append(row)
         if self.cfg.eval.validation:
@@ -195,7 +196,6 @@ class _Run:
         general = self._general()
         self.state["general"].append(general)
         trainable, _ = count_params(self.model)
-        report = to_plain(self.method.experience_report())
         self.state["per_exp"].append({**vars(stats), "trainable_params": trainable, "method": report})
         self.state["done"] = i + 1
         self.state["wall_s"] += time.perf_counter() - t0

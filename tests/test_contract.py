@@ -16,12 +16,12 @@ from clbench.registry import METHODS
 from clbench.runner import run
 from clbench.testing import tiny_config
 
-HOOKS = ("setup", "on_experience_start", "train_data", "optimizer", "transform_batch", "loss",
-         "on_after_backward", "on_after_step", "on_experience_end", "predict")
+HOOKS = ("setup", "on_source_data", "on_experience_start", "train_data", "optimizer", "transform_batch", "loss",
+         "on_after_backward", "on_after_step", "on_experience_end", "experience_report", "predict")
 ORDER = re.compile(
-    r"^setup (predict )+"
+    r"^setup (on_source_data )?(predict )+"
     r"(on_experience_start train_data optimizer (transform_batch loss on_after_backward on_after_step )+"
-    r"on_experience_end (predict )+)+$"
+    r"on_experience_end experience_report (predict )+)+$"
 )
 
 
@@ -58,18 +58,26 @@ def swap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 ALL = METHODS.names()
 
 
+def _cfg(tmp: Path, name: str, **overrides: Any) -> Any:
+    """The tiny run config; with source data when the method declares it needs some."""
+    if METHODS.get(name).needs_source_data:
+        overrides = {"scenario.source": True, "foundation.epochs": 2,
+                     "foundation.cache_dir": str(tmp / "cache"), **overrides}
+    return tiny_config(tmp, name, **overrides)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_hooks_fire_in_documented_order(name: str, tmp_path: Path, swap: Any) -> None:
     log: list[str] = []
     swap(name, _recording(METHODS.get(name), log))
-    run(tiny_config(tmp_path, method=name, **{"scenario.n_experiences": 2, "eval.validation": False}))
+    run(_cfg(tmp_path, name, **{"scenario.n_experiences": 2, "eval.validation": False}))
     assert ORDER.match(" ".join(log) + " "), " ".join(log)
     assert log.count("on_experience_start") == 2 and log.count("on_experience_end") == 2
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_resume_after_kill_equals_uninterrupted(name: str, tmp_path: Path, swap: Any) -> None:
-    full = run(tiny_config(tmp_path / "full", method=name))
+    full = run(_cfg(tmp_path / "full", name))
     cls = METHODS.get(name)
 
     class Killed(cls):  # type: ignore[valid-type, misc]
@@ -79,7 +87,7 @@ def test_resume_after_kill_equals_uninterrupted(name: str, tmp_path: Path, swap:
             super().on_experience_start(exp, model)
 
     swap(name, Killed)
-    cfg = tiny_config(tmp_path / "resumed", method=name)
+    cfg = _cfg(tmp_path / "resumed", name)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     run_dirs = list((tmp_path / "resumed" / "runs").rglob("checkpoint.pt"))
@@ -108,7 +116,7 @@ def test_frozen_parameters_stay_frozen(name: str, tmp_path: Path, swap: Any) -> 
             super().on_experience_end(exp, model)
 
     swap(name, Freezing)
-    res = run(tiny_config(tmp_path, method=name, **{"trainer.weight_decay": 0.01, "trainer.momentum": 0.9}))
+    res = run(_cfg(tmp_path, name, **{"trainer.weight_decay": 0.01, "trainer.momentum": 0.9}))
     assert len(snapshots) == 3 and len(res["R"]) == 3
 
 
