@@ -6,7 +6,7 @@ METHOD ?= naive
 SEEDS ?= 0 1 2
 ARGS ?=
 
-.PHONY: install test test-slow test-all bench perf quality ui lock clean
+.PHONY: install test test-slow test-all bench compare perf quality ui lock clean
 
 install: $(VENV)/.installed
 
@@ -27,10 +27,14 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/clbench bench method=$(METHOD) --seeds $(SEEDS) $(ARGS)
+	$(BIN)/clbench bench method=$(METHOD) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(ARGS)
+
+compare: install
+	$(BIN)/clbench compare --seeds $(SEEDS) $(if $(RESUME),--resume,)
 
 perf: install
 	$(BIN)/python tests/perf/perf_throughput.py
+	$(BIN)/python tests/perf/perf_methods.py
 
 quality: install
 	$(BIN)/ruff check clbench methods scenarios tests

@@ -1,35 +1,89 @@
-"""Owns ``make bench``: one method on the default suite with fixed settings, one results table.
+"""Owns ``make bench`` and ``make compare``: fixed settings on the default suite, one table.
 
 The settings are fixed so that every method is compared under the same budget; user overrides
-(``key=value``) are applied on top and shown in the run configs.
+(``key=value``) are applied on top and recorded in the run configs. Pairs a method cannot run
+(declared capabilities) are skipped with the reason, never silently.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from clbench.config import build_run_config
+from clbench.config import RunConfig, build_run_config
+from clbench.errors import IncompatibleError
+from clbench.registry import METHODS
 from clbench.report import aggregate_table, summary_table
 from clbench.runner import run
 
-# Fixed settings (model, trainer) shared by the suite. Offline, minutes on 2 CPU cores.
-FIXED: dict[str, Any] = {"model": "mlp", "trainer.epochs": 5, "trainer.batch_size": 32,
-                         "trainer.lr": 0.01, "trainer.momentum": 0.9}
-SUITE: dict[str, dict[str, Any]] = {"split_mnist": FIXED, "rotated_mnist": FIXED}
+# Fixed settings shared by the suite. Offline, minutes on 2 CPU cores.
+SCRATCH: dict[str, Any] = {"model": "mlp", "trainer.epochs": 5, "trainer.batch_size": 32,
+                           "trainer.lr": 0.01, "trainer.momentum": 0.9}
+FOUNDATION: dict[str, Any] = {"model": "vit_tiny", "trainer.epochs": 2, "trainer.batch_size": 32,
+                              "trainer.optimizer": "adamw", "trainer.lr": 0.001,
+                              "trainer.weight_decay": 0.01}
+SUITE: dict[str, dict[str, Any]] = {
+    "split_mnist": SCRATCH, "rotated_mnist": SCRATCH,
+    "rotated_mnist_ft": FOUNDATION, "split_rotated_mnist_ft": FOUNDATION,
+}
 BENCH_RUNS_DIR = "runs/bench"
+COMPARE_RUNS_DIR = "runs/compare"
+
+
+def suite_configs(overrides: Mapping[str, Any], seeds: Sequence[int], runs_dir: str) -> list[RunConfig]:
+    """One validated RunConfig per (scenario, seed); overrides apply on top of the fixed settings."""
+    return [build_run_config({**fixed, "tracking.runs_dir": runs_dir, **overrides,
+                              "scenario": scenario, "seed": seed})
+            for scenario, fixed in SUITE.items() for seed in seeds]
+
+
+def run_all(configs: Sequence[RunConfig], resume: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every config; incompatible (method, scenario) pairs are skipped with the reason."""
+    results, skipped = [], []
+    for cfg in configs:
+        try:
+            results.append(run(cfg, resume=resume, force=not resume))
+        except IncompatibleError as exc:
+            note = f"skipped {cfg.method} on {cfg.scenario}: {exc}"
+            if note not in skipped:
+                skipped.append(note)
+    return results, skipped
 
 
 def run_bench(overrides: Mapping[str, Any], seeds: Sequence[int] = (0, 1, 2), resume: bool = False) -> str:
-    """Run the suite for ``overrides['method']`` and return the Markdown summary table."""
-    configs = []
-    for scenario, fixed in SUITE.items():
-        for seed in seeds:
-            values = {**fixed, "tracking.runs_dir": BENCH_RUNS_DIR, **overrides,
-                      "scenario": scenario, "seed": seed}
-            configs.append(build_run_config(values))  # validate all before running any
-    results = [run(cfg, resume=resume, force=not resume) for cfg in configs]
-    per_seed = summary_table(results)
-    if len(seeds) == 1:
-        return per_seed
-    return f"{aggregate_table(results)}\n\nPer seed:\n\n{per_seed}"
+    """Run the suite for ``overrides['method']`` and return the Markdown summary."""
+    configs = suite_configs(overrides, seeds, BENCH_RUNS_DIR)  # validate all before running any
+    results, skipped = run_all(configs, resume)
+    parts = [aggregate_table(results)] if results else []
+    if len(seeds) > 1 and results:
+        parts.append("Per seed:\n\n" + summary_table(results))
+    return "\n\n".join(parts + skipped)
+
+
+def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
+                readme: Path | None = None) -> str:
+    """Every registered method on the suite; one table per scenario; optionally into README."""
+    from clbench.report import compare_tables
+
+    results: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for method in METHODS.names():
+        r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR), resume)
+        results += r
+        skipped += s
+    text = compare_tables(results, list(SUITE), seeds) + "".join(f"\n- {s}" for s in skipped)
+    if readme is not None:
+        embed(readme, "compare", text)
+    return text
+
+
+def embed(path: Path, tag: str, text: str) -> None:
+    """Replace the block between ``<!-- tag:start -->`` and ``<!-- tag:end -->`` in ``path``."""
+    doc = path.read_text()
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    if start not in doc or end not in doc:
+        raise ValueError(f"{path} has no {start} ... {end} block")
+    block = f"{start}\n<!-- generated by `make compare`; do not edit by hand -->\n{text}\n{end}"
+    path.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S))

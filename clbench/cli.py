@@ -4,6 +4,7 @@
     clbench list
     clbench show <run dir | MLflow run id>
     clbench bench method=<name> [--seeds 0 1 2]
+    clbench compare [--seeds 0 1 2] [--resume]
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from clbench.bench import run_compare
+
+    readme = None if args.no_readme else Path(args.readme)
+    print(run_compare(seeds=args.seeds, resume=args.resume, readme=readme))
+    return 0
+
+
 def load_results(target: str) -> dict[str, Any]:
     """``results.json`` from a run directory (or the file itself), else an MLflow run id."""
     p = Path(target)
@@ -106,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
     b.set_defaults(fn=cmd_bench)
+    c = sub.add_parser("compare", help="every method on the default suite; table into README.md")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    c.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
+    c.add_argument("--readme", default="README.md", help="file with a compare:start/end block")
+    c.add_argument("--no-readme", action="store_true", help="print only")
+    c.set_defaults(fn=cmd_compare)
     return p
 
 

@@ -83,3 +83,29 @@ def show(results: Mapping[str, Any]) -> str:
     cost = markdown_table(["cost", "value"], [(k, v) for k, v in results["cost"].items()])
     return "\n\n".join([head, "Accuracy matrix R:\n" + matrix_table(results["R"], results["R_pretrain"]),
                         metrics, cost])
+
+
+COMPARE_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "Forgetting"),
+                   ("general_retention", "General retention"))
+
+
+def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], seeds: Sequence[int]) -> str:
+    """One Markdown table per scenario: methods as rows, mean ± std over seeds."""
+    out = []
+    for scenario in scenarios:
+        rs = [r for r in runs if r["config"]["scenario"] == scenario]
+        if not rs:
+            continue
+        by_method: dict[str, list[Mapping[str, Any]]] = {}
+        for r in rs:
+            by_method.setdefault(r["config"]["method"], []).append(r)
+        header = ["method", *(h for _, h in COMPARE_COLUMNS), "time (s)"]
+        rows = [[m, *(mean_std([g["metrics"].get(k, float("nan")) for g in group]) for k, _ in COMPARE_COLUMNS),
+                 mean_std([g["cost"]["wall_time_s"] for g in group], 1)] for m, group in by_method.items()]
+        cfg = rs[0]["config"]
+        t = cfg["trainer"]
+        settings = (f"model {rs[0]['model']['name']}, {t['optimizer']} lr {t['lr']}, {t['epochs']} epochs, "
+                    f"batch {t['batch_size']}, seeds {', '.join(map(str, seeds))}")
+        out.append(f"**{scenario}** ({rs[0]['scenario']['type'].replace('_', '-')}; {settings})\n\n"
+                   + markdown_table(header, rows))
+    return "\n\n".join(out)
