@@ -3,7 +3,8 @@
 ``results.json`` is always written to the run directory first, so a tracking failure loses
 nothing. MLflow: the embedded default store is ``sqlite:///<cwd>/mlflow.db`` (artifacts in
 ``<cwd>/mlartifacts``); ``MLFLOW_TRACKING_URI`` or ``tracking.uri`` select another store or a
-server. Metric names use only ``[a-z0-9_]`` so MLflow search needs no quoting.
+server. Metric names use only ``[a-z0-9_]`` (no quoting in MLflow search) except the
+general-capability ones, ``general/<source>/<metric>``, which need backticks in a search.
 """
 
 from __future__ import annotations

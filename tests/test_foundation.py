@@ -1,0 +1,73 @@
+"""Foundation setting: cached pretraining, general capability, source data, method reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from clbench.errors import IncompatibleError
+from clbench.protocol import Method
+from clbench.registry import METHODS
+from clbench.runner import run
+from clbench.streams import Split
+from clbench.testing import tiny_config, tiny_vit_config
+
+
+def test_foundation_is_pretrained_once_then_loaded_from_cache(tmp_path: Path) -> None:
+    first = run(tiny_vit_config(tmp_path / "a", "naive", **{"foundation.cache_dir": str(tmp_path / "c")}))
+    second = run(tiny_vit_config(tmp_path / "b", "naive", **{"foundation.cache_dir": str(tmp_path / "c")}))
+    assert first["foundation"]["cached"] is False and second["foundation"]["cached"] is True
+    assert first["foundation"]["key"] == second["foundation"]["key"]
+    assert first["model"]["init_hash"] == second["model"]["init_hash"]
+    assert first["R"] == second["R"]
+    other = run(tiny_vit_config(tmp_path / "d", "naive", **{"foundation.cache_dir": str(tmp_path / "c"),
+                                                             "foundation.seed": 1}))
+    assert other["foundation"]["key"] != first["foundation"]["key"]
+    # the pretrained foundation is better than chance on the source test split
+    assert first["general"]["before"]["tiny_source/acc"] > 1 / 6 + 0.1
+
+
+def test_general_capability_before_and_after_each_experience(tmp_path: Path) -> None:
+    res = run(tiny_vit_config(tmp_path, "naive", **{"tracking.mlflow": True}))
+    before = res["general"]["before"]["tiny_source/acc"]
+    after = [g["tiny_source/acc"] for g in res["general"]["after"]]
+    assert len(after) == 3 and before > 0
+    assert res["metrics"]["general_retention"] == pytest.approx(after[-1] / before)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = res["mlflow"]["run_id"]
+    hist = client.get_metric_history(run_id, "general/tiny_source/acc")
+    assert [m.step for m in hist] == [0, 1, 2] and [m.value for m in hist] == pytest.approx(after)
+    ret = client.get_metric_history(run_id, "general/tiny_source/acc_retention")
+    assert ret[-1].value == pytest.approx(after[-1] / before)
+    exp_id = client.get_run(run_id).info.experiment_id
+    found = client.search_runs([exp_id], "metrics.`general/tiny_source/acc_retention` > -1")
+    assert [r.info.run_id for r in found] == [run_id]
+
+
+def test_source_data_only_for_methods_that_declare_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Split] = []
+
+    class NeedsSource(Method):
+        """Records the source data it receives."""
+
+        needs_source_data = True
+
+        def on_source_data(self, model: torch.nn.Module, source: Split) -> None:
+            seen.append(source)
+
+        def experience_report(self) -> dict[str, Any]:
+            return {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
+
+    monkeypatch.setitem(METHODS._items, "naive", NeedsSource)
+    res = run(tiny_vit_config(tmp_path, "naive", **{"tracking.mlflow": True}))
+    assert len(seen) == 1 and len(seen[0]) == 6 * 24  # the source train split, once
+    assert res["per_experience"][0]["method"] == {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    hist = client.get_metric_history(res["mlflow"]["run_id"], "method_frozen_fraction")
+    assert [m.step for m in hist] == [0, 1, 2]
+    with pytest.raises(IncompatibleError, match="needs source data"):
+        run(tiny_config(tmp_path / "nosrc", "naive"))
