@@ -278,6 +278,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(name, value, "an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(name, value, "a number") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(name, value, "a number")
         return float(value)

@@ -23,6 +23,11 @@ def test_int_accepted_for_float_field() -> None:
     assert build_run_config({"trainer.lr": 1}).trainer.lr == 1.0
 
 
+def test_exponent_without_dot_is_a_float() -> None:
+    # YAML 1.1 parses "1e-4" as a string; the override must still be a number
+    assert build_run_config(parse_overrides(["trainer.lr=1e-4"])).trainer.lr == 1e-4
+
+
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
