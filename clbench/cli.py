@@ -39,7 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for title, reg in (("methods", METHODS), ("scenarios", SCENARIOS), ("models", MODELS)):
         print(f"{title}:")
         for name in reg.names():
-            print(f"  {name:<20} {reg.describe(name)}")
+            print(f"  {name:<24} {reg.describe(name)}")
     return 0
 
 

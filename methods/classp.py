@@ -34,6 +34,11 @@ class CLASSPConfig:
             released code: a per-tensor test ``any(g^2 != 0) > threshold`` (every tensor with a
             nonzero gradient is fully updated when threshold < 1, nothing when >= 1) and
             ``G += |g|`` whatever ``p``.
+        threshold_quantile: our adaptation (spec 4(c) recommendation, in neither paper nor
+            code): when set, each tensor's threshold at each step is this quantile of its own
+            ``g^2`` (0.5 updates about the larger half of its gradients), replacing the absolute
+            ``threshold``, whose scale does not transfer across models (0.5 selects almost
+            nothing on our small ViT). Only with ``mode="paper"``.
     """
 
     lr: float | None = None
@@ -42,8 +47,13 @@ class CLASSPConfig:
     power: float = 1.0
     apply_scaling: bool = True
     mode: Mode = "paper"
+    threshold_quantile: float | None = None
 
     def __post_init__(self) -> None:
+        if self.threshold_quantile is not None and not 0.0 <= self.threshold_quantile < 1.0:
+            raise ValueError(f"threshold_quantile must be in [0, 1), got {self.threshold_quantile}")
+        if self.threshold_quantile is not None and self.mode != "paper":
+            raise ValueError("threshold_quantile needs mode='paper'")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0 (or None for trainer.lr), got {self.lr}")
         if self.threshold < 0:
@@ -63,9 +73,9 @@ class CLASSPOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.2, threshold: float = 0.5,
                  epsilon: float = 1e-5, power: float = 1.0, apply_scaling: bool = True,
-                 mode: Mode = "paper") -> None:
+                 mode: Mode = "paper", threshold_quantile: float | None = None) -> None:
         defaults = dict(lr=lr, threshold=threshold, epsilon=epsilon, power=power,
-                        apply_scaling=apply_scaling, mode=mode)
+                        apply_scaling=apply_scaling, mode=mode, threshold_quantile=threshold_quantile)
         super().__init__(params, defaults)
         self.n_steps = 0
         self._fraction_sum: Tensor | float = 0.0
@@ -111,7 +121,10 @@ class CLASSPOptimizer(torch.optim.Optimizer):
             nonzero = torch.stack(torch._foreach_norm(grads, float("inf"))).gt(0)
             count = (nonzero * torch.tensor([p.numel() for p in params], device=nonzero.device)).sum()
         else:
-            masked, count = _select(grads, group["threshold"])
+            thresholds = group["threshold"]
+            if group["threshold_quantile"] is not None:
+                thresholds = _quantile_thresholds(grads, group["threshold_quantile"])
+            masked, count = _select(grads, thresholds)
         power, increments = group["power"], torch._foreach_abs(masked)
         if group["mode"] == "paper" and power != 1.0:
             torch._foreach_pow_(increments, power)
@@ -126,10 +139,26 @@ class CLASSPOptimizer(torch.optim.Optimizer):
         return count
 
 
-def _select(grads: list[Tensor], threshold: float) -> tuple[Tensors, Tensor]:
-    """Element-wise ``g * [g^2 > threshold]`` and the number of selected elements."""
+def _quantile_thresholds(grads: list[Tensor], q: float) -> list[Tensor]:
+    """Per tensor, the k-th smallest ``g^2`` with k = floor(q*n): about ``(1-q)*n`` lie above."""
+    out = []
+    for g in grads:
+        sq = g.detach().flatten().square()
+        k = int(q * sq.numel())
+        out.append(sq.kthvalue(k).values if k >= 1 else sq.min() - 1)  # k = 0: select all
+    return out
+
+
+def _select(grads: list[Tensor], threshold: float | list[Tensor]) -> tuple[Tensors, Tensor]:
+    """Element-wise ``g * [g^2 > threshold]`` and the number of selected elements.
+
+    ``threshold`` is one number or one 0-d tensor per gradient (the quantile adaptation).
+    """
     mask = torch._foreach_mul(grads, grads)
-    torch._foreach_sub_(mask, threshold)  # exact: x - t > 0 iff x > t (IEEE, gradual underflow)
+    if isinstance(threshold, list):
+        torch._foreach_sub_(mask, threshold)
+    else:
+        torch._foreach_sub_(mask, threshold)  # exact: x - t > 0 iff x > t (IEEE, gradual underflow)
     torch._foreach_sign_(mask)
     torch._foreach_clamp_min_(mask, 0.0)
     count = torch.stack(torch._foreach_norm(mask, 1)).sum()
@@ -162,6 +191,8 @@ class CLASSP(Method):
         - ``lr`` defaults to ``trainer.lr`` (code default 0.2, for a CNN trained from scratch).
         - ``trainer.weight_decay`` and ``trainer.momentum`` are ignored: the code has neither.
         - The trainer's gradient clipping and accumulation apply before the threshold test.
+        - ``threshold_quantile`` (off by default) is our adaptation of the scale-dependent
+          absolute threshold: a per-tensor quantile of ``g^2`` at each step.
         - ``G`` and the update are fp32 whatever the parameter dtype; multi-tensor kernels can
           round differently in the last bit; each parameter group uses its own options (the
           code carries the first group's over to the others).
@@ -188,7 +219,8 @@ class CLASSP(Method):
     def optimizer(self, params: list[nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
         c = self.config
         opt = CLASSPOptimizer(params, lr=c.lr if c.lr is not None else cfg.lr, threshold=c.threshold,
-                              epsilon=c.epsilon, power=c.power, apply_scaling=c.apply_scaling, mode=c.mode)
+                              epsilon=c.epsilon, power=c.power, apply_scaling=c.apply_scaling, mode=c.mode,
+                              threshold_quantile=c.threshold_quantile)
         for p in params:
             name = self._names.get(id(p))
             if name is None:

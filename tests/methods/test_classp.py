@@ -171,3 +171,18 @@ def test_config_validation() -> None:
     for bad in ({"threshold": -1.0}, {"epsilon": 0.0}, {"power": 0.0}, {"lr": 0.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             CLASSPConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_quantile_threshold_updates_the_larger_half_of_each_tensor() -> None:
+    w = torch.nn.Parameter(torch.zeros(8))
+    opt = CLASSPOptimizer([w], lr=1.0, threshold_quantile=0.5)
+    g = torch.tensor([0.1, -0.8, 0.3, 0.05, -0.6, 0.2, 0.7, -0.01])
+    w.grad = g.clone()
+    opt.step()
+    changed = (w.detach() != 0).nonzero().flatten().tolist()
+    assert changed == [1, 2, 4, 6]  # the 4 largest |g| of 8
+    assert opt.updated_fraction == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="threshold_quantile"):
+        CLASSPConfig(threshold_quantile=1.0)
+    with pytest.raises(ValueError, match="mode='paper'"):
+        CLASSPConfig(threshold_quantile=0.5, mode="official")
