@@ -151,5 +151,15 @@ def check_compatible(method: type[Method], stream: Stream, model_family: str) ->
         )
 
 
+def check_inputs(model: nn.Module, stream: Stream) -> None:
+    """Refuse a model whose tokenizer differs from the one the stream was tokenized with."""
+    want, have = stream.meta.get("tokenizer"), getattr(model, "tokenizer_id", None)
+    if want is not None and have is not None and want != have:
+        raise IncompatibleError(
+            f"scenario {stream.name!r} was tokenized with {want!r} but the model uses {have!r}; "
+            f"set scenario.tokenizer={have} or model.model_id={want}"
+        )
+
+
 def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]

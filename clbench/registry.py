@@ -65,7 +65,7 @@ register_method = METHODS.register
 register_scenario = SCENARIOS.register
 register_model = MODELS.register
 
-_PLUGIN_PACKAGES = ("clbench.models", "clbench.vit", "methods", "scenarios")
+_PLUGIN_PACKAGES = ("clbench.models", "clbench.vit", "clbench.text_models", "methods", "scenarios")
 _loaded = False
 
 

@@ -28,7 +28,7 @@ from clbench.errors import ClbenchError
 from clbench.evaluation import Evaluator
 from clbench.foundation import obtain_foundation
 from clbench.models import build_model, count_params, model_family
-from clbench.protocol import Method, Scenario, check_compatible
+from clbench.protocol import Method, Scenario, check_compatible, check_inputs
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
 from clbench.tracking import MlflowRun, environment, heatmap_png, write_results
@@ -105,6 +105,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
     model, _ = build_model(model_name, stream.info(), dict(cfg.model_options))
     check_compatible(res.method_cls, stream, model_family(model))
+    check_inputs(model, stream)
     foundation = None
     if stream.source is not None and cfg.foundation.pretrain:
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
@@ -273,7 +274,8 @@ class _Run:
             "scenario": {"name": stream.name, "version": self.res.scenario.VERSION,
                          "type": stream.scenario_type, "content_hash": stream.content_hash(),
                          "n_experiences": len(stream), "num_classes": stream.num_classes,
-                         "classes": [list(e.classes) for e in stream.experiences]},
+                         "classes": [list(e.classes) for e in stream.experiences],
+                         "meta": to_plain(stream.meta)},
             "model": {"name": self.cfg.model, "family": model_family(self.model),
                       "init_hash": self.init_hash, "trainable_params": trainable, "total_params": total},
             "seeds": {"seed": self.cfg.seed,

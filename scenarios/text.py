@@ -1,0 +1,89 @@
+"""Text-classification CL streams (Standard CL / Long Sequence) over token-id tensors.
+
+Each task of the chosen order becomes one experience of a **task-incremental** stream: the
+global label space is the concatenation of the tasks' label sets, the task id is given at train
+and test time, and logits are masked to the task's own labels (classification with an encoder +
+head, accuracy). Data come from :mod:`scenarios.text_data` (LFPT5 few-shot copy by default, or
+O-LoRA's copy); tasks missing from a local copy are reported in ``meta["missing"]`` and as a
+warning, never silently dropped. Inputs are tokenized with ``scenario.tokenizer`` (it must be the
+model's tokenizer; the runner checks).
+
+VERSION history: 1 = initial.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from clbench.errors import DataUnavailableError
+from clbench.hf import MINILM_ID
+from clbench.protocol import Scenario
+from clbench.registry import register_scenario
+from clbench.streams import Experience, Split, Stream
+from scenarios.text_data import TextExample, TextTask, load_long_sequence, load_standard_cl
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TextCLConfig:
+    benchmark: Literal["standard", "long"] = "standard"
+    order: int = 1
+    source: Literal["lfpt5", "olora"] = "lfpt5"  # standard only; long reads the O-LoRA layout
+    data_dir: str = ""  # "" = $CLBENCH_DATA_DIR or ../shared/data
+    lfpt5_seed: str = "0_42"
+    tokenizer: str = MINILM_ID
+    max_length: int = 128
+    max_train_per_task: int = 0  # 0 = all (a deterministic prefix otherwise)
+    max_test_per_task: int = 0
+
+
+@register_scenario("text_cl")
+class TextCL(Scenario):
+    """Text classification CL (O-LoRA/LFPT5 Standard CL orders 1-3, Long Sequence 4-6), task-incremental."""
+
+    Config = TextCLConfig
+    VERSION = VERSION
+    default_model = "hf_encoder"
+
+    def build(self) -> Stream:
+        c: TextCLConfig = self.config
+        root = c.data_dir or None
+        if c.benchmark == "standard":
+            tasks, missing = load_standard_cl(root, c.order, c.source, lfpt5_seed=c.lfpt5_seed)
+        else:
+            tasks, missing = load_long_sequence(root, c.order)
+        if missing:
+            warnings.warn(f"text_cl order {c.order}: missing from the local copy: {', '.join(missing)}",
+                          stacklevel=2)
+        if not tasks:
+            raise DataUnavailableError(f"text_cl order {c.order}: no task found ({', '.join(missing)})")
+        return tasks_to_stream(tasks, c, missing)
+
+
+def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConfig, cap: int) -> Split:
+    """Token ids + global labels; examples whose label is not in the task's set (MNLI's "-") are left out."""
+    from clbench.text_models import tokenize
+
+    ex = [e for e in examples if e.label in ids][: cap or None]
+    x = tokenize([e.text for e in ex], c.tokenizer, c.max_length)
+    return Split(x, torch.tensor([ids[e.label] for e in ex], dtype=torch.long))
+
+
+def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) -> Stream:
+    """Tokenize each task's splits; labels get global ids in task order."""
+    exps, offset = [], 0
+    for i, task in enumerate(tasks):
+        ids = {label: offset + k for k, label in enumerate(task.labels)}
+        exps.append(Experience(i, i, tuple(ids.values()), _split(task.train, ids, c, c.max_train_per_task),
+                               _split(task.val, ids, c, c.max_train_per_task),
+                               _split(task.test, ids, c, c.max_test_per_task)))
+        offset += len(task.labels)
+    meta = {"tokenizer": c.tokenizer, "tasks": [t.name for t in tasks], "missing": list(missing),
+            "labels": [list(t.labels) for t in tasks]}
+    return Stream("text_cl", VERSION, "task_incremental", tuple(exps), offset,
+                  "text classification CL", meta=meta)
