@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.config import RunConfig, build_run_config
-from clbench.errors import IncompatibleError
+from clbench.errors import ConfigError, IncompatibleError
 from clbench.registry import METHODS
 from clbench.report import aggregate_table, summary_table
 from clbench.runner import run
@@ -28,15 +28,30 @@ SUITE: dict[str, dict[str, Any]] = {
     "split_mnist": SCRATCH, "rotated_mnist": SCRATCH,
     "rotated_mnist_ft": FOUNDATION, "split_rotated_mnist_ft": FOUNDATION,
 }
+# Language-model track: MiniLM + head on the Standard CL benchmark (LFPT5 few-shot, order 1).
+# Needs the LFPT5 data (../shared/data or scenario.data_dir); test sets capped for CPU time.
+TEXT: dict[str, Any] = {"model": "hf_encoder", "trainer.epochs": 5, "trainer.batch_size": 16,
+                        "trainer.optimizer": "adamw", "trainer.lr": 0.0002, "trainer.weight_decay": 0.01,
+                        "scenario.max_length": 128, "scenario.max_test_per_task": 200}
+TRACKS: dict[str, dict[str, dict[str, Any]]] = {"vision": SUITE, "lm": {"text_cl": TEXT}}
 BENCH_RUNS_DIR = "runs/bench"
 COMPARE_RUNS_DIR = "runs/compare"
 
 
-def suite_configs(overrides: Mapping[str, Any], seeds: Sequence[int], runs_dir: str) -> list[RunConfig]:
+def suite_for(track: str) -> dict[str, dict[str, Any]]:
+    """The scenarios and fixed settings of a track (``vision`` or ``lm``)."""
+    if track not in TRACKS:
+        raise ConfigError("track", track, sorted(TRACKS))
+    return SUITE if track == "vision" else TRACKS[track]
+
+
+def suite_configs(overrides: Mapping[str, Any], seeds: Sequence[int], runs_dir: str,
+                  track: str = "vision") -> list[RunConfig]:
     """One validated RunConfig per (scenario, seed); overrides apply on top of the fixed settings."""
+    suite = suite_for(track)
     return [build_run_config({**fixed, "tracking.runs_dir": runs_dir, **overrides,
                               "scenario": scenario, "seed": seed})
-            for scenario, fixed in SUITE.items() for seed in seeds]
+            for scenario, fixed in suite.items() for seed in seeds]
 
 
 def run_all(configs: Sequence[RunConfig], resume: bool) -> tuple[list[dict[str, Any]], list[str]]:
@@ -52,9 +67,10 @@ def run_all(configs: Sequence[RunConfig], resume: bool) -> tuple[list[dict[str, 
     return results, skipped
 
 
-def run_bench(overrides: Mapping[str, Any], seeds: Sequence[int] = (0, 1, 2), resume: bool = False) -> str:
+def run_bench(overrides: Mapping[str, Any], seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
+              track: str = "vision") -> str:
     """Run the suite for ``overrides['method']`` and return the Markdown summary."""
-    configs = suite_configs(overrides, seeds, BENCH_RUNS_DIR)  # validate all before running any
+    configs = suite_configs(overrides, seeds, BENCH_RUNS_DIR, track)  # validate all before running any
     results, skipped = run_all(configs, resume)
     parts = [aggregate_table(results)] if results else []
     if len(seeds) > 1 and results:
@@ -63,19 +79,24 @@ def run_bench(overrides: Mapping[str, Any], seeds: Sequence[int] = (0, 1, 2), re
 
 
 def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
-                readme: Path | None = None) -> str:
-    """Every registered method on the suite; one table per scenario; optionally into README."""
+                readme: Path | None = None, track: str = "vision",
+                methods: Sequence[str] | None = None) -> str:
+    """Methods (default: all registered) on a track's suite; one table per scenario.
+
+    The tables are written into ``readme`` between ``<!-- compare-<track>:start/end -->``.
+    """
     from clbench.report import compare_tables
 
+    suite = suite_for(track)
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for method in METHODS.names():
-        r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR), resume)
+    for method in methods or METHODS.names():
+        r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR, track), resume)
         results += r
         skipped += s
-    text = compare_tables(results, list(SUITE), seeds) + "".join(f"\n- {s}" for s in skipped)
+    text = compare_tables(results, list(suite), seeds) + "".join(f"\n- {s}" for s in skipped)
     if readme is not None:
-        embed(readme, "compare", text)
+        embed(readme, f"compare-{track}", text)
     return text
 
 

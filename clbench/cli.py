@@ -57,7 +57,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     values = parse_overrides(args.overrides)
     if "method" not in values:
         raise ClbenchError("bench needs a method: clbench bench method=<name> (see `clbench list`)")
-    print(run_bench(values, seeds=args.seeds, resume=args.resume))
+    print(run_bench(values, seeds=args.seeds, resume=args.resume, track=args.track))
     return 0
 
 
@@ -65,7 +65,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from clbench.bench import run_compare
 
     readme = None if args.no_readme else Path(args.readme)
-    print(run_compare(seeds=args.seeds, resume=args.resume, readme=readme))
+    print(run_compare(seeds=args.seeds, resume=args.resume, readme=readme, track=args.track,
+                      methods=args.methods))
     return 0
 
 
@@ -114,12 +115,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value")
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
+    b.add_argument("--track", default="vision", help="vision (default) or lm")
     b.set_defaults(fn=cmd_bench)
     c = sub.add_parser("compare", help="every method on the default suite; table into README.md")
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     c.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
     c.add_argument("--readme", default="README.md", help="file with a compare:start/end block")
     c.add_argument("--no-readme", action="store_true", help="print only")
+    c.add_argument("--track", default="vision", help="vision (default) or lm")
+    c.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     c.set_defaults(fn=cmd_compare)
     return p
 

@@ -43,7 +43,7 @@ def test_compare_embeds_generated_table_in_readme(tiny_suite: None, tmp_path: Pa
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(METHODS, "names", lambda: ["joint", "naive"])
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- compare:start -->\nold\n<!-- compare:end -->\nrest\n")
+    readme.write_text("intro\n<!-- compare-vision:start -->\nold\n<!-- compare-vision:end -->\nrest\n")
     text = bench.run_compare(seeds=(0,), readme=readme)
     doc = readme.read_text()
     assert "old" not in doc and doc.startswith("intro\n") and doc.endswith("rest\n")
@@ -51,5 +51,5 @@ def test_compare_embeds_generated_table_in_readme(tiny_suite: None, tmp_path: Pa
     assert "| joint |" in text and "| naive |" in text and "do not edit by hand" in doc
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    with pytest.raises(ValueError, match="compare:start"):
-        bench.embed(plain, "compare", "t")
+    with pytest.raises(ValueError, match="compare-vision:start"):
+        bench.embed(plain, "compare-vision", "t")
