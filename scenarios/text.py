@@ -24,6 +24,7 @@ from clbench.hf import MINILM_ID
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, Split, Stream
+from scenarios._common import DATA_SEED
 from scenarios.text_data import TextExample, TextTask, load_long_sequence, load_standard_cl
 
 VERSION = "1"
@@ -38,7 +39,7 @@ class TextCLConfig:
     lfpt5_seed: str = "0_42"
     tokenizer: str = MINILM_ID
     max_length: int = 128
-    max_train_per_task: int = 0  # 0 = all (a deterministic prefix otherwise)
+    max_train_per_task: int = 0  # 0 = all (else a seeded random subset, same for every run)
     max_test_per_task: int = 0
 
 
@@ -69,7 +70,10 @@ def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConf
     """Token ids + global labels; examples whose label is not in the task's set (MNLI's "-") are left out."""
     from clbench.text_models import tokenize
 
-    ex = [e for e in examples if e.label in ids][: cap or None]
+    ex = [e for e in examples if e.label in ids]
+    if cap and cap < len(ex):  # a seeded random subset (files are often sorted by label)
+        keep = torch.randperm(len(ex), generator=torch.Generator().manual_seed(DATA_SEED))[:cap]
+        ex = [ex[i] for i in sorted(keep.tolist())]
     x = tokenize([e.text for e in ex], c.tokenizer, c.max_length)
     return Split(x, torch.tensor([ids[e.label] for e in ex], dtype=torch.long))
 

@@ -86,3 +86,12 @@ def test_real_lfpt5_standard_order1_stream() -> None:
     assert [len(e.train) for e in s.experiences] == [224, 80, 160, 64]
     assert [len(e.test) for e in s.experiences] == [1400, 500, 1000, 400]
     assert s.num_classes == 14 + 5 + 10 + 4
+
+
+def test_capped_splits_are_a_random_subset_not_a_prefix() -> None:
+    tasks = [_task("a", ["x", "y", "z"], 10)]
+    s = tasks_to_stream(tasks, TextCLConfig(max_length=8, max_train_per_task=9), [])
+    labels = s.experiences[0].train.y.tolist()
+    assert len(labels) == 9 and len(set(labels)) > 1  # a prefix of the label-sorted file would be one class
+    again = tasks_to_stream(tasks, TextCLConfig(max_length=8, max_train_per_task=9), [])
+    assert torch.equal(again.experiences[0].train.x, s.experiences[0].train.x)
