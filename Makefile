@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 METHOD ?= naive
 SEEDS ?= 0 1 2
+TRACK ?= vision
 ARGS ?=
 
 .PHONY: install test test-slow test-all bench compare perf quality ui lock clean
@@ -27,10 +28,10 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/clbench bench method=$(METHOD) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(ARGS)
+	$(BIN)/clbench bench method=$(METHOD) --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(ARGS)
 
 compare: install
-	$(BIN)/clbench compare --seeds $(SEEDS) $(if $(RESUME),--resume,)
+	$(BIN)/clbench compare --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,)
 
 perf: install
 	$(BIN)/python tests/perf/perf_throughput.py

@@ -34,7 +34,7 @@ class Evaluator:
         was_training = model.training
         model.eval()
         try:
-            bar = tqdm(experiences, desc=desc, leave=False, unit="exp", disable=not self.progress)
+            bar = tqdm(experiences, desc=desc, leave=False, unit="exp", disable=None if self.progress else True)  # None: off when not a TTY
             return [self.accuracy(model, method, e, getattr(e, split)) for e in bar]
         finally:
             model.train(was_training)

@@ -112,7 +112,7 @@ class Trainer:
             total = math.ceil(len(data) / self.cfg.batch_size)
             batches: Iterable[Batch] = self._batches(data, exp, generator)
             if self.cfg.progress:
-                batches = tqdm(batches, total=total, leave=False, unit="batch",
+                batches = tqdm(batches, total=total, leave=False, unit="batch", disable=None,  # off without a TTY
                                desc=f"exp {exp.index} epoch {epoch + 1}/{self.cfg.epochs}")
             for k, batch in enumerate(batches):
                 stats.train_samples += len(batch.y)  # type: ignore[arg-type]
