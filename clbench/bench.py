@@ -94,7 +94,9 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
         r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR, track), resume)
         results += r
         skipped += s
-    text = compare_tables(results, list(suite), seeds) + "".join(f"\n- {s}" for s in skipped)
+    text = compare_tables(results, list(suite), seeds)
+    if skipped:
+        text += "\n\n" + "\n".join(f"- {s}" for s in skipped)
     if readme is not None:
         embed(readme, f"compare-{track}", text)
     return text
