@@ -3,7 +3,7 @@
 Text streams carry inputs as padded ``int64`` token-id tensors (N, L) made with the model's own
 tokenizer (the stream records its tokenizer in ``meta["tokenizer"]``; the runner refuses a model
 whose tokenizer differs). The attention mask is recomputed from the pad id, so every generic
-part of the harness (indexing, concatenation, replay buffers) handles text like any tensor.
+part of the harness (indexing, concatenation, memory buffers) handles text like any tensor.
 """
 
 from __future__ import annotations
