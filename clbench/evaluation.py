@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from clbench.objectives import Objective
 from clbench.protocol import Method
 from clbench.streams import Batch, Experience, Split
 from clbench.trainer import autocast_for, mask_by_task
@@ -21,7 +22,9 @@ class Evaluator:
     """Computes accuracies of ``method``'s inference path on experiences' splits."""
 
     def __init__(self, device: torch.device, batch_size: int, task_mask: Tensor | None = None,
-                 precision: str = "auto", progress: bool = False) -> None:
+                 precision: str = "auto", progress: bool = False,
+                 objective: Objective | None = None) -> None:
+        self.objective = objective or Objective()
         self.device = device
         self.batch_size = batch_size
         self.task_mask = None if task_mask is None else task_mask.to(device)  # task-IL only
@@ -58,12 +61,13 @@ class Evaluator:
             return float("nan")
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for i in range(0, len(data), self.batch_size):
-            x = data.x[i : i + self.batch_size].to(self.device, non_blocking=True)
+            x = self.objective.eval_inputs(data.x[i : i + self.batch_size]).to(self.device, non_blocking=True)
             task = None
             if self.task_mask is not None and exp is not None:
                 task = torch.full((len(x),), exp.task_id, dtype=torch.long, device=self.device)
             with autocast_for(self.device, self.precision):
-                logits = infer(Batch(x, None, task))
+                batch = Batch(x, None, task)
+                logits = self.objective.scores(infer(batch), batch)
             if task is not None:
                 logits = mask_by_task(logits, self.task_mask, task)  # type: ignore[arg-type]
             y = data.y[i : i + self.batch_size].to(self.device, non_blocking=True)

@@ -44,6 +44,7 @@ class Method:
     model_families: ClassVar[frozenset[str]] = frozenset({"any"})
     needs_source_data: ClassVar[bool] = False
     adapts_at_test_time: ClassVar[bool] = False
+    objectives: ClassVar[frozenset[str]] = frozenset({"classification", "causal_lm"})
     registry_name: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:
@@ -138,6 +139,12 @@ def check_compatible(method: type[Method], stream: Stream, model_family: str) ->
         raise IncompatibleError(
             f"method {name!r} does not support {stream.scenario_type} scenarios "
             f"(scenario {stream.name!r}); it supports: {', '.join(sorted(method.scenario_types))}"
+        )
+    objective = stream.meta.get("objective", "classification")
+    if objective not in method.objectives:
+        raise IncompatibleError(
+            f"method {name!r} does not support the {objective} objective of scenario "
+            f"{stream.name!r}; it supports: {', '.join(sorted(method.objectives))}"
         )
     if method.needs_source_data and stream.source is None:
         raise IncompatibleError(

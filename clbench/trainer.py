@@ -13,12 +13,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clbench.config import TrainerConfig
 from clbench.errors import NonFiniteLossError
+from clbench.objectives import Objective
 from clbench.protocol import Method, trainable
 from clbench.streams import Batch, Experience, Split
 
@@ -82,9 +82,11 @@ def mask_by_task(logits: Tensor, table: Tensor, task: Tensor) -> Tensor:
 class Trainer:
     """Runs one experience of training for any method through its hooks."""
 
-    def __init__(self, cfg: TrainerConfig, device: torch.device, task_mask: Tensor | None = None) -> None:
+    def __init__(self, cfg: TrainerConfig, device: torch.device, task_mask: Tensor | None = None,
+                 objective: Objective | None = None) -> None:
         self.cfg = cfg
         self.device = device
+        self.objective = objective or Objective()
         # task-incremental streams: (n_tasks, n_classes) table; each sample's loss is computed
         # over its own task's classes only (replayed samples keep their task ids)
         self.task_mask = None if task_mask is None else task_mask.to(device)
@@ -142,9 +144,9 @@ class Trainer:
         stats.forward_samples += len(batch.y)
         with autocast_for(self.device, self.cfg.precision):
             outputs = model(batch.x)
-            if self.task_mask is not None:
+            if self.task_mask is not None and self.objective.name == "classification":
                 outputs = mask_by_task(outputs, self.task_mask, batch.task)  # type: ignore[arg-type]
-            base = F.cross_entropy(outputs.float(), batch.y)
+            base = self.objective.loss(outputs, batch)
             loss = method.loss(model, batch, outputs, base)
         (loss if self.cfg.grad_accum == 1 else loss / self.cfg.grad_accum).backward()
         return loss.detach()

@@ -63,6 +63,8 @@ class EWC(Method):
 
     Deviations from the paper/official code (Avalanche 0.6 ``EWCPlugin`` is the reference and
     the default here, parity-tested):
+        - Classification objective only for now: the importance pass uses class cross-entropy,
+          so causal-LM (instruction-following) streams are refused before training.
         - The penalty has no 1/2 factor (the paper writes ``lambda/2``): ``ewc_lambda`` here equals
           half the paper's lambda.
         - The Fisher is the squared *minibatch-mean* gradient of the true labels' loss (empirical
@@ -75,6 +77,7 @@ class EWC(Method):
     """
 
     Config = EWCConfig
+    objectives = frozenset({"classification"})  # the importance pass uses class cross-entropy
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)

