@@ -52,6 +52,10 @@ class EvalConfig:
 
     batch_size: int = 1024
     validation: bool = True  # also fill R_val on the validation splits (used for tuning)
+    # general capability of language models (models exposing ``lm_eval_handle``): lm-eval tasks
+    # scored before training and after each experience; limit = documents per task (0 = all)
+    lm_eval_tasks: tuple[str, ...] = ("clbench_pydoc_cloze",)
+    lm_eval_limit: int = 200
 
     def __post_init__(self) -> None:
         _positive(self, "eval", ("batch_size",))

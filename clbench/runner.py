@@ -180,11 +180,25 @@ class _Run:
         self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.state["general_before"].items()}, 0)
 
     def _general(self) -> dict[str, float]:
-        """General capability: accuracy on the source test split (empty without a source)."""
+        """General capability: source test accuracy; lm-eval scores for language models.
+
+        lm-eval scores the underlying Hugging Face model directly (a method's ``predict`` path
+        is not used); its time is counted in ``cost.general_eval_time_s``, not in training.
+        """
+        scores: dict[str, float] = {}
         source = self.stream.source
-        if source is None:
-            return {}
-        return {f"{source.name}/acc": self.evaluator.split_accuracy(self.model, self.method, source.test)}
+        if source is not None:
+            scores[f"{source.name}/acc"] = self.evaluator.split_accuracy(self.model, self.method, source.test)
+        handle = getattr(self.model, "lm_eval_handle", None)
+        if handle is not None and self.cfg.eval.lm_eval_tasks:
+            from clbench.general import lm_eval_scores
+
+            start = time.perf_counter()
+            hf_model, tokenizer = handle()
+            scores.update(lm_eval_scores(hf_model, tokenizer, self.cfg.eval.lm_eval_tasks,
+                                         limit=self.cfg.eval.lm_eval_limit or None))
+            self.state["general_time_s"] = self.state.get("general_time_s", 0.0) + time.perf_counter() - start
+        return scores
 
     def _experience(self, i: int, t0: float) -> None:
         exps = self.stream.experiences
@@ -291,7 +305,8 @@ class _Run:
                      "train_samples": samples, "train_samples_per_s": samples / max(train_time, 1e-9),
                      "optimizer_steps": sum(p["optimizer_steps"] for p in per),
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                     "peak_cuda_mb": _cuda_peak_mb(), "trainable_params": trainable, "total_params": total},
+                     "peak_cuda_mb": _cuda_peak_mb(), "trainable_params": trainable, "total_params": total,
+                     "general_eval_time_s": s.get("general_time_s", 0.0)},
             "env": environment(str(self.device)),
             "mlflow": {"run_id": s["mlflow_run_id"], "tracking_uri": self.tracker.uri if s["mlflow_run_id"] else None},
             "run_dir": str(self.run_dir),

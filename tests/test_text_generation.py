@@ -88,8 +88,12 @@ def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_sce
     monkeypatch.setitem(METHODS._items, "naive", Spy)
     opts: dict[str, Any] = {"scenario": gen_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
                             "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003}
-    res = run(tiny_config(tmp_path, "naive", **opts))
+    res = run(tiny_config(tmp_path, "naive", **{**opts, "eval.lm_eval_limit": 8}))
     assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
+    # general capability by lm-eval on the bundled offline task, before and after each experience
+    assert "clbench_pydoc_cloze/acc" in res["general"]["before"]
+    assert len(res["general"]["after"]) == 2 and "general_retention" in res["metrics"]
+    assert res["cost"]["general_eval_time_s"] > 0
     assert res["per_experience"][0]["mean_loss"] > 0
     pad = 0  # BERT [PAD]
     assert all(bool((x[:, 0][x[:, 1] == 1] == pad).all()) for x in seen)
