@@ -38,7 +38,8 @@ VERSION = "1"
 
 @dataclass(frozen=True)
 class TextCLConfig:
-    benchmark: Literal["standard", "long"] = "standard"
+    benchmark: Literal["standard", "long", "trace"] = "standard"
+    tasks: tuple[str, ...] = ()  # trace only: task names ("" = all 8; missing ones are reported)
     order: int = 1
     source: Literal["lfpt5", "olora"] = "lfpt5"  # standard only; long reads the O-LoRA layout
     data_dir: str = ""  # "" = $CLBENCH_DATA_DIR or ../shared/data
@@ -67,8 +68,10 @@ class TextCL(Scenario):
         root = c.data_dir or None
         if c.benchmark == "standard":
             tasks, missing = load_standard_cl(root, c.order, c.source, lfpt5_seed=c.lfpt5_seed)
-        else:
+        elif c.benchmark == "long":
             tasks, missing = load_long_sequence(root, c.order)
+        else:
+            tasks, missing = _trace(root, c)
         if missing:
             warnings.warn(f"text_cl order {c.order}: missing from the local copy: {', '.join(missing)}",
                           stacklevel=2)
@@ -92,9 +95,27 @@ def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConf
         ex = [ex[i] for i in sorted(keep.tolist())]
     y = torch.tensor([ids[e.label] for e in ex], dtype=torch.long)
     if c.mode == "generation":
-        prompts = [olora_prompt(task, e) for e in ex]
+        prompts = [_prompt(task, e) for e in ex]
         return Split(pack_answers(prompts, [" " + e.label for e in ex], c.tokenizer, c.max_length), y)
     return Split(tokenize([e.text for e in ex], c.tokenizer, c.max_length), y)
+
+
+def _trace(root: str | None, c: TextCLConfig) -> tuple[list[TextTask], list[str]]:
+    """TRACE tasks with a closed answer set (C-STANCE, FOMC, ScienceQA: accuracy), prompts as shipped."""
+    from scenarios.text_data import TRACE_TASKS, load_trace
+
+    tasks, missing = load_trace(root, c.tasks or tuple(TRACE_TASKS))
+    open_ended = [t.name for t in tasks if not t.labels]
+    if open_ended:
+        raise ConfigError("scenario.tasks", ", ".join(open_ended),
+                          "TRACE tasks with a closed answer set (c_stance, fomc, scienceqa); "
+                          "open-ended tasks need generation metrics (ROUGE-L, SARI...) not yet supported")
+    return tasks, missing
+
+
+def _prompt(task: TextTask, example: TextExample) -> str:
+    """O-LoRA's prompt for classification families; TRACE prompts are used as shipped."""
+    return example.text if task.family.lower() == "trace" else olora_prompt(task, example)
 
 
 def _verbaliser(tasks: list[TextTask], tokenizer_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from clbench.registry import METHODS, SCENARIOS
 from clbench.runner import run
 from clbench.streams import Batch
 from clbench.testing import tiny_config
+from scenarios.mnist import shared_data_dir
 from scenarios.text import TextCLConfig, tasks_to_stream
 from scenarios.text_data import TextExample, TextTask
 
@@ -99,3 +100,19 @@ def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_sce
     assert all(bool((x[:, 0][x[:, 1] == 1] == pad).all()) for x in seen)
     with pytest.raises(IncompatibleError, match="causal_lm objective"):
         run(tiny_config(tmp_path / "ewc", "ewc", **opts))
+
+
+@pytest.mark.skipif(not (shared_data_dir() / "trace-partial").is_dir(),
+                    reason="../shared/data/trace-partial is absent (only beside the checkout)")
+def test_trace_fomc_generation_stream_reports_missing_tasks() -> None:
+    from clbench.config import build_dataclass
+
+    cls = SCENARIOS.get("text_cl")
+    cfg = build_dataclass(cls.Config, {"benchmark": "trace", "mode": "generation", "tokenizer": TOK,
+                                       "max_length": 64, "max_train_per_task": 30, "max_test_per_task": 20},
+                          "scenario")
+    with pytest.warns(UserWarning, match="missing from the local copy"):
+        s = cls(cfg).build()
+    assert s.meta["tasks"] == ["fomc"] and "meetingbank" in s.meta["missing"]
+    assert s.meta["objective"] == "causal_lm" and s.num_classes == 3
+    assert s.experiences[0].train.x.shape == (30, 2, 64) and len(s.experiences[0].test) == 20
