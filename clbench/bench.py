@@ -28,12 +28,19 @@ SUITE: dict[str, dict[str, Any]] = {
     "split_mnist": SCRATCH, "rotated_mnist": SCRATCH,
     "rotated_mnist_ft": FOUNDATION, "split_rotated_mnist_ft": FOUNDATION,
 }
-# Language-model track: MiniLM + head on the Standard CL benchmark (LFPT5 few-shot, order 1).
-# Needs the LFPT5 data (../shared/data or scenario.data_dir); test sets capped for CPU time.
-TEXT: dict[str, Any] = {"model": "hf_encoder", "trainer.epochs": 5, "trainer.batch_size": 16,
-                        "trainer.optimizer": "adamw", "trainer.lr": 0.0002, "trainer.weight_decay": 0.01,
-                        "scenario.max_length": 128, "scenario.max_test_per_task": 200}
-TRACKS: dict[str, dict[str, dict[str, Any]]] = {"vision": SUITE, "lm": {"text_cl": TEXT}}
+# Language-model track (offline default): SmolLM2-135M-Instruct adapting to three domains of
+# unlabeled text, general capability by lm-eval on the bundled task. Minutes per run on 2 cores.
+LM: dict[str, Any] = {"model": "hf_causal_lm", "trainer.epochs": 1, "trainer.batch_size": 8,
+                      "trainer.optimizer": "adamw", "trainer.lr": 0.00002, "trainer.weight_decay": 0.01,
+                      "scenario.max_length": 64, "scenario.max_blocks": 120, "eval.lm_eval_limit": 100,
+                      "eval.validation": False}
+# Standard CL benchmark with MiniLM + head (LFPT5 few-shot, order 1): needs the LFPT5 data
+# (../shared/data or scenario.data_dir); test sets capped for CPU time.
+TEXT_CL: dict[str, Any] = {"model": "hf_encoder", "trainer.epochs": 5, "trainer.batch_size": 16,
+                           "trainer.optimizer": "adamw", "trainer.lr": 0.0002, "trainer.weight_decay": 0.01,
+                           "scenario.max_length": 128, "scenario.max_test_per_task": 200}
+TRACKS: dict[str, dict[str, dict[str, Any]]] = {"vision": SUITE, "lm": {"text_domains": LM},
+                                                "lm_standard_cl": {"text_cl": TEXT_CL}}
 BENCH_RUNS_DIR = "runs/bench"
 COMPARE_RUNS_DIR = "runs/compare"
 

@@ -6,6 +6,7 @@ and task ids reach them only in task-incremental streams.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from clbench.objectives import Objective
 from clbench.protocol import Method
 from clbench.streams import Batch, Experience, Split
-from clbench.trainer import autocast_for, mask_by_task
+from clbench.trainer import autocast_for
 
 
 class Evaluator:
@@ -60,6 +61,7 @@ class Evaluator:
         if len(data) == 0:
             return float("nan")
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        judged = 0
         for i in range(0, len(data), self.batch_size):
             x = self.objective.eval_inputs(data.x[i : i + self.batch_size]).to(self.device, non_blocking=True)
             task = None
@@ -67,9 +69,28 @@ class Evaluator:
                 task = torch.full((len(x),), exp.task_id, dtype=torch.long, device=self.device)
             with autocast_for(self.device, self.precision):
                 batch = Batch(x, None, task)
-                logits = self.objective.scores(infer(batch), batch)
-            if task is not None:
-                logits = mask_by_task(logits, self.task_mask, task)  # type: ignore[arg-type]
+                outputs = infer(batch)
             y = data.y[i : i + self.batch_size].to(self.device, non_blocking=True)
-            correct += (logits.argmax(-1) == y).sum()
-        return float(correct) / len(data)
+            hits, n = self.objective.count(outputs, batch, y, self.task_mask)
+            correct += hits
+            judged += n
+        return float(correct) / max(judged, 1)
+
+    @torch.inference_mode()
+    def perplexity(self, model: nn.Module, method: Method, data: Split) -> float:
+        """exp(mean next-token NLL) on ``data`` (language-modeling objectives only; else NaN)."""
+        nll_fn = getattr(self.objective, "nll", None)
+        if nll_fn is None or len(data) == 0:
+            return float("nan")
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            for i in range(0, len(data), self.batch_size):
+                batch = Batch(data.x[i : i + self.batch_size].to(self.device), None, None)
+                with autocast_for(self.device, self.precision):
+                    s, n = nll_fn(method.predict(model, batch), batch)
+                total, count = total + s, count + n
+        finally:
+            model.train(was_training)
+        return math.exp(total / max(count, 1))

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from clbench.streams import Batch, Stream
 
-OBJECTIVES = ("classification", "causal_lm")
+OBJECTIVES = ("classification", "causal_lm", "causal_lm_text")
 
 
 class Objective:
@@ -37,6 +37,14 @@ class Objective:
     def eval_inputs(self, x: Tensor) -> Tensor:
         """What inference may see of a test input (nothing that reveals the label)."""
         return x
+
+    def count(self, outputs: Tensor, batch: Batch, y: Tensor, task_mask: Tensor | None) -> tuple[Tensor, int]:
+        """(number correct, number judged) for one evaluation batch."""
+        scores = self.scores(outputs, batch)
+        if task_mask is not None and batch.task is not None:
+            keep = task_mask.to(scores.device)[batch.task]
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        return (scores.argmax(-1) == y).sum(), len(y)
 
 
 class CausalLMObjective(Objective):
@@ -65,6 +73,35 @@ class CausalLMObjective(Objective):
         return logp[:, self.first_tokens.to(outputs.device)]
 
 
+class LanguageModelingObjective(Objective):
+    """Unlabeled text (continual pre-training): next-token loss on real tokens.
+
+    Inputs are packed (N, 2, L): token ids and a 0/1 mask of real (non-padding) tokens. R holds
+    next-token **top-1 accuracy** on each experience's test text (higher is better, so BWT and
+    forgetting keep their meaning); :meth:`nll` gives the perplexity reported beside it.
+    """
+
+    name = "causal_lm_text"
+
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        ids, mask = batch.x[:, 0], batch.x[:, 1]
+        target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        logits = outputs[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+
+    def count(self, outputs: Tensor, batch: Batch, y: Tensor, task_mask: Tensor | None) -> tuple[Tensor, int]:
+        real = batch.x[:, 1, 1:] == 1
+        hits = (outputs[:, :-1].argmax(-1) == batch.x[:, 0, 1:]) & real
+        return hits.sum(), int(real.sum())
+
+    def nll(self, outputs: Tensor, batch: Batch) -> tuple[float, int]:
+        """(summed next-token negative log-likelihood, number of predicted tokens)."""
+        real = batch.x[:, 1, 1:] == 1
+        logp = outputs[:, :-1].float().log_softmax(-1)
+        tok = logp.gather(-1, batch.x[:, 0, 1:].unsqueeze(-1)).squeeze(-1)
+        return float(-(tok * real).sum()), int(real.sum())
+
+
 def answer_start(mask: Tensor) -> Tensor:
     """Index of the first answer token per row of a 0/1 answer mask (N, L)."""
     return mask.int().argmax(dim=1)
@@ -73,6 +110,8 @@ def answer_start(mask: Tensor) -> Tensor:
 def objective_for(stream: Stream) -> Objective:
     """The objective a stream declares in ``meta["objective"]`` (default classification)."""
     name = stream.meta.get("objective", "classification")
+    if name == "causal_lm_text":
+        return LanguageModelingObjective()
     if name == "causal_lm":
         return CausalLMObjective(torch.as_tensor(stream.meta["first_tokens"], dtype=torch.long),
                                  int(stream.meta["pad_id"]))

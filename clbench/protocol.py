@@ -44,7 +44,7 @@ class Method:
     model_families: ClassVar[frozenset[str]] = frozenset({"any"})
     needs_source_data: ClassVar[bool] = False
     adapts_at_test_time: ClassVar[bool] = False
-    objectives: ClassVar[frozenset[str]] = frozenset({"classification", "causal_lm"})
+    objectives: ClassVar[frozenset[str]] = frozenset({"classification", "causal_lm", "causal_lm_text"})
     registry_name: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:

@@ -8,6 +8,7 @@ from the last one and gives the same R as an uninterrupted run (per-experience r
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import resource
 import shutil
@@ -108,7 +109,9 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     check_compatible(res.method_cls, stream, model_family(model))
     check_inputs(model, stream)
     foundation = None
-    if stream.source is not None and cfg.foundation.pretrain:
+    # a model that arrives pretrained (Hugging Face checkpoints) is already the foundation: the
+    # source then only serves calibration and the general-capability probe
+    if stream.source is not None and cfg.foundation.pretrain and not getattr(model, "is_pretrained", False):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
@@ -213,7 +216,12 @@ class _Run:
         general = self._general()
         self.state["general"].append(general)
         trainable, _ = count_params(self.model)
-        self.state["per_exp"].append({**vars(stats), "trainable_params": trainable, "method": report})
+        extra = {"method": report}
+        ppl = self.evaluator.perplexity(self.model, self.method, exps[i].test)
+        if math.isfinite(ppl):  # language-modeling streams: plasticity as target perplexity
+            extra["test_perplexity"] = ppl
+            self.tracker.log_metrics({"test_perplexity": ppl}, step=i)
+        self.state["per_exp"].append({**vars(stats), "trainable_params": trainable, **extra})
         self.state["done"] = i + 1
         self.state["wall_s"] += time.perf_counter() - t0
         self._checkpoint()

@@ -49,6 +49,7 @@ class HFEncoderClassifier(nn.Module):
 
     Config: ClassVar[type] = HFEncoderConfig
     family: ClassVar[str] = "hf_encoder"
+    is_pretrained: ClassVar[bool] = True  # no foundation pretraining on a source split
 
     def __init__(self, info: StreamInfo, config: HFEncoderConfig | None = None) -> None:
         super().__init__()
@@ -94,6 +95,7 @@ class HFCausalLM(nn.Module):
 
     Config: ClassVar[type] = HFCausalConfig
     family: ClassVar[str] = "hf_causal_lm"
+    is_pretrained: ClassVar[bool] = True  # no foundation pretraining on a source split
 
     def __init__(self, info: StreamInfo, config: HFCausalConfig | None = None) -> None:
         super().__init__()

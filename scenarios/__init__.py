@@ -1,3 +1,3 @@
 """Scenario plug-ins: one module per scenario family, registered on import."""
 
-from scenarios import avalanche_adapter, digits, mnist, mnist_ft, text  # noqa: F401
+from scenarios import avalanche_adapter, digits, mnist, mnist_ft, text, text_domains  # noqa: F401
