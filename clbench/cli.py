@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -128,8 +129,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # a kill (SIGTERM) ends like Ctrl-C: the run is marked KILLED and its checkpoint kept
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.fn(args))
     except ClbenchError as exc:

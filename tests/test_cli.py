@@ -69,3 +69,42 @@ def test_show_by_mlflow_run_id(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert run_id and main(["show", run_id]) == 0
     assert "naive on tiny (seed 0)" in capsys.readouterr().out
     assert main(["show", "0123456789abcdef0123456789abcdef"]) == 2
+
+
+def test_sigterm_marks_the_run_killed_and_resume_finishes_it(tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import time, sys\n"
+        "from clbench.testing import register_tiny\n"
+        "from clbench.registry import METHODS\n"
+        "from clbench.protocol import Method\n"
+        "class Slow(Method):\n"
+        "    def on_experience_start(self, exp, model):\n"
+        "        if exp.index == 1:\n"
+        "            print('ready', flush=True); time.sleep(60)\n"
+        "METHODS.names()\n"  # load the plug-ins first, then replace one
+        "METHODS._items['naive'] = Slow\n"
+        "register_tiny()\n"
+        "from clbench.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [sys.executable, "-c", script, "run", "method=naive", *TINY]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    [status] = list((tmp_path / "runs").rglob("status.json"))
+    assert json.loads(status.read_text())["status"] == "killed"
+    assert (status.parent / "checkpoint.pt").is_file()  # experience 0 kept
+    plain = "from clbench.testing import register_tiny\nregister_tiny()\nimport sys\n" \
+            "from clbench.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    resumed = subprocess.run([sys.executable, "-c", plain, "run", "method=naive", *TINY, "--resume"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and not status.exists()
+    assert (status.parent / "results.json").is_file()
