@@ -10,6 +10,10 @@ Hook order for one run (tested in ``tests/test_contract.py``)::
         on_experience_end -> experience_report
         (evaluation: predict, or adapt for test-time methods)
 
+Before ``setup`` the runner sets ``method.objective`` to the stream's objective (see
+``clbench/objectives.py``), so a method that needs the base loss outside ``loss`` (an importance
+pass, distillation on token outputs) computes it exactly as the trainer does.
+
 A hook receives what it needs and returns what it changes; none receives the trainer. Methods
 never step the optimizer: ``on_after_backward`` may edit gradients in place, that is all.
 """
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from clbench.config import TrainerConfig
 from clbench.errors import IncompatibleError
+from clbench.objectives import Objective
 from clbench.streams import SCENARIO_TYPES, Batch, Experience, Split, Stream, StreamInfo
 
 
@@ -49,6 +54,7 @@ class Method:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+        self.objective: Objective = Objective()  # set by the runner before setup
 
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
         """Called once before the first experience; may wrap the model or inject modules."""
@@ -123,6 +129,7 @@ class Scenario:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+        self.objective: Objective = Objective()  # set by the runner before setup
 
     def build(self) -> Stream:
         raise NotImplementedError

@@ -111,7 +111,8 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     foundation = None
     # a model that arrives pretrained (Hugging Face checkpoints) is already the foundation: the
     # source then only serves calibration and the general-capability probe
-    if stream.source is not None and cfg.foundation.pretrain and not getattr(model, "is_pretrained", False):
+    if (stream.source is not None and stream.source.probe and cfg.foundation.pretrain
+            and not getattr(model, "is_pretrained", False)):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
@@ -140,11 +141,12 @@ class _Run:
         self.device = resolve_device(cfg.trainer.device)
         self.init_hash = state_hash(model)
         self.method = res.method_cls(res.method_cfg)
+        objective = objective_for(stream)
+        self.method.objective = objective
         self.model = self.method.setup(model, stream.info()).to(self.device)
         task_mask = None
         if stream.scenario_type == "task_incremental":
             task_mask = task_class_mask(stream.experiences, stream.num_classes)
-        objective = objective_for(stream)
         self.trainer = Trainer(cfg.trainer, self.device, task_mask, objective)
         self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_mask,
                                    cfg.trainer.precision, cfg.trainer.progress, objective)
@@ -190,7 +192,7 @@ class _Run:
         """
         scores: dict[str, float] = {}
         source = self.stream.source
-        if source is not None:
+        if source is not None and source.probe:
             scores[f"{source.name}/acc"] = self.evaluator.split_accuracy(self.model, self.method, source.test)
         handle = getattr(self.model, "lm_eval_handle", None)
         if handle is not None and self.cfg.eval.lm_eval_tasks:

@@ -58,12 +58,15 @@ class SourceData:
 
     ``train`` pretrains the foundation (and calibrates methods that declare
     ``needs_source_data``); ``test`` measures general capability before and after each experience.
+    ``probe=False`` marks calibration-only data (e.g. unlabeled text beside a classification
+    stream): no general-capability score is computed on it and no foundation is pretrained on it.
     """
 
     name: str
     train: Split
     val: Split
     test: Split
+    probe: bool = True
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,10 @@ class EWC(Method):
 
     Deviations from the paper/official code (Avalanche 0.6 ``EWCPlugin`` is the reference and
     the default here, parity-tested):
-        - Classification objective only for now: the importance pass uses class cross-entropy,
-          so causal-LM (instruction-following) streams are refused before training.
+        - Language-model streams (``causal_lm``, ``causal_lm_text``): the importance pass uses
+          the stream's own token loss (answer-token or next-token cross-entropy, exactly the
+          trainer's base loss), i.e. the empirical Fisher of the token loss; Avalanche has no LM
+          path.
         - The penalty has no 1/2 factor (the paper writes ``lambda/2``): ``ewc_lambda`` here equals
           half the paper's lambda.
         - The Fisher is the squared *minibatch-mean* gradient of the true labels' loss (empirical
@@ -77,7 +79,6 @@ class EWC(Method):
     """
 
     Config = EWCConfig
-    objectives = frozenset({"classification"})  # the importance pass uses class cross-entropy
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)
@@ -138,10 +139,7 @@ class EWC(Method):
         try:
             for i in range(0, len(data), batch_size):
                 x, y = data.x[i : i + batch_size].to(device), data.y[i : i + batch_size].to(device)
-                out = model(x).float()
-                if self._task_aware:
-                    out = mask_to_classes(out, classes)
-                grads = torch.autograd.grad(F.cross_entropy(out, y), [p for _, p in named],
+                grads = torch.autograd.grad(self._loss(model, x, y, classes), [p for _, p in named],
                                             allow_unused=True)
                 for (n, _), g in zip(named, grads, strict=True):
                     if g is not None:
@@ -150,6 +148,15 @@ class EWC(Method):
         finally:
             model.train(was_training)
         return {n: f / max(n_batches, 1) for n, f in imp.items()}
+
+    def _loss(self, model: nn.Module, x: Tensor, y: Tensor, classes: tuple[int, ...]) -> Tensor:
+        """The importance loss: class cross-entropy (masked per task), or the stream's token loss."""
+        if self.objective.name != "classification":
+            return self.objective.loss(model(x), Batch(x, y))
+        out = model(x).float()
+        if self._task_aware:
+            out = mask_to_classes(out, classes)
+        return F.cross_entropy(out, y)
 
     def _to(self, device: torch.device) -> None:
         first = next((t for d in self.importances for t in d.values()), None)

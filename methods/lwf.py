@@ -43,6 +43,20 @@ def distillation_loss(student: Tensor, teacher: Tensor, units: list[int], temper
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
+def token_distillation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """Mean over covered positions of ``KL(softmax(teacher/T) || softmax(student/T))``.
+
+    ``student``/``teacher`` are token logits (N, L, V); ``mask`` (N, L) marks the tokens the loss
+    covers; position ``t`` predicts token ``t + 1``, as in the next-token loss.
+    """
+    keep = mask[:, 1:] == 1
+    if not keep.any():
+        return student.sum() * 0.0
+    log_p = torch.log_softmax(student[:, :-1][keep].float() / temperature, dim=-1)
+    q = torch.softmax(teacher[:, :-1][keep].float() / temperature, dim=-1)
+    return F.kl_div(log_p, q, reduction="batchmean")
+
+
 @register_method("lwf")
 class LwF(Method):
     """Learning without Forgetting (LwF).
@@ -60,8 +74,11 @@ class LwF(Method):
 
     Deviations from the paper/official code (Avalanche 0.6 ``LwFPlugin`` /
     ``LearningWithoutForgetting`` is the reference and the default here, parity-tested):
-        - Classification objective only for now: it distils class logits, so causal-LM
-          (instruction-following) streams are refused before training.
+        - Language-model streams (``causal_lm``, ``causal_lm_text``): there are no class units,
+          so the teacher's temperature-``T`` next-token distribution over the whole vocabulary is
+          distilled at every position the stream's loss covers (answer tokens, or all real
+          tokens of unlabeled text), ``KL`` averaged over those positions. Avalanche has no LM
+          path; this is the usual token-level KD of LM continual-learning baselines.
         - Distillation is ``kl_div(..., reduction="batchmean")`` without the ``T^2`` gradient
           rescaling, over previously seen classes only, as Avalanche; the paper uses a
           cross-entropy with ``T = 2`` on the old heads (same gradients as the KL).
@@ -75,7 +92,6 @@ class LwF(Method):
     """
 
     Config = LwFConfig
-    objectives = frozenset({"classification"})  # distils class logits over seen classes
 
     def __init__(self, config: LwFConfig | None = None) -> None:
         super().__init__(config)
@@ -104,6 +120,11 @@ class LwF(Method):
             self._pending = None
         if self.teacher is None:
             return base_loss
+        if self.objective.name != "classification":
+            with torch.no_grad():
+                prev = self.teacher(batch.x)
+            kd = token_distillation_loss(outputs, prev, batch.x[:, 1], self.config.temperature)
+            return base_loss + self.current_alpha() * kd
         student = model(batch.x) if self._task_aware else outputs
         with torch.no_grad():
             prev = self.teacher(batch.x)

@@ -8,7 +8,15 @@ O-LoRA's copy); tasks missing from a local copy are reported in ``meta["missing"
 warning, never silently dropped. Inputs are tokenized with ``scenario.tokenizer`` (it must be the
 model's tokenizer; the runner checks).
 
-VERSION history: 1 = initial.
+Every stream also carries calibration-only source data (``SourceData(probe=False)``): 256
+passages of CPython's documentation (``pydoc_data``, always installed), tokenized like the task
+inputs. Methods that declare ``needs_source_data`` (importance calibration on what the pretrained
+model knows) use it; no general-capability score is computed on it and no other method sees it.
+Examples whose label is outside their task's label set (MNLI's "-") are left out and counted per
+task and split in ``meta["dropped_off_label"]`` (stored in results.json).
+
+VERSION history: 1 = initial; 2 = calibration source added, dropped examples counted (the
+labelled experiences are unchanged).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from clbench.errors import ConfigError, DataUnavailableError
 from clbench.hf import MINILM_ID
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
-from clbench.streams import Experience, Split, Stream
+from clbench.streams import Experience, SourceData, Split, Stream
 from scenarios._common import DATA_SEED
 from scenarios.text_data import (
     TextExample,
@@ -33,7 +41,8 @@ from scenarios.text_data import (
     olora_prompt,
 )
 
-VERSION = "1"
+VERSION = "2"
+CALIBRATION_PASSAGES = 256
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConf
     """
     from clbench.text_models import pack_answers, tokenize
 
-    ex = [e for e in examples if e.label in ids]
+    ex = [e for e in examples if e.label in ids]  # the count left out is in meta["dropped_off_label"]
     if cap and cap < len(ex):  # a seeded random subset (files are often sorted by label)
         keep = torch.randperm(len(ex), generator=torch.Generator().manual_seed(DATA_SEED))[:cap]
         ex = [ex[i] for i in sorted(keep.tolist())]
@@ -134,16 +143,37 @@ def _verbaliser(tasks: list[TextTask], tokenizer_id: str) -> dict[str, Any]:
 
 def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) -> Stream:
     """Tokenize each task's splits; labels get global ids in task order."""
-    exps, offset = [], 0
+    exps, offset, dropped = [], 0, {}
     for i, task in enumerate(tasks):
+        dropped[task.name] = {split: sum(e.label not in task.labels for e in getattr(task, split))
+                              for split in ("train", "val", "test")}
         ids = {label: offset + k for k, label in enumerate(task.labels)}
         exps.append(Experience(i, i, tuple(ids.values()), _split(task.train, ids, c, c.max_train_per_task, task),
                                _split(task.val, ids, c, c.max_train_per_task, task),
                                _split(task.test, ids, c, c.max_test_per_task, task)))
         offset += len(task.labels)
     meta: dict[str, Any] = {"tokenizer": c.tokenizer, "tasks": [t.name for t in tasks],
-                            "missing": list(missing), "labels": [list(t.labels) for t in tasks]}
+                            "missing": list(missing), "labels": [list(t.labels) for t in tasks],
+                            "dropped_off_label": dropped}
     if c.mode == "generation":
         meta.update(objective="causal_lm", **_verbaliser(tasks, c.tokenizer))
     return Stream("text_cl", VERSION, "task_incremental", tuple(exps), offset,
-                  "text classification CL", meta=meta)
+                  "text classification CL", source=calibration_source(c), meta=meta)
+
+
+def calibration_source(c: TextCLConfig) -> SourceData:
+    """Calibration-only source text (CPython docs), in the same input format as the tasks."""
+    from scenarios.text_domains import blocks, pydoc_text
+
+    if c.mode == "generation":
+        x = blocks(pydoc_text(), c.tokenizer, c.max_length, CALIBRATION_PASSAGES, DATA_SEED).x
+    else:
+        from clbench.text_models import tokenize
+
+        passages = [p for p in pydoc_text().split("\n\n") if len(p.split()) >= 20]
+        keep = torch.randperm(len(passages), generator=torch.Generator().manual_seed(DATA_SEED))
+        x = tokenize([passages[i] for i in sorted(keep[:CALIBRATION_PASSAGES].tolist())],
+                     c.tokenizer, c.max_length)
+    split = Split(x, torch.zeros(len(x), dtype=torch.long))
+    empty = split.subset(torch.arange(0))
+    return SourceData("python_docs_calibration", split, empty, empty, probe=False)

@@ -48,6 +48,18 @@ def test_tasks_become_task_incremental_token_streams() -> None:
     assert s.experiences[0].train.x.shape == (8, 12) and s.experiences[0].train.x.dtype == torch.long
     assert s.experiences[1].test.y.tolist() == [2, 2, 2, 3, 3, 3, 4, 4, 4]
     assert s.meta["missing"] == ["missing_task"] and s.meta["tasks"] == ["a", "b"]
+    # calibration-only source: real text in the task input format, no general-capability probe
+    assert s.source is not None and not s.source.probe and len(s.source.test) == 0
+    assert s.source.train.x.shape == (256, 12) and s.source.train.x.dtype == torch.long
+
+
+def test_off_label_examples_are_counted_not_silently_dropped() -> None:
+    task = _task("nli", ["yes", "no"], 3)
+    odd = TextExample("train: no gold label", "-")
+    task = TextTask(task.name, task.family, task.labels, "", task.train + (odd, odd), task.val, task.test, {})
+    s = tasks_to_stream([task], TextCLConfig(max_length=12), [])
+    assert len(s.experiences[0].train) == 6
+    assert s.meta["dropped_off_label"] == {"nli": {"train": 2, "val": 0, "test": 0}}
 
 
 def test_encoder_run_fills_R_and_hft_freezes_bert_blocks(tmp_path: Path, text_stream: str) -> None:
@@ -60,6 +72,9 @@ def test_encoder_run_fills_R_and_hft_freezes_bert_blocks(tmp_path: Path, text_st
     report = hft["per_experience"][0]["method"]
     assert report["frozen_matrix_fraction"] == pytest.approx(0.5)
     assert any("encoder.layer.0.attention" in m for m in report["frozen_modules"])
+    # SSU calibrates on the stream's calibration source; no general-capability score from it
+    ssu = run(tiny_config(tmp_path / "ssu", "ssu", **opts))
+    assert ssu["per_experience"][0]["method"] and ssu["general"]["before"] == {}
 
 
 def test_tokenizer_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,8 +98,62 @@ def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_sce
     assert res["per_experience"][0]["mean_loss"] > 0
     pad = 0  # BERT [PAD]
     assert all(bool((x[:, 0][x[:, 1] == 1] == pad).all()) for x in seen)
+
+    class ClassesOnly(Method):
+        objectives = frozenset({"classification"})
+
+    monkeypatch.setitem(METHODS._items, "naive", ClassesOnly)
     with pytest.raises(IncompatibleError, match="causal_lm objective"):
-        run(tiny_config(tmp_path / "ewc", "ewc", **opts))
+        run(tiny_config(tmp_path / "refused", "naive", **opts))
+
+
+@pytest.mark.parametrize("method", ["ewc", "lwf"])
+def test_ewc_and_lwf_on_token_losses(tmp_path: Path, gen_scenario: str, method: str) -> None:
+    """EWC's Fisher and LwF's distillation use the stream's answer-token loss, not class logits."""
+    opts: dict[str, Any] = {"scenario": gen_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
+                            "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
+                            "eval.lm_eval_tasks": []}
+    res = run(tiny_config(tmp_path, method, **opts))
+    assert len(res["R"]) == 2
+    # the regulariser is active in experience 2: its loss exceeds the plain answer loss of naive
+    base = run(tiny_config(tmp_path / "naive", "naive", **opts))
+    assert res["per_experience"][0]["mean_loss"] == pytest.approx(base["per_experience"][0]["mean_loss"], rel=1e-4)
+    assert res["per_experience"][1]["mean_loss"] != base["per_experience"][1]["mean_loss"]
+
+
+def test_token_fisher_and_token_distillation_by_hand() -> None:
+    from methods.ewc import EWC
+    from methods.lwf import token_distillation_loss
+
+    torch.manual_seed(0)
+    obj = CausalLMObjective(torch.tensor([3, 4]), pad_id=0)
+    emb = torch.nn.Sequential(torch.nn.Embedding(8, 8), torch.nn.Linear(8, 8))
+
+    class Packed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = emb
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x[:, 0])
+
+    model = Packed()
+    ids = torch.tensor([[1, 2, 3, 5], [1, 6, 4, 5]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+    x, y = torch.stack([ids, mask], 1), torch.tensor([0, 1])
+    ewc = EWC()
+    ewc.objective = obj
+    fisher = ewc.fisher(model, __import__("clbench.streams", fromlist=["Split"]).Split(x, y), (0, 1), 2)
+    grads = torch.autograd.grad(obj.loss(model(x), Batch(x, y)), list(model.parameters()))
+    for (name, _), g in zip(model.named_parameters(), grads, strict=True):
+        assert torch.allclose(fisher[name], g.pow(2))
+    logits = torch.randn(2, 4, 8)
+    assert float(token_distillation_loss(logits, logits, mask, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(2, 4, 8)
+    keep = mask[:, 1:] == 1
+    q = (other[:, :-1][keep] / 2).softmax(-1)
+    expected = (q * (q.log() - (logits[:, :-1][keep] / 2).log_softmax(-1))).sum(-1).mean()
+    assert float(token_distillation_loss(logits, other, mask, 2.0)) == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.skipif(not (shared_data_dir() / "trace-partial").is_dir(),
