@@ -7,7 +7,11 @@ SEEDS ?= 0 1 2
 TRACK ?= vision
 ARGS ?=
 
-.PHONY: install test test-slow test-all bench compare perf quality ui lock clean
+# Debian packages for the PostgreSQL sweep test and the leaderboard browser test (needs root;
+# without them those tests skip locally and fail under CI=true).
+SYSTEM_PACKAGES := postgresql chromium
+
+.PHONY: system-deps install test test-slow test-all bench compare perf quality ui lock clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +21,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+system-deps:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null && echo "installed:$$missing"; \
+	else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q

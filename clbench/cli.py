@@ -5,6 +5,8 @@
     clbench show <run dir | MLflow run id>
     clbench bench method=<name> [--seeds 0 1 2]
     clbench compare [--seeds 0 1 2] [--resume]
+    clbench submit <protocol run dir> [--leaderboards leaderboards]
+    clbench leaderboard validate|render [leaderboards]
 """
 
 from __future__ import annotations
@@ -71,6 +73,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from clbench.leaderboard import submit
+
+    path = submit(args.protocol_dir, args.leaderboards)
+    print(f"wrote {path}\nupdate the tables with: clbench leaderboard render {args.leaderboards}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from clbench.leaderboard import render, validate_dir
+
+    if args.action == "render":
+        print("\n".join(f"wrote {p}" for p in render(args.dir)))
+        return 0
+    reports = validate_dir(args.dir)
+    for path, reasons in reports.items():
+        if reasons:
+            print(f"{path}: {'; '.join(reasons)}")
+    bad = sum(1 for r in reports.values() if r)
+    print(f"{len(reports) - bad} valid, {bad} rejected")
+    return 1 if bad else 0
+
+
+def _add_leaderboard_verbs(sub: Any) -> None:
+    s = sub.add_parser("submit", help="turn a finished protocol run into a leaderboard entry")
+    s.add_argument("protocol_dir", help="protocol run directory (holds protocol.json)")
+    s.add_argument("--leaderboards", default="leaderboards", help="leaderboard root directory")
+    s.set_defaults(fn=cmd_submit)
+    lb = sub.add_parser("leaderboard", help="validate entries or render the leaderboard pages")
+    lb.add_argument("action", choices=["validate", "render"])
+    lb.add_argument("dir", nargs="?", default="leaderboards", help="leaderboard root directory")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+
 def load_results(target: str) -> dict[str, Any]:
     """``results.json`` from a run directory (or the file itself), else an MLflow run id."""
     p = Path(target)
@@ -126,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--track", default="vision", help="vision (default), lm, or lm_standard_cl")
     c.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     c.set_defaults(fn=cmd_compare)
+    _add_leaderboard_verbs(sub)
     return p
 
 

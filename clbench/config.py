@@ -91,6 +91,8 @@ class TrackingConfig:
     mlflow: bool = True
     uri: str = ""
     experiment: str = "clbench"
+    parent_run_id: str = ""  # nest this run under an MLflow parent run (tuning protocol)
+    run_name: str = ""  # "" = <method>-<scenario>-s<seed>
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,30 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
+@register_model("cnn_bn")
+class CNNBN(nn.Module):
+    """The ``cnn`` with BatchNorm after each conv (for test-time normalisation methods)."""
+
+    Config: ClassVar[type] = CNNConfig
+    family: ClassVar[str] = "vision"
+
+    def __init__(self, info: StreamInfo, config: CNNConfig | None = None) -> None:
+        super().__init__()
+        c = (config or CNNConfig()).channels
+        in_ch = 1 if len(info.input_shape) < 3 else info.input_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * c * 4, info.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))
+
+
 def build_model(name: str, info: StreamInfo, options: dict[str, Any]) -> tuple[nn.Module, Any]:
     """Resolve ``name`` (``auto`` -> the default) and build it; returns (model, config)."""
     from clbench.config import build_dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from clbench.config import TrainerConfig
 from clbench.errors import IncompatibleError
 from clbench.objectives import Objective
+from clbench.search import BASE_SPACE, Grid
 from clbench.streams import SCENARIO_TYPES, Batch, Experience, Split, Stream, StreamInfo
 
 
@@ -51,6 +53,8 @@ class Method:
     adapts_at_test_time: ClassVar[bool] = False
     objectives: ClassVar[frozenset[str]] = frozenset({"classification", "causal_lm", "causal_lm_text"})
     registry_name: ClassVar[str] = ""
+    # hyperparameters the tuning protocol searches (dotted override key -> Grid); see clbench/search.py
+    search_space: ClassVar[dict[str, Grid]] = BASE_SPACE
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -102,6 +106,10 @@ class Method:
         """
         return {}
 
+    def artifacts(self, out_dir: Path) -> list[Path]:
+        """Files (plots) the method writes into ``out_dir`` when the run ends; logged to MLflow."""
+        return []
+
     def predict(self, model: nn.Module, batch: Batch) -> Tensor:
         """Inference path; ``batch.y`` is always None here."""
         return model(batch.x)
@@ -146,6 +154,11 @@ def check_compatible(method: type[Method], stream: Stream, model_family: str) ->
         raise IncompatibleError(
             f"method {name!r} does not support {stream.scenario_type} scenarios "
             f"(scenario {stream.name!r}); it supports: {', '.join(sorted(method.scenario_types))}"
+        )
+    if stream.scenario_type == "test_time" and not method.adapts_at_test_time:
+        raise IncompatibleError(
+            f"method {name!r} does not declare adapts_at_test_time; test_time scenario "
+            f"{stream.name!r} needs a test-time adaptation method (or a no-adaptation baseline)"
         )
     objective = stream.meta.get("objective", "classification")
     if objective not in method.objectives:

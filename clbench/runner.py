@@ -84,7 +84,7 @@ def state_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -116,6 +116,10 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
+    if stream.scenario_type == "test_time":  # online adapt-while-predicting loop
+        from clbench.tta import TestTimeRun
+
+        return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume)
     return _Run(res, stream, model, run_dir, foundation).execute(resume)
 
 
@@ -262,7 +266,10 @@ class _Run:
         cfg = self.cfg
         tags = {"method": cfg.method, "scenario": cfg.scenario, "seed": str(cfg.seed),
                 "run_dir": str(self.run_dir.resolve()), "clbench.run_key": cfg.key()}
-        rid = self.tracker.start(f"{cfg.method}-{cfg.scenario}-s{cfg.seed}", self.res.config_dict(),
+        if cfg.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+        name = cfg.tracking.run_name or f"{cfg.method}-{cfg.scenario}-s{cfg.seed}"
+        rid = self.tracker.start(name, self.res.config_dict(),
                                  tags, resume_id=self.state.get("mlflow_run_id"))
         self.state["mlflow_run_id"] = rid
 
@@ -275,7 +282,7 @@ class _Run:
         atomic_write_json(r_json, {"R": results["R"], "R_pretrain": results["R_pretrain"]})
         title = f"{self.cfg.method} on {self.cfg.scenario} (seed {self.cfg.seed})"
         png = heatmap_png(results["R"], self.run_dir / "R.png", title)
-        self.tracker.log_artifacts([path, r_json, png])
+        self.tracker.log_artifacts([path, r_json, png, *self.method.artifacts(self.run_dir)])
         self.tracker.end("FINISHED")
         return results
 
@@ -286,6 +293,9 @@ class _Run:
             return {}
         ratios = [after[-1][k] / v for k, v in before.items() if v]
         return {"general_retention": float(np.mean(ratios))} if ratios else {}
+
+    def _metrics(self) -> dict[str, float]:
+        return {**M.summarize(self.state["R"], self.state["b"]), **self._general_summary()}
 
     def _results(self) -> dict[str, Any]:
         s, stream = self.state, self.stream
@@ -307,7 +317,7 @@ class _Run:
             "seeds": {"seed": self.cfg.seed,
                       "experience_seeds": [derive_seed(self.cfg.seed, i) for i in range(len(stream))]},
             "R": s["R"], "R_pretrain": s["b"], "R_val": s["R_val"],
-            "metrics": {**M.summarize(s["R"], s["b"]), **self._general_summary()},
+            "metrics": self._metrics(),
             "general": {"before": s["general_before"], "after": s["general"]},
             "foundation": self.foundation,
             "per_experience": per,

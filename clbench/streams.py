@@ -14,8 +14,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-ScenarioType = Literal["class_incremental", "domain_incremental", "task_incremental"]
-SCENARIO_TYPES: tuple[str, ...] = ("class_incremental", "domain_incremental", "task_incremental")
+ScenarioType = Literal["class_incremental", "domain_incremental", "task_incremental", "test_time"]
+# test_time: unlabeled target domains seen once, online (each domain's data is its ``test`` split;
+# the loop lives in clbench/tta.py and hides the labels from the method)
+SCENARIO_TYPES: tuple[str, ...] = ("class_incremental", "domain_incremental", "task_incremental",
+                                   "test_time")
 
 
 @dataclass(frozen=True)

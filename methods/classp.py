@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from clbench.config import TrainerConfig
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Experience, StreamInfo
 
 Mode = Literal["paper", "official"]
@@ -199,6 +200,7 @@ class CLASSP(Method):
     """
 
     Config = CLASSPConfig
+    search_space = with_base({"method.threshold": grid(1e-8, 1e-6, 1e-4, 1e-2, 0.5)})
 
     def __init__(self, config: CLASSPConfig | None = None) -> None:
         super().__init__(config)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Batch, Experience, Split, StreamInfo
 from clbench.trainer import mask_to_classes
 
@@ -79,6 +80,7 @@ class EWC(Method):
     """
 
     Config = EWCConfig
+    search_space = with_base({"method.ewc_lambda": grid(1.0, 10.0, 100.0, 1000.0, 10000.0)})
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)

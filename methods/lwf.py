@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Batch, Experience, StreamInfo
 
 
@@ -92,6 +93,7 @@ class LwF(Method):
     """
 
     Config = LwFConfig
+    search_space = with_base({"method.alpha": grid(0.1, 0.5, 1.0, 2.0, 5.0), "method.temperature": grid(1.0, 2.0, 4.0)})
 
     def __init__(self, config: LwFConfig | None = None) -> None:
         super().__init__(config)

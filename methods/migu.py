@@ -15,6 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from clbench.modules import linear_layers
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Experience, StreamInfo
 
 
@@ -128,6 +129,7 @@ class MIGU(Method):
     """
 
     Config = MIGUConfig
+    search_space = with_base({"method.threshold": grid(0.5, 0.7, 0.9)})
 
     def __init__(self, config: MIGUConfig | None = None) -> None:
         super().__init__(config)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Batch, Experience
 
 Group = dict[str, Tensor]  # x, y, task, w (reservoir weights, sorted descending)
@@ -84,6 +85,7 @@ class Replay(Method):
     """
 
     Config = ReplayConfig
+    search_space = with_base({"method.storage": grid("reservoir", "class_balanced")})
 
     def __init__(self, config: ReplayConfig | None = None) -> None:
         super().__init__(config)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from clbench.modules import is_norm, linear_layers
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Experience, Split
 
 # norms whose feature (channel) axis is dim 1 of their input; every other norm uses the last axis
@@ -179,6 +180,7 @@ class SSU(Method):
     """
 
     Config = SSUConfig
+    search_space = with_base({"method.ratio": grid(0.25, 0.5, 0.75)})
     needs_source_data = True
 
     def __init__(self, config: SSUConfig | None = None) -> None:

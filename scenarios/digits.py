@@ -2,6 +2,9 @@
 
 ``image_size`` > 8 resizes (bilinear) so the stream can share a backbone with MNIST streams
 (the tuning protocol tunes on split digits at 28x28 and evaluates on split MNIST).
+``foundation=true`` adds the upright MNIST source half as source data: the tuning scenario of
+the vision protocol then shares the evaluation scenario's pretrained backbone, while its stream
+data (sklearn digits) stay disjoint from MNIST.
 
 VERSION history: 1 = initial.
 """
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Stream
@@ -30,6 +34,9 @@ class SplitDigitsConfig:
     image_size: int = 8
     test_fraction: float = 0.2
     val_fraction: float = 0.1
+    # True: carry MNIST 5k's upright source half (scenarios.mnist_ft) as source data, so the
+    # stream shares the vit_tiny foundation of split_mnist(foundation=true); needs image_size=28
+    foundation: bool = False
 
 
 @register_scenario("split_digits")
@@ -48,8 +55,16 @@ class SplitDigits(Scenario):
         if c.image_size != 8:
             x = F.interpolate(x, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
         y = torch.as_tensor(np.asarray(d.target, dtype=np.int64))
+        source = None
+        if c.foundation:
+            if c.image_size != 28:
+                raise ConfigError("scenario.image_size", c.image_size, "28 when scenario.foundation=true")
+            from scenarios.mnist import MNISTData
+            from scenarios.mnist_ft import source_and_target
+
+            source = source_and_target(MNISTData())[0]
         splits = train_val_test(x, y, c.test_fraction, c.val_fraction)
         exps = split_by_classes(splits, class_order(10, c.class_order_seed), c.n_experiences,
                                 task_incremental=c.task_incremental)
         kind = "task_incremental" if c.task_incremental else "class_incremental"
-        return Stream("split_digits", VERSION, kind, exps, 10, self.__doc__ or "")
+        return Stream("split_digits", VERSION, kind, exps, 10, self.__doc__ or "", source=source)

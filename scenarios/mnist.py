@@ -106,6 +106,9 @@ class SplitMNISTConfig(MNISTData):
     n_experiences: int = 5
     task_incremental: bool = False  # True: task ids given at train and test (task-IL)
     class_order_seed: int | None = None  # None: classes 0..9 in order
+    # True: the foundation setting of scenarios.mnist_ft -- the stream uses the target half of
+    # MNIST 5k and carries the disjoint upright half as source (pretrains vit_tiny, calibrates)
+    foundation: bool = False
 
 
 @register_scenario("split_mnist")
@@ -117,11 +120,17 @@ class SplitMNIST(Scenario):
 
     def build(self) -> Stream:
         c: SplitMNISTConfig = self.config
-        splits = _splits(c)
+        source = None
+        if c.foundation:
+            from scenarios.mnist_ft import source_and_target
+
+            source, splits = source_and_target(c)
+        else:
+            splits = _splits(c)
         exps = split_by_classes(splits, class_order(10, c.class_order_seed), c.n_experiences,
                                 task_incremental=c.task_incremental)
         kind = "task_incremental" if c.task_incremental else "class_incremental"
-        return Stream("split_mnist", VERSION, kind, exps, 10, self.__doc__ or "")
+        return Stream("split_mnist", VERSION, kind, exps, 10, self.__doc__ or "", source=source)
 
 
 @dataclass(frozen=True)

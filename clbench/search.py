@@ -1,0 +1,62 @@
+"""Owns search spaces: what a method's hyperparameters may be under the tuning protocol.
+
+A method declares ``search_space`` next to its ``Config``: a mapping from a dotted override key
+(``trainer.lr``, ``method.ewc_lambda``) to a :class:`Grid` of values. As in the reference protocol
+(random search over fixed discrete grids), the protocol draws configurations from the product of
+the grids without replacement, with a seeded generator, up to the budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A discrete set of values for one hyperparameter."""
+
+    values: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError("a search grid needs at least one value")
+
+    def record(self) -> dict[str, Any]:
+        return {"type": "grid", "values": list(self.values)}
+
+
+def grid(*values: Any) -> Grid:
+    return Grid(tuple(values))
+
+
+# The learning-rate grid every method shares (AdamW on the pretrained vit_tiny foundation).
+LR = grid(1e-4, 3e-4, 1e-3, 3e-3)
+BASE_SPACE: dict[str, Grid] = {"trainer.lr": LR}
+
+
+def draw(space: Mapping[str, Grid], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` distinct configurations (all of them if the grid is smaller), in a seeded order."""
+    keys = sorted(space)
+    combos = list(itertools.product(*(space[k].values for k in keys)))
+    random.Random(seed).shuffle(combos)
+    return [dict(zip(keys, c, strict=True)) for c in combos[:n]]
+
+
+def space_record(space: Mapping[str, Grid]) -> dict[str, Any]:
+    return {k: space[k].record() for k in sorted(space)}
+
+
+def size(space: Mapping[str, Grid]) -> int:
+    out = 1
+    for g in space.values():
+        out *= len(g.values)
+    return out
+
+
+def with_base(extra: Mapping[str, Grid] | None = None, base: Sequence[str] = ("trainer.lr",)) -> dict[str, Grid]:
+    """The shared grids (``base``) plus a method's own."""
+    return {**{k: BASE_SPACE[k] for k in base}, **(extra or {})}

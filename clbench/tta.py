@@ -1,0 +1,284 @@
+"""Owns continual test-time adaptation (CTTA): the online adapt-while-predicting loop and its tools.
+
+A ``test_time`` stream is a sequence of unlabeled target domains, one experience each, whose data
+is the experience's ``test`` split. The domains are presented once, in order, without shuffling,
+in batches of ``stream.meta["batch_size"]`` (default ``eval.batch_size``). For every batch the
+method's ``adapt`` receives ``Batch(x, None, None)``: labels never leave this module. The logits
+``adapt`` returns are the prediction for that batch, made before any later batch is seen; the
+loop never re-runs the model afterwards. Labels are used here only to count errors.
+
+Hook order (tested in ``tests/test_contract.py``)::
+
+    setup, on_source_data (only if declared), predict (pre-adaptation row R_pretrain),
+    for each domain: on_experience_start(label-free experience) -> adapt per batch ->
+    on_experience_end(label-free experience) -> experience_report -> predict (source test split)
+
+The experiences handed to hooks carry the index, task id and class set but empty splits, so the
+domain boundary is known (needed by per-domain resets) while no data or label is.
+
+Results (schema 1): ``R`` is one row of online accuracies, one column per domain (1 x D);
+``R_pretrain`` the method's ``predict`` accuracy on each domain before any adaptation (for
+batch-statistics methods this already uses test-batch statistics). ``metrics`` holds
+``error_<domain>``, ``mean_error``, ``acc`` (= 1 - mean_error), ``mean_error_pretrain``, and, when
+the scenario has a source split, ``source_acc_before``/``source_acc_after``/``source_forgetting``
+(source test accuracy through ``predict`` before and after the stream). The matrix metrics of
+training streams (BWT, FWT, forgetting, plasticity) are undefined for one online pass and are
+NaN. ``uint8`` inputs (real-data loaders) are scaled to [0, 1] batch by batch. The loop runs in
+fp32 (no autocast): methods backpropagate inside ``adapt``.
+
+The helpers at the end (batch statistics, entropy, EMA, reset points) are generic tools for
+test-time methods; they name no method.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from clbench.config import to_plain
+from clbench.evaluation import Evaluator
+from clbench.runner import _numeric, _Run, derive_seed
+from clbench.streams import Batch, Experience, Split
+
+NAN = float("nan")
+
+
+def as_float(x: Tensor) -> Tensor:
+    """Images stored as uint8 become float32 in [0, 1]; anything else is returned unchanged."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def blind(exp: Experience) -> Experience:
+    """``exp`` with empty splits: index, task id and classes only (what a hook may know)."""
+    empty = Split(exp.test.x[:0], exp.test.y[:0])
+    return Experience(exp.index, exp.task_id, exp.classes, empty, empty, empty)
+
+
+def domain_names(meta: dict[str, Any], n: int) -> list[str]:
+    names = list(meta.get("domains") or [])
+    return names if len(names) == n else [f"domain_{j}" for j in range(n)]
+
+
+def tta_metrics(row: list[float], pretrain: list[float], domains: list[str],
+                before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per-domain error rates, their mean, and source accuracy before/after the stream.
+
+    ``error_d = 1 - acc_d``; ``mean_error = (1/D) Σ_d error_d``; ``source_forgetting =
+    source_acc_before - source_acc_after`` (first ``*/acc`` general score, the source test split).
+    """
+    errors = [1.0 - a for a in row]
+    m = {f"error_{d}": e for d, e in zip(domains, errors, strict=True)}
+    m["mean_error"] = float(np.mean(errors)) if errors else NAN
+    m["acc"] = float(np.mean(row)) if row else NAN
+    m["mean_error_pretrain"] = 1.0 - float(np.mean(pretrain)) if pretrain else NAN
+    key = next((k for k in after if k.endswith("/acc")), None)
+    if key is not None:
+        m["source_acc_before"] = before.get(key, NAN)
+        m["source_acc_after"] = after[key]
+        m["source_forgetting"] = m["source_acc_before"] - after[key]
+    m.update(bwt=NAN, fwt=NAN, forgetting=NAN, plasticity=NAN)
+    return m
+
+
+class TestTimeRun(_Run):
+    """A run on a ``test_time`` stream: one online pass, checkpoints at domain boundaries."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.cfg
+        self.batch_size = int(self.stream.meta.get("batch_size") or cfg.eval.batch_size)
+        self.evaluator = Evaluator(self.device, self.batch_size, None, cfg.trainer.precision,
+                                   cfg.trainer.progress, self.evaluator.objective)
+        self.domains = domain_names(self.stream.meta, len(self.stream))
+
+    def _before_training(self) -> None:
+        source = self.stream.source
+        if source is not None and self.method.needs_source_data:
+            self.method.on_source_data(self.model, source.train)
+        self.state["b"] = [self._static_accuracy(e.test) for e in self.stream.experiences]
+        self.state["general_before"] = self._general()
+        self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.state["general_before"].items()}, 0)
+
+    @torch.inference_mode()
+    def _static_accuracy(self, data: Split) -> float:
+        """Accuracy of ``predict`` (no adaptation) on ``data``, in the stream's batches."""
+        was_training = self.model.training
+        self.model.eval()
+        correct = 0
+        try:
+            for i in range(0, len(data), self.batch_size):
+                x = as_float(data.x[i : i + self.batch_size]).to(self.device)
+                pred = self.method.predict(self.model, Batch(x, None, None)).argmax(-1).cpu()
+                correct += int((pred == data.y[i : i + self.batch_size]).sum())
+        finally:
+            self.model.train(was_training)
+        return correct / max(len(data), 1)
+
+    def _online(self, data: Split) -> tuple[float, int]:
+        """One pass over a domain: ``adapt`` on each unlabeled batch, its logits judged."""
+        correct, batches = 0, 0
+        for i in range(0, len(data), self.batch_size):
+            x = as_float(data.x[i : i + self.batch_size]).to(self.device, non_blocking=True)
+            logits = self.method.adapt(self.model, Batch(x, None, None))
+            correct += int((logits.detach().argmax(-1).cpu() == data.y[i : i + self.batch_size]).sum())
+            batches += 1
+        return correct / max(len(data), 1), batches
+
+    def _experience(self, i: int, t0: float) -> None:
+        exp = self.stream.experiences[i]
+        torch.manual_seed(derive_seed(self.cfg.seed, i))
+        start = time.perf_counter()
+        self.method.on_experience_start(blind(exp), self.model)
+        acc, batches = self._online(exp.test)
+        self.method.on_experience_end(blind(exp), self.model)
+        secs = time.perf_counter() - start
+        report = to_plain(self.method.experience_report())
+        row = (self.state["R"][0] if self.state["R"] else []) + [acc]
+        self.state["R"] = [row]
+        general = self._general()
+        self.state["general"].append(general)
+        self.state["per_exp"].append({"domain": self.domains[i], "error": 1.0 - acc,
+                                      "adapt_batches": batches, "adapt_samples": len(exp.test),
+                                      "adapt_time_s": secs, "train_samples": 0, "train_time_s": 0.0,
+                                      "optimizer_steps": 0, "method": report})
+        self.state["done"] = i + 1
+        self.state["wall_s"] += time.perf_counter() - t0
+        self._checkpoint()
+        m = {"error": 1.0 - acc, "acc_domain": acc, "adapt_time_s": secs,
+             **{f"general/{k}": v for k, v in general.items()},
+             **{f"method_{k}": v for k, v in _numeric(report).items()}}
+        self.tracker.log_metrics(m, step=i)
+
+    def _metrics(self) -> dict[str, float]:
+        s = self.state
+        after = s["general"][-1] if s["general"] else {}
+        return {**tta_metrics(s["R"][0] if s["R"] else [], s["b"] or [], self.domains,
+                              s["general_before"] or {}, after), **self._general_summary()}
+
+    def _results(self) -> dict[str, Any]:
+        results = super()._results()
+        per = self.state["per_exp"]
+        secs = sum(p["adapt_time_s"] for p in per)
+        samples = sum(p["adapt_samples"] for p in per)
+        results["cost"].update(adapt_batches=sum(p["adapt_batches"] for p in per), adapt_samples=samples,
+                               adapt_time_s=secs, adapt_samples_per_s=samples / max(secs, 1e-9))
+        results["test_time"] = {"domains": self.domains, "batch_size": self.batch_size,
+                                "errors": [1.0 - a for a in (self.state["R"][0] if self.state["R"] else [])]}
+        return results
+
+
+# ---- tools for test-time methods -------------------------------------------------------------
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+NORM_TYPES = (*BN_TYPES, nn.LayerNorm, nn.GroupNorm)
+
+
+def use_batch_statistics(model: nn.Module) -> list[nn.Module]:
+    """Make every BatchNorm normalise with the current batch's statistics (train or eval mode).
+
+    Drops the running statistics (``track_running_stats=False``, buffers ``None``), as the
+    reference CTTA implementations do; returns the BatchNorm modules.
+    """
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
+    for m in bns:
+        m.track_running_stats = False
+        m.running_mean = None
+        m.running_var = None
+        m.num_batches_tracked = None
+    return bns
+
+
+def norm_modules(model: nn.Module, kind: str = "auto") -> list[nn.Module]:
+    """Normalisation layers with affine parameters.
+
+    Args:
+        kind: ``batch`` (BatchNorm only), ``all`` (BatchNorm, LayerNorm, GroupNorm) or ``auto``
+            (BatchNorm if the model has any, else LayerNorm/GroupNorm).
+    """
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
+    others = [m for m in model.modules()
+              if isinstance(m, nn.LayerNorm | nn.GroupNorm) and m.weight is not None]
+    if kind == "batch" or (kind == "auto" and bns):
+        return bns
+    return others if kind == "auto" else bns + others
+
+
+def weight_bias_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter registered directly as ``weight`` or ``bias`` of a module, by full name."""
+    out: dict[str, nn.Parameter] = {}
+    for mod_name, mod in model.named_modules():
+        for p_name, p in mod.named_parameters(recurse=False):
+            if p_name in ("weight", "bias"):
+                out[f"{mod_name}.{p_name}" if mod_name else p_name] = p
+    return out
+
+
+def softmax_entropy(logits: Tensor) -> Tensor:
+    """Per-sample Shannon entropy ``H(p) = -Σ_c p_c log p_c`` of ``softmax(logits)``."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def soft_cross_entropy(student: Tensor, teacher: Tensor) -> Tensor:
+    """Per-sample ``-Σ_c softmax(teacher)_c log softmax(student)_c``."""
+    return -(teacher.softmax(1) * student.log_softmax(1)).sum(1)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
+    """``θ' ← α θ' + (1 − α) θ`` for every parameter pair (buffers untouched)."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters never receive gradients (teachers, anchors)."""
+    twin = copy.deepcopy(model)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+def follow(module: nn.Module, like: Tensor) -> nn.Module:
+    """Move ``module`` to ``like``'s device if it lives elsewhere (method-held copies)."""
+    p = next(iter(module.parameters()), None)
+    if p is not None and p.device != like.device:
+        module.to(like.device)
+    return module
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0, nesterov: bool = True) -> torch.optim.Optimizer:
+    """The test-time optimizers of the reference code: Adam (β = 0.9, 0.999) or SGD."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
+
+
+class ResetPoint:
+    """Snapshots of modules' and optimizers' states, restorable for episodic resets."""
+
+    def __init__(self, *objects: nn.Module | torch.optim.Optimizer) -> None:
+        self.objects = objects
+        self.states = [copy.deepcopy(o.state_dict()) for o in objects]
+
+    def restore(self) -> None:
+        for obj, state in zip(self.objects, self.states, strict=True):
+            obj.load_state_dict(copy.deepcopy(state))
+
+
+def reset_due(reset: str, exp: Experience | None) -> bool:
+    """Whether a ``reset`` policy (``never``/``domain``/``batch``) resets now.
+
+    ``exp`` is the experience starting (domain policy) or ``None`` before a batch (batch policy).
+    """
+    if exp is None:
+        return reset == "batch"
+    return reset == "domain" and exp.index > 0

@@ -1,0 +1,234 @@
+"""CoDyRA: gated LoRA with an ℓ1 proximal step on the per-rank gates, merged after every experience."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from clbench.config import TrainerConfig
+from clbench.protocol import Method
+from clbench.registry import register_method
+from clbench.streams import Experience, StreamInfo
+from methods._pet import GatedLoRA, classifier_head, key, targets
+
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+CONTAINER = "codyra"  # attribute name of the LoRA modules on the model
+
+
+@dataclass(frozen=True)
+class CoDyRAConfig:
+    """Options of :class:`CoDyRA` (defaults: the paper's runner script).
+
+    Attributes:
+        rank: LoRA rank r of every target (16).
+        roles: Linear roles adapted in every transformer block (``qkvoinout``: q, k, v, o and the
+            FFN's gate/up/down). Models without blocks adapt every Linear but the head.
+        kappa_max: final soft threshold κ_max (0.005; the argparse default is 7e-4).
+        kappa_steps: number of values of the κ ramp linspace(0, κ_max, kappa_steps) (50).
+        dense_fraction: share of an experience's optimizer steps trained without the proximal
+            step (0.5); κ ramps over the rest.
+        prox: ``code``: shrink by κ, then zero every gate below κ (effective: zero |g| < 2κ,
+            else shrink by κ; the released code); ``paper``: soft threshold T_κ.
+        train_head: also train the classifier head (needed: the harness classifies with a
+            linear head, CLIP with frozen text embeddings); False = LoRA only.
+    """
+
+    rank: int = 16
+    roles: tuple[str, ...] = ROLES
+    kappa_max: float = 0.005
+    kappa_steps: int = 50
+    dense_fraction: float = 0.5
+    prox: Literal["code", "paper"] = "code"
+    train_head: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.kappa_steps < 1:
+            raise ValueError("rank and kappa_steps must be >= 1")
+        if self.kappa_max < 0 or not 0.0 <= self.dense_fraction <= 1.0:
+            raise ValueError("kappa_max must be >= 0 and dense_fraction in [0, 1]")
+        if self.prox not in ("code", "paper"):
+            raise ValueError(f"prox must be 'code' or 'paper', got {self.prox!r}")
+        bad = set(self.roles) - set(ROLES)
+        if bad or not self.roles:
+            raise ValueError(f"roles must be a non-empty subset of {ROLES}, got {self.roles}")
+
+
+def soft_threshold_(g: Tensor, kappa: float, rule: str = "code") -> None:
+    """Proximal step of ``kappa * ||g||_1`` in place (see :class:`CoDyRAConfig`.prox)."""
+    shrunk = g.sign() * (g.abs() - kappa).clamp_min(0)
+    if rule == "code":
+        shrunk = shrunk.masked_fill(shrunk.abs() < kappa, 0.0)
+    g.copy_(shrunk)
+
+
+class KappaRamp:
+    """κ schedule over T steps: 0 for the dense part, then linspace(0, κ_max, n) every ``every`` steps."""
+
+    def __init__(self, total: int, kappa_max: float, n: int, dense_fraction: float) -> None:
+        self.grid = torch.linspace(0, kappa_max, n).tolist()
+        self.dense = dense_fraction * total
+        self.every = max(1, math.floor((total - self.dense) / n))
+        self.index, self.kappa = 0, 0.0
+
+    def after(self, it: int) -> float | None:
+        """κ for the proximal step after step ``it`` (0-based), or None during the dense part."""
+        if it >= self.dense and it % self.every == 0 and self.index < len(self.grid):
+            self.kappa, self.index = self.grid[self.index], self.index + 1
+        return self.kappa if it > self.dense else None
+
+
+@register_method("dynamic_rank_lora")
+class CoDyRA(Method):
+    """Continual Dynamic Rank-Selective LoRA (CoDyRA).
+
+    Paper: Lu, Zhao, Xie, Xu, Ding, "Adaptive Rank, Reduced Forgetting: Knowledge Retention in
+    Continual Learning Vision-Language Models with Dynamic Rank-Selective LoRA" (later "Take Only
+    What You Need"), arXiv:2412.01004. Official code: github.com/Artificer-AI-Lab/CoDyRA.
+
+    Mechanism: every target Linear (q, k, v, o and FFN layers of each block) gets a rank-r LoRA
+    with a learnable gate per rank, ``ΔW = B diag(g) A`` (A kaiming, B zero, g randn, scaling 1);
+    the base model is frozen. The first ``dense_fraction`` of an experience's steps train
+    normally; after each later step the gates take a proximal ℓ1 step with a threshold κ ramped
+    from 0 to κ_max, which sets unneeded rank components to exactly zero. At the end of the
+    experience the surviving components are merged into the base weights and the LoRA is
+    switched off (no inference cost); the next experience re-initialises it at full rank.
+
+    The gated LoRA is a small hook module (:class:`methods._pet.GatedLoRA`), not ``peft``: a
+    per-rank gate with its own init and an ℓ1 prox is not a ``peft`` LoRA feature (AdaLoRA's
+    ``lora_E`` is tied to its budget allocator and ``1/r`` scaling); hooks keep every base
+    module's name and type. A test checks it against ``peft``'s LoRA.
+
+    Hooks used: ``setup`` (freeze, inject), ``on_experience_start`` (re-init, enable),
+    ``optimizer`` (reads the step count for the κ ramp; returns None), ``on_after_step``
+    (proximal step), ``on_experience_end`` (count kept ranks, merge, disable),
+    ``experience_report`` (kept ranks per module), ``artifacts`` (rank plot),
+    ``state_dict``/``load_state_dict``.
+
+    Deviations from the paper/official code:
+        - The classifier head trains too (``train_head``): CLIP classifies with frozen text
+          embeddings of class prompts, the harness with a linear head; there is no text tower,
+          so the text→image loss term and the previous-class -inf masking do not apply (the
+          trainer's cross-entropy over all classes is used).
+        - Merging happens at the end of each experience, not at the start of the next one
+          (same weights; evaluation then runs on the merged model, as the paper describes).
+        - The optimizer, LR and schedule are the trainer's, not AdamW(β2=0.9999) with cosine
+          decay; the κ ramp is laid over the experience's optimizer steps (epochs × batches).
+        - On Llama the FFN gate projection counts as ``fc_in`` with ``up`` (all FFN Linears are
+          adapted); the MLP (no blocks) adapts every Linear but the head.
+    """
+
+    Config = CoDyRAConfig
+
+    def __init__(self, config: CoDyRAConfig | None = None) -> None:
+        super().__init__(config)
+        self.history: list[dict[str, int]] = []  # kept ranks per module, one dict per experience
+        self._mods: list[tuple[str, nn.Linear, GatedLoRA]] = []  # hooked only while an experience trains
+        self.roles: dict[str, str] = {}  # module path -> role (q, k, ..., or linear)
+        self._ramp: KappaRamp | None = None
+        self._step = 0
+        self._n_train = 0
+
+    def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
+        model.requires_grad_(False)
+        head = classifier_head(model, stream_info.num_classes)
+        exclude = () if head is None else (head[1],)
+        loras = nn.ModuleDict()
+        for name, role, lin in targets(model, self.config.roles, exclude=exclude):
+            self.roles[name] = role
+            lora = GatedLoRA(lin.in_features, lin.out_features, self.config.rank)
+            lora.requires_grad_(False)
+            loras[key(name)] = lora
+            self._mods.append((name, lin, lora))
+        if not self._mods:
+            raise ValueError("CoDyRA found no Linear layers to adapt")
+        model.add_module(CONTAINER, loras)
+        if head is not None and self.config.train_head:
+            head[1].requires_grad_(True)
+        return model
+
+    def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
+        for _, lin, lora in self._mods:
+            lora.reset()
+            if not lora.attached:
+                lora.attach(lin)
+            lora.requires_grad_(True)
+        self._n_train, self._step = len(exp.train), 0
+
+    def optimizer(self, params: list[nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer | None:
+        """Lay the κ ramp over this experience's optimizer steps."""
+        total = cfg.epochs * math.ceil(math.ceil(self._n_train / cfg.batch_size) / cfg.grad_accum)
+        c = self.config
+        self._ramp = KappaRamp(total, c.kappa_max, c.kappa_steps, c.dense_fraction)
+        return None
+
+    def on_after_step(self, model: nn.Module) -> None:
+        kappa = self._ramp.after(self._step) if self._ramp is not None else None
+        self._step += 1
+        if kappa is not None:
+            with torch.no_grad():
+                for _, _, lora in self._mods:
+                    soft_threshold_(lora.g, kappa, self.config.prox)
+
+    def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
+        kept = {}
+        for name, lin, lora in self._mods:
+            kept[name] = lora.kept()
+            lora.merge_into(lin)
+            lora.detach()
+            lora.requires_grad_(False)
+        self.history.append(kept)
+
+    def experience_report(self) -> dict[str, Any]:
+        """Kept ranks of the experience just merged: per module, mean, total, per role."""
+        if not self.history:
+            return {}
+        kept = self.history[-1]
+        out: dict[str, Any] = {"ranks": dict(kept), "mean_rank": sum(kept.values()) / len(kept),
+                               "kept_fraction": sum(kept.values()) / (len(kept) * self.config.rank),
+                               "zero_rank_modules": sum(v == 0 for v in kept.values()),
+                               "kappa_final": self._ramp.kappa if self._ramp is not None else 0.0}
+        for role in sorted(set(self.roles.values())):
+            vals = [v for n, v in kept.items() if self.roles.get(n) == role]
+            if vals:
+                out[f"mean_rank_{role}"] = sum(vals) / len(vals)
+        return out
+
+    def artifacts(self, out_dir: Path) -> list[Path]:
+        """A PNG heatmap of kept ranks (modules × experiences)."""
+        if not self.history:
+            return []
+        return [rank_plot(self.history, self.config.rank, out_dir / "codyra_ranks.png")]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [{k: int(v) for k, v in h.items()} for h in state["history"]]
+
+
+def rank_plot(history: list[dict[str, int]], rank: int, path: Path) -> Path:
+    """Heatmap of kept ranks: one row per module, one column per experience."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(history[0])
+    data = [[h.get(n, 0) for h in history] for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(history), 1.0 + 0.22 * len(names)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=rank)
+    ax.set_xticks(range(len(history)), [str(i) for i in range(len(history))])
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.set_xlabel("experience")
+    ax.set_title("CoDyRA kept rank per module")
+    fig.colorbar(im, ax=ax, label="kept rank")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,352 @@
+"""Leaderboard entries: build from a protocol run, submit, validate (each rejection), render.
+
+The protocol run is fixture data written by ``make_protocol_dir``: a protocol.json in the
+documented schema (clbench/tuning.py) and one results.json per evaluation seed, with metrics
+computed from their R so that everything is consistent. No training happens here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clbench import leaderboard as lb
+from clbench import metrics as M
+from clbench.cli import main
+from clbench.errors import ClbenchError
+from clbench.tuning import PROTOCOLS
+
+VERSIONS = {"split_digits": "1", "split_mnist": "1"}
+N = PROTOCOLS["vision"].n_trials
+TUNE_HASH, EVAL_HASH = "a" * 64, "b" * 64
+HOSTILE = "<script>document.title='PWNED'</script><img src=x onerror=\"document.body.dataset.pwned=1\">"
+
+
+@pytest.fixture(autouse=True)
+def _registry_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the real registry imports every plug-in (seconds); these tests pin the registered VERSIONs
+    monkeypatch.setattr(lb, "registered_scenario_versions", lambda: dict(VERSIONS))
+
+
+def _R(T: int, seed: int, skill: float) -> list[list[float]]:
+    """A plausible accuracy matrix: learned tasks at ``skill``, decaying as later tasks arrive."""
+    return [[round(skill * (0.9 ** (i - j)) - 0.01 * seed, 4) if j <= i else 0.1 for j in range(T)]
+            for i in range(T)]
+
+
+def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: float = 0.9,
+                      general: bool = False, T: int = 3) -> Path:
+    """Fixture data: a finished vision-track protocol run with its evaluation results.json files."""
+    proto = PROTOCOLS["vision"]
+    pdir = root / f"protocol-{lb.entry_filename(method)[:-5]}"
+    best = {"trainer.lr": 0.05, "method.strength": 0.5}
+    config = _nested({**proto.fixed, **best})
+    run_dirs = []
+    for seed in proto.eval_seeds:
+        R, b = _R(T, seed, skill), [0.1] * T
+        metrics = M.summarize(R, b)
+        gen = {"before": {}, "after": [{} for _ in range(T)]}
+        if general:
+            gen = {"before": {"source": 0.8}, "after": [{"source": 0.8 - 0.05 * (i + seed)} for i in range(T)]}
+            metrics["general_retention"] = gen["after"][-1]["source"] / 0.8
+        results = {
+            "schema_version": 1, "status": "finished",
+            "config": {**config, "method": method, "scenario": proto.eval_scenario, "seed": seed},
+            "scenario": {"name": proto.eval_scenario, "version": "1", "content_hash": EVAL_HASH},
+            "R": R, "R_pretrain": b, "metrics": metrics, "general": gen,
+            "cost": {"wall_time_s": 2.0 + seed, "train_time_s": 1.5 + seed, "train_samples": 900,
+                     "train_samples_per_s": 600.0, "optimizer_steps": 30, "peak_rss_mb": 500.0,
+                     "peak_cuda_mb": None, "trainable_params": 1000, "total_params": 1000},
+            "env": {"git_commit": "0" * 40, "packages": {"torch": "2.14.1"}, "device": "cpu",
+                    "device_name": "x86_64", "python": "3.11.7", "platform": "Linux"},
+        }
+        rd = pdir / "eval" / f"seed{seed}"
+        rd.mkdir(parents=True)
+        (rd / "results.json").write_text(json.dumps(results))
+        run_dirs.append(f"eval/seed{seed}")
+    record = {
+        "schema_version": 1, "kind": "clbench-protocol", "status": "finished", "method": method,
+        "track": "vision", "protocol": proto.record(),
+        "search_space": {"trainer.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+                         "method.strength": {"type": "categorical", "choices": [0.1, 0.5, 1.0]}},
+        "fixed": dict(proto.fixed),
+        "tuning": {"scenario": proto.tune_scenario, "scenario_options": dict(proto.tune_options),
+                   "scenario_version": "1", "scenario_hash": TUNE_HASH,
+                   "trials": [{"number": i, "params": best, "value": 0.5, "state": "COMPLETE",
+                               "run_dir": f"tune/t{i}"} for i in range(proto.n_trials)],
+                   "trials_used": proto.n_trials},
+        "best_params": best, "best_value": 0.61,
+        "evaluation": {"scenario": proto.eval_scenario, "scenario_options": {}, "scenario_version": "1",
+                       "scenario_hash": EVAL_HASH, "seeds": list(proto.eval_seeds), "run_dirs": run_dirs},
+        "mlflow": {"parent_run_id": "fixture", "tracking_uri": "sqlite:///fixture.db"},
+        "env": {"git_commit": "1" * 40, "packages": {"torch": "2.14.1"},
+                "hardware": {"device": "cpu", "device_name": "x86_64"}, "python": "3.11.7"},
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T01:00:00+00:00",
+    }
+    (pdir / "protocol.json").write_text(json.dumps(record))
+    return pdir
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """results.json's config layout for dotted run settings (``method.x`` -> method_options.x)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        head, _, rest = key.partition(".")
+        if head in ("method", "scenario", "model"):
+            if rest in ("", "name"):
+                out[head] = value
+            else:
+                out.setdefault(f"{head}_options", {})[rest] = value
+        elif rest:
+            out.setdefault(head, {})[rest] = value
+    return out
+
+
+def _entry(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    return lb.entry_from_protocol(make_protocol_dir(tmp_path, **kw))
+
+
+def _rehash(entry: dict[str, Any]) -> dict[str, Any]:
+    entry["content_hash"] = lb.content_hash(entry)
+    return entry
+
+
+def test_entry_holds_protocol_budget_scenarios_runs_and_a_valid_hash(tmp_path: Path) -> None:
+    e = _entry(tmp_path, general=True)
+    assert e["schema_version"] == 1 and e["kind"] == "clbench-leaderboard-entry"
+    assert (e["track"], e["method"]) == ("vision", "fixture_method")
+    assert e["hyperparameters"] == {"trainer.lr": 0.05, "method.strength": 0.5}
+    assert e["config"] == {**PROTOCOLS["vision"].fixed, **e["hyperparameters"]}
+    assert e["budget"] == {"n_trials": N, "trials_used": N, "sampler": "tpe", "sampler_seed": 0,
+                           "objective": "acc", "objective_split": "val", "tuning_seeds": [0],
+                           "trials_failed": 0, "tuning_train_time_s": 0.0}
+    assert e["tuning"]["content_hash"] == TUNE_HASH and e["evaluation"]["content_hash"] == EVAL_HASH
+    assert e["evaluation"]["version"] == "1" and e["seeds"] == [0, 1, 2]
+    assert [r["seed"] for r in e["runs"]] == [0, 1, 2]
+    accs = [r["metrics"]["acc"] for r in e["runs"]]
+    assert e["summary"]["acc"]["mean"] == pytest.approx(sum(accs) / 3)
+    assert e["summary"]["acc"]["std"] > 0 and e["summary"]["acc"]["n"] == 3
+    assert e["summary"]["general_retention"]["mean"] < 1
+    assert e["cost"]["train_time_s"]["mean"] == pytest.approx(2.5)
+    assert e["env"]["git_commit"] == "1" * 40 and e["env"]["hardware"]["device"] == "cpu"
+    assert e["content_hash"] == lb.content_hash(e) and len(e["content_hash"]) == 64
+    assert lb.validate_entry(e) == []
+
+
+def test_submit_writes_a_valid_entry_atomically_and_overwrites(tmp_path: Path) -> None:
+    pdir = make_protocol_dir(tmp_path)
+    path = lb.submit(pdir, tmp_path / "boards")
+    assert path == tmp_path / "boards" / "vision" / "fixture_method.json"
+    assert lb.validate_dir(tmp_path / "boards") == {path: []}
+    first = json.loads(path.read_text())["content_hash"]
+    lb.submit(pdir, tmp_path / "boards")
+    assert [p.name for p in path.parent.iterdir()] == ["fixture_method.json"]  # no temp files left
+    assert lb.validate_entry(json.loads(path.read_text())) == []
+    assert isinstance(first, str)
+
+
+def test_submit_refuses_an_invalid_entry_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pdir = make_protocol_dir(tmp_path)
+    monkeypatch.setattr(lb, "registered_scenario_versions", lambda: {**VERSIONS, "split_mnist": "2"})
+    with pytest.raises(ClbenchError, match="stale evaluation scenario version"):
+        lb.submit(pdir, tmp_path / "boards")
+    assert not (tmp_path / "boards").exists()
+
+
+def test_entry_from_protocol_rejects_runs_that_disagree_with_protocol_json(tmp_path: Path) -> None:
+    pdir = make_protocol_dir(tmp_path)
+    res = pdir / "eval" / "seed1" / "results.json"
+    r = json.loads(res.read_text())
+    r["config"]["trainer"]["lr"] = 0.5  # not H*
+    res.write_text(json.dumps(r))
+    with pytest.raises(ClbenchError, match="did not use the protocol's settings for trainer.lr"):
+        lb.entry_from_protocol(pdir)
+    (pdir / "protocol.json").write_text("{not json")
+    with pytest.raises(ClbenchError, match="cannot read"):
+        lb.entry_from_protocol(pdir)
+    with pytest.raises(ClbenchError, match="no protocol.json"):
+        lb.entry_from_protocol(tmp_path / "nowhere")
+
+
+def _drop_budget(e: dict[str, Any]) -> None:
+    del e["budget"]["n_trials"]
+
+
+def _string_acc(e: dict[str, Any]) -> None:
+    e["runs"][0]["metrics"]["acc"] = "0.99"
+
+
+def _tamper(e: dict[str, Any]) -> None:
+    e["summary"]["acc"]["mean"] = 0.99
+
+
+def _exceed(e: dict[str, Any]) -> None:
+    e["budget"]["trials_used"] = N + 1
+
+
+def _declare_more(e: dict[str, Any]) -> None:
+    e["budget"]["n_trials"] = 50
+
+
+def _tune_on_eval(e: dict[str, Any]) -> None:
+    e["tuning"].update(scenario="split_mnist", content_hash=EVAL_HASH)
+
+
+def _same_hash(e: dict[str, Any]) -> None:
+    e["tuning"]["content_hash"] = EVAL_HASH
+
+
+def _stale(e: dict[str, Any]) -> None:
+    e["evaluation"]["version"] = "0"
+
+
+def _change_fixed(e: dict[str, Any]) -> None:
+    e["config"]["trainer.epochs"] = 50
+
+
+def _hand_set(e: dict[str, Any]) -> None:
+    e["config"]["trainer.momentum"] = 0.99
+
+
+def _outside_space(e: dict[str, Any]) -> None:
+    e["hyperparameters"]["trainer.warmup"] = 3
+    e["config"]["trainer.warmup"] = 3
+
+
+def _unknown_track(e: dict[str, Any]) -> None:
+    e["track"] = "no_such_track"
+
+
+def _test_split(e: dict[str, Any]) -> None:
+    e["budget"]["objective_split"] = "test"
+
+
+def _fewer_seeds(e: dict[str, Any]) -> None:
+    e["seeds"], e["runs"] = [0], e["runs"][:1]
+    e["summary"] = lb.summarize_runs(e["runs"])
+
+
+def _inflate(e: dict[str, Any]) -> None:
+    for r in e["runs"]:
+        r["metrics"]["acc"] += 0.2
+    e["summary"] = lb.summarize_runs(e["runs"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rehash", "reason"),
+    [
+        (_drop_budget, True, "missing field budget.n_trials"),
+        (_string_acc, True, "runs[0].metrics.acc: expected a number or null"),
+        (_tamper, False, "content_hash mismatch"),
+        (_exceed, True, f"budget exceeded: {N + 1} trials used > {N} allowed"),
+        (_declare_more, True, f"declared n_trials=50 differs from the vision protocol's {N}"),
+        (_tune_on_eval, True, "tuned on the evaluation scenario"),
+        (_same_hash, True, "tuned on the evaluation scenario"),
+        (_stale, True, "stale evaluation scenario version: split_mnist v0, registered VERSION is 1"),
+        (_change_fixed, True, "config trainer.epochs=50 deviates from the protocol's fixed"),
+        (_hand_set, True, "set by hand outside the protocol's fixed settings and trial budget: trainer.momentum"),
+        (_outside_space, True, "hyperparameters outside the declared search space: trainer.warmup"),
+        (_unknown_track, True, "unknown track 'no_such_track'; known: vision"),
+        (_test_split, True, "objective computed on split 'test'"),
+        (_fewer_seeds, True, "evaluation seeds [0] differ from the protocol's [0, 1, 2]"),
+        (_inflate, True, "metrics acc do not follow from its R"),
+    ],
+)
+def test_validate_rejects_with_the_reason(tmp_path: Path, mutate: Any, rehash: bool, reason: str) -> None:
+    e = _entry(tmp_path)
+    mutate(e)
+    if rehash:  # a forger who recomputes the hash is still caught by the other checks
+        _rehash(e)
+    reasons = lb.validate_entry(e)
+    assert any(reason in r for r in reasons), reasons
+
+
+def test_validate_dir_reports_malformed_json_misplaced_files_and_valid_ones(tmp_path: Path) -> None:
+    good = lb.submit(make_protocol_dir(tmp_path), tmp_path / "boards")
+    track = good.parent
+    (track / "broken.json").write_text('{"schema_version": 1,')
+    (track / "list.json").write_text("[1, 2]")
+    (track / "elsewhere.json").write_text(good.read_text())
+    out = lb.validate_dir(tmp_path / "boards")
+    assert out[good] == []
+    assert out[track / "broken.json"][0].startswith("malformed JSON")
+    assert out[track / "list.json"] == ["entry must be a JSON object, got list"]
+    assert "this entry belongs at vision/fixture_method.json" in out[track / "elsewhere.json"][0]
+    with pytest.raises(ClbenchError, match="no leaderboard directory"):
+        lb.validate_dir(tmp_path / "missing")
+
+
+def _board(tmp_path: Path) -> tuple[Path, Path]:
+    """Three valid entries (one named with markup), one tampered entry."""
+    boards = tmp_path / "boards"
+    lb.submit(make_protocol_dir(tmp_path, "alpha_method", skill=0.7, general=True), boards)
+    lb.submit(make_protocol_dir(tmp_path, "beta_method", skill=0.95, general=True), boards)
+    lb.submit(make_protocol_dir(tmp_path, HOSTILE, skill=0.8), boards)
+    bad = lb.submit(make_protocol_dir(tmp_path, "gamma_tampered", skill=0.99), boards)
+    e = json.loads(bad.read_text())
+    e["budget"]["trials_used"] = 40
+    bad.write_text(json.dumps(e))
+    lb.render(boards)
+    return boards / "vision", bad
+
+
+def test_render_ranks_valid_entries_by_acc_and_lists_rejected_ones(tmp_path: Path) -> None:
+    track, bad = _board(tmp_path)
+    readme = (track / "README.md").read_text()
+    block = readme.split(lb.MARK_START)[1].split(lb.MARK_END)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split(" | ")[1] for r in rows][0::2] == ["beta_method", "alpha_method"]
+    assert "&lt;script&gt;" in rows[1] and "<script>" not in readme
+    assert "| General retention |" in block and f"| {N}/{N} | 0, 1, 2 |" in rows[0]
+    assert "gamma_tampered.json" in block and "content_hash mismatch" in block
+    assert not any("gamma_tampered" in r for r in rows)
+    # a second render keeps the text around the markers and rewrites the block
+    (track / "README.md").write_text("intro\n" + readme + "\nfooter\n")
+    lb.render(tmp_path / "boards")
+    again = (track / "README.md").read_text()
+    assert again.startswith("intro\n") and again.endswith("footer\n") and again.count(lb.MARK_START) == 1
+
+
+def test_render_html_is_self_contained_escaped_and_plots_valid_entries(tmp_path: Path) -> None:
+    track, _ = _board(tmp_path)
+    page = (track / "index.html").read_text()
+    assert page.count("<script>") == 1 and "<script>document" not in page
+    assert "&lt;script&gt;document.title=&#x27;PWNED&#x27;&lt;/script&gt;" in page
+    assert "<img" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page and "Content-Security-Policy" in page
+    assert page.count('<tr data-method="') == 3
+    assert page.count('class="heatmap"') == 3 and 'id="plot-scatter"' in page
+    assert 'id="plot-retention"' in page and page.count('<g class="bar"') == 2
+    body = page.split('id="board"')[1].split("</table>")[0]
+    assert "gamma_tampered" not in body and "gamma_tampered.json" in page
+
+
+def test_cli_submit_validate_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boards = str(tmp_path / "boards")
+    assert main(["submit", str(make_protocol_dir(tmp_path)), "--leaderboards", boards]) == 0
+    assert "vision/fixture_method.json" in capsys.readouterr().out
+    assert main(["leaderboard", "validate", boards]) == 0
+    assert "1 valid, 0 rejected" in capsys.readouterr().out
+    f = tmp_path / "boards" / "vision" / "fixture_method.json"
+    e = json.loads(f.read_text())
+    e["budget"]["trials_used"] = 99
+    f.write_text(json.dumps(_rehash(copy.deepcopy(e))))
+    assert main(["leaderboard", "validate", boards]) == 1
+    out = capsys.readouterr().out
+    assert f"fixture_method.json: budget exceeded: 99 trials used > {N}" in out
+    assert main(["leaderboard", "render", boards]) == 0
+    assert "vision/index.html" in capsys.readouterr().out
+    assert main(["leaderboard", "validate", str(tmp_path / "none")]) == 2
+
+
+def test_run_dirs_recorded_before_the_protocol_folder_moved_are_found(tmp_path: Path) -> None:
+    pdir = make_protocol_dir(tmp_path)
+    record = json.loads((pdir / "protocol.json").read_text())
+    record["evaluation"]["run_dirs"] = [f"runs/protocol/vision/x/{pdir.name}/{rd}"
+                                        for rd in record["evaluation"]["run_dirs"]]
+    (pdir / "protocol.json").write_text(json.dumps(record))
+    assert lb.validate_entry(lb.entry_from_protocol(pdir)) == []

@@ -1,0 +1,217 @@
+"""The fixed tuning protocol: two phases, identical budget, resume, failures, many workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clbench import tuning
+from clbench.errors import ClbenchError, ConfigError
+from clbench.registry import METHODS
+from clbench.search import draw, grid
+from clbench.tuning import Protocol, run_protocol
+
+TINY = Protocol(track="tiny", tune_scenario="split_digits", eval_scenario="split_mnist", n_trials=3,
+                tune_options={"image_size": 28, "n_experiences": 2}, eval_options={"n_experiences": 2},
+                fixed={"model": "mlp", "trainer.epochs": 1, "trainer.batch_size": 64,
+                       "trainer.optimizer": "adamw"},
+                eval_seeds=(0, 1))
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> Protocol:
+    monkeypatch.setitem(tuning.PROTOCOLS, "tiny", TINY)
+    return TINY
+
+
+def _mlflow_children(parent: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("clbench")
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+def test_draw_is_seeded_distinct_and_capped_by_the_grid() -> None:
+    space = {"a": grid(1, 2, 3), "b": grid("x", "y")}
+    first = draw(space, 4, seed=0)
+    assert first == draw(space, 4, seed=0) and len({tuple(sorted(c.items())) for c in first}) == 4
+    assert first != draw(space, 4, seed=1)
+    assert len(draw(space, 100, seed=0)) == 6  # budget above the grid: every configuration once
+
+
+def test_two_phases_budget_objective_and_mlflow_nesting(tmp_path: Path, tiny: Protocol) -> None:
+    rec = run_protocol("ewc", "tiny", runs_dir=str(tmp_path), progress=False)
+    assert rec["status"] == "finished" and rec["protocol"]["n_trials"] == 3
+    trials = rec["tuning"]["trials"]
+    assert rec["tuning"]["trials_used"] == 3 and sorted(t["slot"] for t in trials) == [0, 1, 2]
+    assert [t["params"] for t in trials] == draw(METHODS.get("ewc").search_space, 3, 0)
+    # H* = the best *validation* ACC of the tuning scenario
+    best = max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    assert rec["best_params"] == best["params"]
+    for t in trials:
+        res = json.loads((Path(t["run_dir"]) / "results.json").read_text())
+        assert res["scenario"]["name"] == "split_digits"
+        assert t["value"] == pytest.approx(sum(res["R_val"][-1]) / len(res["R_val"][-1]))
+    # phase 2: once per seed on the evaluation scenario, with H*
+    ev = rec["evaluation"]
+    assert ev["seeds"] == [0, 1] and ev["scenario"] == "split_mnist"
+    assert ev["scenario_hash"] != rec["tuning"]["scenario_hash"]
+    for seed, run_dir in zip(ev["seeds"], ev["run_dirs"], strict=True):
+        res = json.loads((Path(run_dir) / "results.json").read_text())
+        assert res["config"]["seed"] == seed and res["config"]["trainer"]["lr"] == rec["best_params"]["trainer.lr"]
+        assert res["config"]["method_options"]["ewc_lambda"] == rec["best_params"]["method.ewc_lambda"]
+    assert Path(tmp_path, "tiny", "ewc", rec["tuning"]["study"], "protocol.json").is_file()
+    children = _mlflow_children(rec["mlflow"]["parent_run_id"])
+    assert len(children) == 3 + 2
+
+
+def test_protocol_refuses_overrides_of_what_it_fixes(tmp_path: Path, tiny: Protocol) -> None:
+    with pytest.raises(ConfigError, match="scenario.n_experiences"):
+        run_protocol("naive", "tiny", {"scenario.n_experiences": 5}, runs_dir=str(tmp_path), progress=False)
+    with pytest.raises(ConfigError, match="track"):
+        run_protocol("naive", "nope", runs_dir=str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_interrupted_protocol_resumes_without_rerunning_finished_trials(
+        tmp_path: Path, tiny: Protocol, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clbench.runner as runner
+
+    real = runner.run
+    calls: list[str] = []
+    killed: list[bool] = []
+
+    def flaky(cfg: Any, resume: bool = False, force: bool = False) -> dict[str, Any]:
+        calls.append(f"{cfg.scenario}:{cfg.key()}")
+        if len(calls) == 2 and not killed:
+            killed.append(True)
+            raise KeyboardInterrupt  # killed during the second trial
+        return real(cfg, resume=resume, force=force)
+
+    monkeypatch.setattr(runner, "run", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
+    first = calls[0]
+    calls.clear()
+    rec = run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
+    tune_calls = [c for c in calls if c.startswith("split_digits")]
+    assert first not in tune_calls and len(tune_calls) == 2  # the finished trial is not rerun
+    assert rec["tuning"]["trials_used"] == 3 and rec["tuning"]["trials_failed"] == 0
+    assert sorted(t["slot"] for t in rec["tuning"]["trials"]) == [0, 1, 2]
+
+
+def test_crashed_trial_is_failed_and_counted_in_the_budget(
+        tmp_path: Path, tiny: Protocol, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clbench.runner as runner
+    from clbench.errors import NonFiniteLossError
+
+    real = runner.run
+    seen: list[int] = []
+
+    def nan_once(cfg: Any, resume: bool = False, force: bool = False) -> dict[str, Any]:
+        seen.append(1)
+        if len(seen) == 1:
+            raise NonFiniteLossError(0, 3, float("nan"))
+        return real(cfg, resume=resume, force=force)
+
+    monkeypatch.setattr(runner, "run", nan_once)
+    rec = run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
+    states = sorted(t["state"] for t in rec["tuning"]["trials"])
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"] and rec["tuning"]["trials_used"] == 3
+    failed = next(t for t in rec["tuning"]["trials"] if t["state"] == "FAIL")
+    assert "nan" in failed["error"] and rec["best_params"] != failed["params"]
+
+
+def test_a_second_local_process_on_the_same_protocol_is_refused(tmp_path: Path, tiny: Protocol) -> None:
+    import fcntl
+
+    pr = tuning.ProtocolRun("naive", TINY, {}, "", str(tmp_path), False)
+    pr.dir.mkdir(parents=True)
+    with open(pr.dir / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ClbenchError, match="another protocol process"):
+            run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
+
+
+# ----------------------------------------------------------------- PostgreSQL, two workers
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(PG_BIN.glob("*/bin/initdb")) if PG_BIN.is_dir() else []
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL server on loopback (Debian package; runs as user ``postgres``)."""
+    bindir = _pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs the Debian package postgresql")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="clbench-pg-"))  # outside pytest's 0700 root-only tree
+    data = root / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        root.chmod(0o777)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = _free_port()
+    log = root / "log"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_against_postgresql_lose_and_duplicate_nothing(tmp_path: Path, tiny: Protocol,
+                                                                   postgres: str) -> None:
+    import optuna
+
+    big = Protocol(**{**TINY.__dict__, "n_trials": 4})
+    tuning.PROTOCOLS["tiny"] = big
+    start = time.perf_counter()
+    rec = run_protocol("ewc", "tiny", storage=postgres, workers=2, runs_dir=str(tmp_path), progress=False)
+    assert time.perf_counter() - start < 600
+    storage = optuna.storages.RDBStorage(postgres)
+    trials = optuna.load_study(study_name=rec["tuning"]["study"], storage=storage).get_trials()
+    assert len(trials) == 4 and sorted(t.user_attrs["slot"] for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
+    evals = optuna.load_study(study_name=rec["tuning"]["study"] + "-eval", storage=storage).get_trials()
+    assert sorted(t.user_attrs["seed"] for t in evals) == [0, 1]
+    # every trial and evaluation run exactly once on disk and in MLflow
+    tune_dirs = list((tmp_path / "tiny" / "ewc" / rec["tuning"]["study"] / "tune").glob("*/*/*/results.json"))
+    eval_dirs = list((tmp_path / "tiny" / "ewc" / rec["tuning"]["study"] / "eval").glob("*/*/*/results.json"))
+    assert len(tune_dirs) == 4 and len(eval_dirs) == 2
+    children = _mlflow_children(rec["mlflow"]["parent_run_id"])
+    assert len(children) == 6 and len({c.data.tags["run_dir"] for c in children}) == 6
+    workers = {t.user_attrs.get("worker") for t in trials}
+    assert len(workers) == 2  # both worker processes took trials
