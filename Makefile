@@ -6,6 +6,7 @@ METHOD ?= naive
 SEEDS ?= 0 1 2
 TRACK ?= vision
 ARGS ?=
+WORKERS ?= 1
 
 # Debian packages for the PostgreSQL sweep test and the leaderboard browser test (needs root;
 # without them those tests skip locally and fail under CI=true).
@@ -40,7 +41,7 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/clbench bench method=$(METHOD) --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(ARGS)
+	$(BIN)/clbench bench method=$(METHOD) --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(if $(QUICK),--quick,) --workers $(WORKERS) $(ARGS)
 
 compare: install
 	$(BIN)/clbench compare --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,)

@@ -3,7 +3,8 @@
     clbench run method=<name> scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
     clbench list
     clbench show <run dir | MLflow run id>
-    clbench bench method=<name> [--seeds 0 1 2]
+    clbench bench method=<name> [--track vision] [--quick] [--workers N] [--storage URL]
+    clbench protocol method=<name> [--track vision] [--workers N] [--storage URL]
     clbench compare [--seeds 0 1 2] [--resume]
     clbench submit <protocol run dir> [--leaderboards leaderboards]
     clbench leaderboard validate|render [leaderboards]
@@ -54,13 +55,43 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from clbench.bench import run_bench
+    from clbench.bench import default_track, run_bench
     from clbench.config import parse_overrides
+    from clbench.tuning import PROTOCOLS
 
     values = parse_overrides(args.overrides)
     if "method" not in values:
         raise ClbenchError("bench needs a method: clbench bench method=<name> (see `clbench list`)")
+    args.track = args.track or default_track(values["method"])  # tta for test-time-only methods
+    if not args.quick and args.track in PROTOCOLS:
+        args.method, args.overrides = values.pop("method"), [f"{k}={v}" for k, v in values.items()]
+        return cmd_protocol(args)
+    if not args.quick:
+        print(f"(no tuning protocol for track {args.track!r} yet: fixed-configuration runs)\n")
     print(run_bench(values, seeds=args.seeds, resume=args.resume, track=args.track))
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from clbench.config import parse_overrides
+    from clbench.report import aggregate_table
+    from clbench.tuning import run_protocol
+
+    values = parse_overrides(args.overrides)
+    method = args.method or values.pop("method", None)
+    if not method:
+        raise ClbenchError("protocol needs a method: clbench protocol method=<name> (see `clbench list`)")
+    values.pop("method", None)
+    rec = run_protocol(method, args.track, values, storage=args.storage, workers=args.workers)
+    results = [json.loads((Path(d) / "results.json").read_text()) for d in rec["evaluation"]["run_dirs"]]
+    tune = rec["tuning"]
+    print(f"\nphase 1: {tune['trials_used']}/{rec['protocol']['n_trials']} trials on {tune['scenario']} "
+          f"({tune['trials_failed']} failed); chosen {rec['best_params']} "
+          f"(validation ACC {rec['best_value']:.4f})")
+    print(f"phase 2: {rec['evaluation']['scenario']}, seeds {rec['evaluation']['seeds']}\n")
+    print(aggregate_table(results))
+    protocol_dir = Path(rec["evaluation"]["run_dirs"][0]).parents[3] if results else ""
+    print(f"\nprotocol run: {protocol_dir}\nsubmit it with: clbench submit {protocol_dir}")
     return 0
 
 
@@ -152,8 +183,21 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value")
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
-    b.add_argument("--track", default="vision", help="vision (default), lm, or lm_standard_cl")
-    b.set_defaults(fn=cmd_bench)
+    b.add_argument("--track", default=None, help="vision, tta, lm or lm_standard_cl (default: tta for "
+                   "methods that only support test_time streams, else vision)")
+    b.add_argument("--quick", action="store_true",
+                   help="one fixed-configuration run per scenario and seed instead of the tuning protocol")
+    b.add_argument("--workers", type=int, default=1, help="protocol: trial processes on this machine")
+    b.add_argument("--storage", default="", help="protocol: Optuna storage URL (default: sqlite in the run dir)")
+    b.set_defaults(fn=cmd_bench, method=None)
+    t = sub.add_parser("protocol", help="the fixed tuning protocol: tune on one scenario, evaluate on another")
+    t.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value (trainer.*, model.*...)")
+    t.add_argument("--track", default="vision", help="track whose protocol to run (default vision)")
+    t.add_argument("--workers", type=int, default=1, help="trial processes on this machine")
+    t.add_argument("--storage", default="",
+                   help="Optuna storage URL shared by many machines, e.g. postgresql://user@host/db "
+                        "(default: sqlite file in the protocol run directory)")
+    t.set_defaults(fn=cmd_protocol, method=None)
     c = sub.add_parser("compare", help="every method on the default suite; table into README.md")
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     c.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")

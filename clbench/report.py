@@ -109,3 +109,26 @@ def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], 
         out.append(f"**{scenario}** ({rs[0]['scenario']['type'].replace('_', '-')}; {settings})\n\n"
                    + markdown_table(header, rows))
     return "\n\n".join(out)
+
+
+def domain_error_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Test-time runs: error (%) per domain, mean error and source accuracy after the stream.
+
+    One row per (method, seed), then a ``mean ± std`` row per method (population std over seeds).
+    """
+    domains = list(runs[0]["test_time"]["domains"])
+    header = ["method", "seed", *(d.split("_")[0] for d in domains), "mean", "source acc after"]
+    rows: list[list[Any]] = []
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        by_method.setdefault(r["config"]["method"], []).append(r)
+    for method, group in by_method.items():
+        for r in group:
+            m = r["metrics"]
+            rows.append([method, r["config"]["seed"], *(f"{100 * m[f'error_{d}']:.1f}" for d in domains),
+                         f"{100 * m['mean_error']:.1f}", f"{100 * m.get('source_acc_after', float('nan')):.1f}"])
+        if len(group) > 1:
+            cells = [mean_std([100 * r["metrics"][f"error_{d}"] for r in group], 1) for d in domains]
+            rows.append([f"**{method}**", "mean", *cells, mean_std([100 * r["metrics"]["mean_error"] for r in group], 1),
+                         mean_std([100 * r["metrics"].get("source_acc_after", float("nan")) for r in group], 1)])
+    return markdown_table(header, rows)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from clbench.config import to_plain
 from clbench.evaluation import Evaluator
@@ -186,13 +187,14 @@ def use_batch_statistics(model: nn.Module) -> list[nn.Module]:
     Drops the running statistics (``track_running_stats=False``, buffers ``None``), as the
     reference CTTA implementations do; returns the BatchNorm modules.
     """
-    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     for m in bns:
         m.track_running_stats = False
         m.running_mean = None
         m.running_var = None
         m.num_batches_tracked = None
-    return bns
+    out: list[nn.Module] = list(bns)
+    return out
 
 
 def norm_modules(model: nn.Module, kind: str = "auto") -> list[nn.Module]:
@@ -202,9 +204,9 @@ def norm_modules(model: nn.Module, kind: str = "auto") -> list[nn.Module]:
         kind: ``batch`` (BatchNorm only), ``all`` (BatchNorm, LayerNorm, GroupNorm) or ``auto``
             (BatchNorm if the model has any, else LayerNorm/GroupNorm).
     """
-    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
-    others = [m for m in model.modules()
-              if isinstance(m, nn.LayerNorm | nn.GroupNorm) and m.weight is not None]
+    bns: list[nn.Module] = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
+    others: list[nn.Module] = [m for m in model.modules()
+                               if isinstance(m, nn.LayerNorm | nn.GroupNorm) and m.weight is not None]
     if kind == "batch" or (kind == "auto" and bns):
         return bns
     return others if kind == "auto" else bns + others

@@ -59,7 +59,7 @@ class Protocol:
     tune_options: dict[str, Any] = field(default_factory=dict)
     eval_options: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
-    sampler: str = "tpe"
+    sampler: str = "random_grid"  # seeded draw without replacement from the grids (clbench.search.draw)
     sampler_seed: int = 0
     tuning_seeds: tuple[int, ...] = (0,)
     eval_seeds: tuple[int, ...] = (0, 1, 2)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from clbench.config import TrainerConfig
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Experience, StreamInfo
 from methods._pet import GatedLoRA, classifier_head, key, targets
 
@@ -118,11 +119,15 @@ class CoDyRA(Method):
           (same weights; evaluation then runs on the merged model, as the paper describes).
         - The optimizer, LR and schedule are the trainer's, not AdamW(β2=0.9999) with cosine
           decay; the κ ramp is laid over the experience's optimizer steps (epochs × batches).
+          As in the code, κ rises one grid value every ``floor((T - dense) / kappa_steps)``
+          steps (at least 1), so an experience with fewer than ``kappa_steps`` steps after the
+          dense part never reaches κ_max (the code's 500 iterations always do).
         - On Llama the FFN gate projection counts as ``fc_in`` with ``up`` (all FFN Linears are
           adapted); the MLP (no blocks) adapts every Linear but the head.
     """
 
     Config = CoDyRAConfig
+    search_space = with_base({"method.kappa_max": grid(0.001, 0.005, 0.02)})
 
     def __init__(self, config: CoDyRAConfig | None = None) -> None:
         super().__init__(config)

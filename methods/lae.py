@@ -15,6 +15,7 @@ from clbench.config import TrainerConfig
 from clbench.modules import block_roles, transformer_blocks
 from clbench.protocol import Method
 from clbench.registry import register_method
+from clbench.search import grid, with_base
 from clbench.streams import Batch, Experience, StreamInfo
 from methods._pet import (
     Adapter,
@@ -182,6 +183,7 @@ class LAE(Method):
     """
 
     Config = LAEConfig
+    search_space = with_base({"method.ema_decay": grid(0.99, 0.999, 0.9999)})
 
     def __init__(self, config: LAEConfig | None = None) -> None:
         super().__init__(config)

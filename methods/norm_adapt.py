@@ -69,8 +69,8 @@ class NormAdapt(Method):
             use_batch_statistics(model)
         else:
             for m in bns:  # source statistics as non-persistent buffers (follow .to(device))
-                m.register_buffer("source_mean", m.running_mean.clone(), persistent=False)
-                m.register_buffer("source_var", m.running_var.clone(), persistent=False)
+                m.register_buffer("source_mean", m.running_mean.clone(), persistent=False)  # type: ignore[union-attr]
+                m.register_buffer("source_var", m.running_var.clone(), persistent=False)  # type: ignore[union-attr]
                 m.register_forward_pre_hook(self._mix_statistics)
         return model.eval()
 

@@ -96,7 +96,7 @@ class Tent(Method):
         model.train()
         model.requires_grad_(False)
         use_batch_statistics(model)
-        params = [p for m in norm_modules(model, c.norm) for p in (m.weight, m.bias) if p is not None]
+        params = [p for m in norm_modules(model, c.norm) for p in m.parameters(recurse=False)]
         if not params:
             raise IncompatibleError("method 'tent' needs normalisation layers with affine "
                                     f"parameters (norm={c.norm}); this model has none")

@@ -105,7 +105,7 @@ class CIFAR10C(Scenario):
             arr = np.load(f, mmap_mode="r")
             if len(arr) != len(labels):
                 raise DataUnavailableError(f"{f} has {len(arr)} images but labels.npy has {len(labels)}")
-            domains.append((torch.as_tensor(np.ascontiguousarray(arr[lo:hi])).permute(0, 3, 1, 2).contiguous(), y))
+            domains.append((torch.from_numpy(np.array(arr[lo:hi])).permute(0, 3, 1, 2).contiguous(), y))
         return _stream("cifar10_c", domains, 10, c.corruptions, c.severity, c.batch_size, self.__doc__ or "")
 
 
@@ -134,11 +134,11 @@ def _load_image(path: Path, size: int) -> Tensor:
         if img.size != (size, size):
             w, h = img.size
             scale = round(size * 256 / 224) / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
             w, h = img.size
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
-        return torch.as_tensor(np.asarray(img, dtype=np.uint8)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
 
 @register_scenario("imagenet_c")

@@ -6,7 +6,9 @@ disjoint **target** half (2,500 digits, shuffled once with a fixed data seed) is
 each of the 15 corruptions of CIFAR10-C/ImageNet-C (Hendrycks & Dietterich, ICLR 2019,
 arXiv:1903.12261) in the standard CTTA order, at ``severity`` 5 by default. Each corruption is
 one domain (its data is the experience's ``test`` split; train/val are empty). Domains are
-streamed in batches of ``batch_size`` (100: 25 adaptation steps per domain).
+streamed in batches of ``batch_size`` (100: 25 adaptation steps per domain). The source val/test
+splits are shuffled once (fixed seed) so that evaluating batch-statistics methods on the source
+test split (forgetting of the source) does not see single-class batches.
 
 The corruptions re-implement Hendrycks' ``make_cifar_c.py`` for 28x28 grayscale tensors with
 torch/torchvision/numpy. Severity parameters are the CIFAR ones (recalled from the reference

@@ -17,11 +17,16 @@ from clbench.runner import run
 from clbench.testing import tiny_config
 
 HOOKS = ("setup", "on_source_data", "on_experience_start", "train_data", "optimizer", "transform_batch", "loss",
-         "on_after_backward", "on_after_step", "on_experience_end", "experience_report", "predict")
+         "on_after_backward", "on_after_step", "on_experience_end", "experience_report", "predict", "adapt")
 ORDER = re.compile(
     r"^setup (on_source_data )?(predict )+"
     r"(on_experience_start train_data optimizer (transform_batch loss on_after_backward on_after_step )+"
     r"on_experience_end experience_report (predict )+)+$"
+)
+# test-time streams (clbench/tta.py): one online pass, ``adapt`` per batch, no training hooks
+TTA_ORDER = re.compile(
+    r"^setup (on_source_data )?(predict )+(on_experience_start (adapt )+on_experience_end experience_report "
+    r"(predict )*)+$"
 )
 
 
@@ -63,7 +68,14 @@ def _cfg(tmp: Path, name: str, **overrides: Any) -> Any:
     if METHODS.get(name).needs_source_data:
         overrides = {"scenario.source": True, "foundation.epochs": 2,
                      "foundation.cache_dir": str(tmp / "cache"), **overrides}
+    if _test_time_only(name):  # a test_time stream of tiny images and a BatchNorm CNN
+        overrides = {"scenario.scenario_type": "test_time", "scenario.image": True, "model": "cnn_bn",
+                     **overrides}
     return tiny_config(tmp, name, **overrides)
+
+
+def _test_time_only(name: str) -> bool:
+    return set(METHODS.get(name).scenario_types) == {"test_time"}
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -71,7 +83,7 @@ def test_hooks_fire_in_documented_order(name: str, tmp_path: Path, swap: Any) ->
     log: list[str] = []
     swap(name, _recording(METHODS.get(name), log))
     run(_cfg(tmp_path, name, **{"scenario.n_experiences": 2, "eval.validation": False}))
-    assert ORDER.match(" ".join(log) + " "), " ".join(log)
+    assert (TTA_ORDER if _test_time_only(name) else ORDER).match(" ".join(log) + " "), " ".join(log)
     assert log.count("on_experience_start") == 2 and log.count("on_experience_end") == 2
 
 
@@ -117,7 +129,7 @@ def test_frozen_parameters_stay_frozen(name: str, tmp_path: Path, swap: Any) -> 
 
     swap(name, Freezing)
     res = run(_cfg(tmp_path, name, **{"trainer.weight_decay": 0.01, "trainer.momentum": 0.9}))
-    assert len(snapshots) == 3 and len(res["R"]) == 3
+    assert len(snapshots) == 3 and len(res["R"]) == (1 if _test_time_only(name) else 3)  # test-time R: 1 x D
 
 
 @pytest.mark.parametrize("name", ALL)

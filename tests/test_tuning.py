@@ -215,3 +215,24 @@ def test_two_workers_against_postgresql_lose_and_duplicate_nothing(tmp_path: Pat
     assert len(children) == 6 and len({c.data.tags["run_dir"] for c in children}) == 6
     workers = {t.user_attrs.get("worker") for t in trials}
     assert len(workers) == 2  # both worker processes took trials
+
+
+def test_cli_protocol_then_submit_validate_render(tmp_path: Path, tiny: Protocol,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented path: protocol run -> clbench submit -> leaderboard validate/render."""
+    from clbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["protocol", "method=naive", "--track", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "phase 1: 3/3 trials on split_digits" in out and "submit it with: clbench submit" in out
+    protocol_dir = out.rsplit("clbench submit ", 1)[1].split()[0]
+    assert main(["submit", protocol_dir, "--leaderboards", "boards"]) == 0
+    entry = json.loads((tmp_path / "boards" / "tiny" / "naive.json").read_text())
+    assert entry["budget"]["trials_used"] == 3 and entry["seeds"] == [0, 1]
+    assert main(["leaderboard", "validate", "boards"]) == 0
+    assert main(["leaderboard", "render", "boards"]) == 0
+    assert "naive" in (tmp_path / "boards" / "tiny" / "README.md").read_text()
+    # the quick path still runs the fixed-configuration suite
+    assert main(["bench", "method=naive", "--track", "tiny", "--quick"]) == 2  # no quick suite for tiny

@@ -10,7 +10,8 @@ Same model (the ``vit_tiny`` foundation architecture, same initial weights), sam
 - ``dynamic_rank_lora`` vs plain LoRA: CoDyRA's gated LoRA with the proximal step after every
   step (``dense_fraction=0``) against ``peft`` LoRA of the same rank on the same Linears, head
   trainable in both. Target ≤ 1.2×.
-- Inference after merging: CoDyRA's merged model against the untouched base model (≈ 1.0×).
+- Inference after merging: CoDyRA's merged model against the untouched base model (≈ 1.0×); an
+  A/A row (a copy of the base against the base) shows the machine's noise floor.
 
 Rounds are interleaved and the median is reported, so machine noise hits every variant alike.
 
@@ -78,12 +79,19 @@ def _train_time(method: Method, model: nn.Module, exp: Experience, cfg: TrainerC
     return (time.perf_counter() - start) / stats.optimizer_steps
 
 
-def _infer_time(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: int) -> float:
-    with torch.inference_mode():
+def _infer_pair(f: Callable[[torch.Tensor], torch.Tensor], g: Callable[[torch.Tensor], torch.Tensor],
+                x: torch.Tensor, bs: int, repeats: int = 5) -> tuple[float, float]:
+    """Seconds per batch of ``f`` and ``g`` over ``x``: one warm-up pass each, then alternating passes."""
+    def once(fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
         start = time.perf_counter()
         for i in range(0, len(x), bs):
             fn(x[i : i + bs])
         return (time.perf_counter() - start) / max(1, len(x) // bs)
+
+    with torch.inference_mode():
+        once(f), once(g)
+        tf, tg = zip(*((once(f), once(g)) for _ in range(repeats)), strict=True)
+    return statistics.median(tf), statistics.median(tg)
 
 
 class Bench:
@@ -108,15 +116,16 @@ class Bench:
         _train_time(method, model, self.timed, self.cfg)
         model.eval()
         x = self.timed.test.x
-        return (_infer_time(lambda b: method.predict(model, Batch(b, None)), x, 64),
-                _infer_time(model, x, 64))
+        return _infer_pair(lambda b: method.predict(model, Batch(b, None)), model, x, 64)
 
-    def merged_inference(self) -> tuple[float, float]:
+    def merged_inference(self) -> tuple[float, float, float]:
+        """(merged, base, a copy of base): the copy is an A/A control showing the noise floor."""
         method = CoDyRA()
         model = self.prepared(method).eval()
-        base = copy.deepcopy(self.base).eval()
+        base, twin = copy.deepcopy(self.base).eval(), copy.deepcopy(self.base).eval()
         x = self.timed.test.x
-        return _infer_time(model, x, 64), _infer_time(base, x, 64)
+        merged, ref = _infer_pair(model, base, x, 64)
+        return merged, ref, _infer_pair(twin, base, x, 64)[0]
 
 
 def main() -> None:
@@ -140,12 +149,14 @@ def main() -> None:
         "dynamic_rank_lora (prox every step)": lambda: CoDyRA(CoDyRAConfig(dense_fraction=0.0)),
     }
     times: dict[str, list[float]] = {n: [] for n in [*variants, "lae predict", "single-PET predict",
-                                                     "merged inference", "base inference"]}
+                                                     "merged inference", "base inference",
+                                                     "base copy inference (A/A)"]}
     for _ in range(args.rounds):
         for name, make in variants.items():
             times[name].append(bench.step(make()))
         for names, pair in ((("lae predict", "single-PET predict"), bench.lae_inference()),
-                            (("merged inference", "base inference"), bench.merged_inference())):
+                            (("merged inference", "base inference", "base copy inference (A/A)"),
+                             bench.merged_inference())):
             for n, t in zip(names, pair, strict=True):
                 times[n].append(t)
     _report({n: statistics.median(ts) for n, ts in times.items()}, args)
@@ -158,7 +169,7 @@ def _report(med: dict[str, float], args: argparse.Namespace) -> None:
     rows = [("lae (EMA every step)", "single PET (adapter)"), ("lae (default warm-up)", "single PET (adapter)"),
             ("lae predict", "single-PET predict"),
             ("dynamic_rank_lora (prox every step)", "plain LoRA (peft, r=16)"),
-            ("merged inference", "base inference")]
+            ("merged inference", "base inference"), ("base copy inference (A/A)", "base inference")]
     print("| variant | ms | reference | ms | ratio | target |")
     print("|---|---:|---|---:|---:|---|")
     for a, b in rows:
