@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 METHOD ?= naive
 SEEDS ?= 0 1 2
-TRACK ?= vision
+TRACK ?=
 ARGS ?=
 WORKERS ?= 1
 
@@ -41,10 +41,10 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/clbench bench method=$(METHOD) --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(if $(QUICK),--quick,) --workers $(WORKERS) $(ARGS)
+	$(BIN)/clbench bench method=$(METHOD) $(if $(TRACK),--track $(TRACK),) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(if $(QUICK),--quick,) --workers $(WORKERS) $(ARGS)
 
 compare: install
-	$(BIN)/clbench compare --track $(TRACK) --seeds $(SEEDS) $(if $(RESUME),--resume,)
+	$(BIN)/clbench compare --track $(or $(TRACK),vision) --seeds $(SEEDS) $(if $(RESUME),--resume,)
 
 perf: install
 	$(BIN)/python tests/perf/perf_throughput.py

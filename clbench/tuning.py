@@ -79,12 +79,14 @@ class Protocol:
 # pretrained on the upright source half of MNIST 5k (scenarios.mnist_ft); tune on split digits
 # (sklearn digits resized to 28x28, 5 x 2 classes), evaluate on split MNIST (the disjoint target
 # half of MNIST 5k, 5 x 2 classes). Same tasks, classes per task, backbone, epochs, batch size.
+# Both streams are rotated by 90 degrees (as split_rotated_mnist_ft), so the upright foundation
+# does not already solve them: the stream is a new domain that must be learnt class by class.
 _VISION_FIXED: dict[str, Any] = {"model": "vit_tiny", "trainer.epochs": 2, "trainer.batch_size": 32,
                                  "trainer.optimizer": "adamw", "trainer.weight_decay": 0.01}
 PROTOCOLS: dict[str, Protocol] = {
     "vision": Protocol(track="vision", tune_scenario="split_digits", eval_scenario="split_mnist",
-                       n_trials=8, tune_options={"image_size": 28, "foundation": True},
-                       eval_options={"foundation": True}, fixed=_VISION_FIXED),
+                       n_trials=8, tune_options={"image_size": 28, "foundation": True, "rotate": 90.0},
+                       eval_options={"foundation": True, "rotate": 90.0}, fixed=_VISION_FIXED),
 }
 
 
@@ -421,7 +423,7 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
             raise ConfigError("override key", key, "trainer.*, eval.*, model.*, method.*, tracking.* "
                               "(the protocol fixes method, scenarios and seeds)")
     pr = ProtocolRun(method, p, overrides, storage, runs_dir, progress)
-    pr.config("tune", {}, 0, "")  # validate the fixed settings + overrides before any work
+    _precheck(pr.config("tune", {}, 0, ""))  # settings valid and the pair runnable, before any work
     space = pr.space
     slots = draw(space, p.n_trials, p.sampler_seed)
     pr.dir.mkdir(parents=True, exist_ok=True)
@@ -452,6 +454,18 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     _log(pr, f"phase 2: ACC on {p.eval_scenario} = {record['evaluation']['acc_mean']:.4f} "
              f"± {record['evaluation']['acc_std']:.4f} over seeds {list(p.eval_seeds)}; {pr.dir / 'protocol.json'}")
     return record
+
+
+def _precheck(cfg: Any) -> None:
+    """Refuse a method the protocol's scenarios/backbone cannot run (declared capabilities)."""
+    from clbench.models import build_model, model_family
+    from clbench.protocol import check_compatible
+    from clbench.runner import resolve
+
+    res = resolve(cfg)
+    stream = res.scenario.build()
+    model, _ = build_model(cfg.model, stream.info(), dict(cfg.model_options))
+    check_compatible(res.method_cls, stream, model_family(model))
 
 
 @contextmanager

@@ -37,6 +37,7 @@ class SplitDigitsConfig:
     # True: carry MNIST 5k's upright source half (scenarios.mnist_ft) as source data, so the
     # stream shares the vit_tiny foundation of split_mnist(foundation=true); needs image_size=28
     foundation: bool = False
+    rotate: float = 0.0  # degrees, applied to every stream image (not to the source)
 
 
 @register_scenario("split_digits")
@@ -54,6 +55,10 @@ class SplitDigits(Scenario):
         x = torch.as_tensor(np.asarray(d.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
         if c.image_size != 8:
             x = F.interpolate(x, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
+        if c.rotate:
+            import torchvision.transforms.functional as TF
+
+            x = TF.rotate(x, c.rotate)
         y = torch.as_tensor(np.asarray(d.target, dtype=np.int64))
         source = None
         if c.foundation:

@@ -109,6 +109,7 @@ class SplitMNISTConfig(MNISTData):
     # True: the foundation setting of scenarios.mnist_ft -- the stream uses the target half of
     # MNIST 5k and carries the disjoint upright half as source (pretrains vit_tiny, calibrates)
     foundation: bool = False
+    rotate: float = 0.0  # degrees, applied to every stream image (not to the source)
 
 
 @register_scenario("split_mnist")
@@ -127,6 +128,10 @@ class SplitMNIST(Scenario):
             source, splits = source_and_target(c)
         else:
             splits = _splits(c)
+        if c.rotate:
+            from scenarios.mnist_ft import rotate
+
+            splits = (rotate(splits[0], c.rotate), rotate(splits[1], c.rotate), rotate(splits[2], c.rotate))
         exps = split_by_classes(splits, class_order(10, c.class_order_seed), c.n_experiences,
                                 task_incremental=c.task_incremental)
         kind = "task_incremental" if c.task_incremental else "class_incremental"

@@ -121,7 +121,7 @@ def test_entry_holds_protocol_budget_scenarios_runs_and_a_valid_hash(tmp_path: P
     assert (e["track"], e["method"]) == ("vision", "fixture_method")
     assert e["hyperparameters"] == {"trainer.lr": 0.05, "method.strength": 0.5}
     assert e["config"] == {**PROTOCOLS["vision"].fixed, **e["hyperparameters"]}
-    assert e["budget"] == {"n_trials": N, "trials_used": N, "sampler": "tpe", "sampler_seed": 0,
+    assert e["budget"] == {"n_trials": N, "trials_used": N, "sampler": PROTOCOLS["vision"].sampler, "sampler_seed": 0,
                            "objective": "acc", "objective_split": "val", "tuning_seeds": [0],
                            "trials_failed": 0, "tuning_train_time_s": 0.0}
     assert e["tuning"]["content_hash"] == TUNE_HASH and e["evaluation"]["content_hash"] == EVAL_HASH

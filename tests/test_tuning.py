@@ -236,3 +236,11 @@ def test_cli_protocol_then_submit_validate_render(tmp_path: Path, tiny: Protocol
     assert "naive" in (tmp_path / "boards" / "tiny" / "README.md").read_text()
     # the quick path still runs the fixed-configuration suite
     assert main(["bench", "method=naive", "--track", "tiny", "--quick"]) == 2  # no quick suite for tiny
+
+
+def test_a_method_the_protocol_cannot_run_is_refused_before_any_trial(tmp_path: Path, tiny: Protocol) -> None:
+    from clbench.errors import IncompatibleError
+
+    with pytest.raises(IncompatibleError, match="tent"):
+        run_protocol("tent", "tiny", runs_dir=str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())
