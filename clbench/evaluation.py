@@ -60,6 +60,11 @@ class Evaluator:
     def _accuracy(self, infer: Callable[[Batch], Tensor], exp: Experience | None, data: Split) -> float:
         if len(data) == 0:
             return float("nan")
+        if self.objective.judge is not None:  # judged by generation (open-ended answers)
+            task_id = exp.task_id if (self.task_mask is not None and exp is not None) else None
+            with autocast_for(self.device, self.precision):
+                return self.objective.judge(infer, data, exp.index if exp is not None else None, task_id,
+                                            self.batch_size, self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         judged = 0
         for i in range(0, len(data), self.batch_size):

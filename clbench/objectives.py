@@ -8,23 +8,31 @@
   answer token (rank classification over the label set, one forward pass). Exact match of the
   greedy answer against the label set coincides with it whenever the labels' first tokens differ,
   which the text streams check when they are built.
+- ``causal_lm_generate``: the same packed inputs and answer-token loss, but each test example is
+  judged on the model's **greedy generation** (prompt only; the gold answer is never in the
+  inputs) against the gold answer with its task's metric (``clbench/textmetrics.py``: exact
+  match, ROUGE-L, edit similarity, SARI). R then holds the mean metric per task (TRACE).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clbench.streams import Batch, Stream
+from clbench.streams import Batch, Split, Stream
 
-OBJECTIVES = ("classification", "causal_lm", "causal_lm_text")
+OBJECTIVES = ("classification", "causal_lm", "causal_lm_text", "causal_lm_generate")
 
 
 class Objective:
     """Class-logit classification (the default)."""
 
     name = "classification"
+    # objectives that judge a whole split by generation set this (see GenerationObjective.judge)
+    judge: Callable[..., float] | None = None
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         assert batch.y is not None, "training batches carry labels"
@@ -102,6 +110,70 @@ class LanguageModelingObjective(Objective):
         return float(-(tok * real).sum()), int(real.sum())
 
 
+class GenerationObjective(CausalLMObjective):
+    """Answer-token loss for training; greedy generation + a task metric for evaluation."""
+
+    name = "causal_lm_generate"
+
+    def __init__(self, pad_id: int, eos_id: int | None, tokenizer_id: str, metrics: list[str],
+                 max_new_tokens: list[int]) -> None:
+        super().__init__(torch.zeros(0, dtype=torch.long), pad_id)
+        self.eos_id, self.tokenizer_id = eos_id, tokenizer_id
+        self.metrics, self.max_new_tokens = metrics, max_new_tokens
+
+    def judge(self, infer: Callable[[Batch], Tensor], data: Split, exp_index: int | None,
+              task: int | None, batch_size: int, device: torch.device) -> float:
+        """Mean metric of greedy generations over ``data`` (exact match outside the stream)."""
+        from clbench.text_models import load_tokenizer
+        from clbench.textmetrics import METRIC_FNS
+
+        tok = load_tokenizer(self.tokenizer_id)
+        metric = METRIC_FNS[self.metrics[exp_index] if exp_index is not None else "accuracy"]
+        total = 0.0
+        for i in range(0, len(data), batch_size):
+            x = data.x[i : i + batch_size]
+            budget = self.max_new_tokens[exp_index] if exp_index is not None else max(self.max_new_tokens)
+            preds = self.generate(infer, x, task, device, budget)
+            for row, pred in zip(x, preds, strict=True):
+                prompt_ids = row[0][: int(answer_start(row[1:2])[0])]
+                ref_ids = [t for t in row[0][row[1] == 1].tolist() if t != self.eos_id]
+                ref = str(tok.decode(ref_ids, skip_special_tokens=True))
+                source = str(tok.decode(prompt_ids.tolist(), skip_special_tokens=True))
+                total += metric(str(tok.decode(pred, skip_special_tokens=True)), ref, source)
+        return total / max(len(data), 1)
+
+    def generate(self, infer: Callable[[Batch], Tensor], x: Tensor, task: int | None,
+                 device: torch.device, max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuation of each prompt (row 0 before the answer mask) until eos/budget."""
+        start = answer_start(x[:, 1])
+        ids = x[:, 0].clone()
+        length = ids.shape[1]
+        pos = torch.arange(length).expand_as(ids)
+        ids[pos >= start[:, None]] = self.pad_id  # the gold answer and padding never reach the model
+        gen_mask = torch.zeros_like(ids)
+        out: list[list[int]] = [[] for _ in range(len(x))]
+        done = torch.zeros(len(x), dtype=torch.bool)
+        tasks = None if task is None else torch.full((len(x),), task, dtype=torch.long, device=device)
+        for step in range(max_new_tokens):
+            cur = start + step
+            done |= cur >= length
+            if bool(done.all()):
+                break
+            packed = torch.stack([ids, gen_mask], dim=1).to(device)
+            logits = infer(Batch(packed, None, tasks))
+            rows = torch.arange(len(x))
+            nxt = logits[rows.to(device), (cur - 1).clamp(max=length - 1).to(device)].argmax(-1).cpu()
+            for r in rows[~done].tolist():
+                token = int(nxt[r])
+                if self.eos_id is not None and token == self.eos_id:
+                    done[r] = True
+                    continue
+                out[r].append(token)
+                ids[r, cur[r]] = token
+                gen_mask[r, cur[r]] = 1
+        return out
+
+
 def answer_start(mask: Tensor) -> Tensor:
     """Index of the first answer token per row of a 0/1 answer mask (N, L)."""
     return mask.int().argmax(dim=1)
@@ -112,6 +184,10 @@ def objective_for(stream: Stream) -> Objective:
     name = stream.meta.get("objective", "classification")
     if name == "causal_lm_text":
         return LanguageModelingObjective()
+    if name == "causal_lm_generate":
+        m = stream.meta
+        return GenerationObjective(int(m["pad_id"]), m.get("eos_id"), str(m["tokenizer"]),
+                                   list(m["task_metrics"]), [int(b) for b in m["max_new_tokens"]])
     if name == "causal_lm":
         return CausalLMObjective(torch.as_tensor(stream.meta["first_tokens"], dtype=torch.long),
                                  int(stream.meta["pad_id"]))

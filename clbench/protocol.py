@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from clbench.config import TrainerConfig
 from clbench.errors import IncompatibleError
-from clbench.objectives import Objective
+from clbench.objectives import OBJECTIVES, Objective
 from clbench.search import BASE_SPACE, Grid
 from clbench.streams import SCENARIO_TYPES, Batch, Experience, Split, Stream, StreamInfo
 
@@ -51,7 +51,7 @@ class Method:
     model_families: ClassVar[frozenset[str]] = frozenset({"any"})
     needs_source_data: ClassVar[bool] = False
     adapts_at_test_time: ClassVar[bool] = False
-    objectives: ClassVar[frozenset[str]] = frozenset({"classification", "causal_lm", "causal_lm_text"})
+    objectives: ClassVar[frozenset[str]] = frozenset(OBJECTIVES)
     registry_name: ClassVar[str] = ""
     # hyperparameters the tuning protocol searches (dotted override key -> Grid); see clbench/search.py
     search_space: ClassVar[dict[str, Grid]] = BASE_SPACE

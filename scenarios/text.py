@@ -90,7 +90,7 @@ class TextCL(Scenario):
 
 
 def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConfig, cap: int,
-           task: TextTask) -> Split:
+           task: TextTask, open_class: int | None = None) -> Split:
     """Inputs + global labels; examples whose label is not in the task's set (MNLI's "-") are left out.
 
     classification: token ids (N, L); generation: packed (N, 2, L) [O-LoRA prompt + " label",
@@ -98,11 +98,13 @@ def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConf
     """
     from clbench.text_models import pack_answers, tokenize
 
-    ex = [e for e in examples if e.label in ids]  # the count left out is in meta["dropped_off_label"]
+    # open-ended tasks keep every example (one pseudo-class per task); closed ones leave out
+    # off-label examples (their count is in meta["dropped_off_label"])
+    ex = list(examples) if open_class is not None else [e for e in examples if e.label in ids]
     if cap and cap < len(ex):  # a seeded random subset (files are often sorted by label)
         keep = torch.randperm(len(ex), generator=torch.Generator().manual_seed(DATA_SEED))[:cap]
         ex = [ex[i] for i in sorted(keep.tolist())]
-    y = torch.tensor([ids[e.label] for e in ex], dtype=torch.long)
+    y = torch.tensor([ids[e.label] if open_class is None else open_class for e in ex], dtype=torch.long)
     if c.mode == "generation":
         prompts = [_prompt(task, e) for e in ex]
         return Split(pack_answers(prompts, [" " + e.label for e in ex], c.tokenizer, c.max_length), y)
@@ -110,15 +112,17 @@ def _split(examples: tuple[TextExample, ...], ids: dict[str, int], c: TextCLConf
 
 
 def _trace(root: str | None, c: TextCLConfig) -> tuple[list[TextTask], list[str]]:
-    """TRACE tasks with a closed answer set (C-STANCE, FOMC, ScienceQA: accuracy), prompts as shipped."""
+    """TRACE tasks, prompts as shipped. Closed-answer tasks (C-STANCE, FOMC, ScienceQA) work in
+    both modes; open-ended ones (MeetingBank, Py150, NumGLUE, 20Minuten) need ``mode=generation``
+    and are judged on greedy generations with TRACE's metric (ROUGE-L, edit similarity, SARI,
+    exact match)."""
     from scenarios.text_data import TRACE_TASKS, load_trace
 
     tasks, missing = load_trace(root, c.tasks or tuple(TRACE_TASKS))
     open_ended = [t.name for t in tasks if not t.labels]
-    if open_ended:
-        raise ConfigError("scenario.tasks", ", ".join(open_ended),
-                          "TRACE tasks with a closed answer set (c_stance, fomc, scienceqa); "
-                          "open-ended tasks need generation metrics (ROUGE-L, SARI...) not yet supported")
+    if open_ended and c.mode != "generation":
+        raise ConfigError("scenario.mode", c.mode,
+                          f"generation (open-ended TRACE tasks {', '.join(open_ended)} are judged on generated text)")
     return tasks, missing
 
 
@@ -145,20 +149,41 @@ def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) 
     """Tokenize each task's splits; labels get global ids in task order."""
     exps, offset, dropped = [], 0, {}
     for i, task in enumerate(tasks):
-        dropped[task.name] = {split: sum(e.label not in task.labels for e in getattr(task, split))
+        open_class = None if task.labels else offset
+        dropped[task.name] = {split: 0 if open_class is not None else
+                              sum(e.label not in task.labels for e in getattr(task, split))
                               for split in ("train", "val", "test")}
         ids = {label: offset + k for k, label in enumerate(task.labels)}
-        exps.append(Experience(i, i, tuple(ids.values()), _split(task.train, ids, c, c.max_train_per_task, task),
-                               _split(task.val, ids, c, c.max_train_per_task, task),
-                               _split(task.test, ids, c, c.max_test_per_task, task)))
-        offset += len(task.labels)
+        classes = tuple(ids.values()) if open_class is None else (open_class,)
+        exps.append(Experience(i, i, classes, _split(task.train, ids, c, c.max_train_per_task, task, open_class),
+                               _split(task.val, ids, c, c.max_train_per_task, task, open_class),
+                               _split(task.test, ids, c, c.max_test_per_task, task, open_class)))
+        offset += len(classes)
     meta: dict[str, Any] = {"tokenizer": c.tokenizer, "tasks": [t.name for t in tasks],
                             "missing": list(missing), "labels": [list(t.labels) for t in tasks],
                             "dropped_off_label": dropped}
-    if c.mode == "generation":
+    if c.mode == "generation" and any(not t.labels for t in tasks):
+        meta.update(objective="causal_lm_generate", **_generation_meta(tasks, c))
+    elif c.mode == "generation":
         meta.update(objective="causal_lm", **_verbaliser(tasks, c.tokenizer))
     return Stream("text_cl", VERSION, "task_incremental", tuple(exps), offset,
                   "text classification CL", source=calibration_source(c), meta=meta)
+
+
+def _generation_meta(tasks: list[TextTask], c: TextCLConfig) -> dict[str, Any]:
+    """Per-task metric (TRACE's; exact match for closed answers) and generation budget.
+
+    The budget of a task is its longest *training* answer in tokens plus one (never a test length).
+    """
+    from clbench.text_models import load_tokenizer
+    from scenarios.text_data import TRACE_TASKS
+
+    tok = load_tokenizer(c.tokenizer)
+    budget = [1 + max((len(tok(" " + e.label, add_special_tokens=False)["input_ids"]) for e in t.train), default=8)
+              for t in tasks]
+    metrics = [TRACE_TASKS[t.name][1] if t.name in TRACE_TASKS else "accuracy" for t in tasks]
+    return {"task_metrics": metrics, "max_new_tokens": budget, "pad_id": int(tok.pad_token_id),
+            "eos_id": tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id}
 
 
 def calibration_source(c: TextCLConfig) -> SourceData:

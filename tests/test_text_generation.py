@@ -170,3 +170,81 @@ def test_trace_fomc_generation_stream_reports_missing_tasks() -> None:
     assert s.meta["tasks"] == ["fomc"] and "meetingbank" in s.meta["missing"]
     assert s.meta["objective"] == "causal_lm" and s.num_classes == 3
     assert s.experiences[0].train.x.shape == (30, 2, 64) and len(s.experiences[0].test) == 20
+
+
+def test_text_metrics_by_hand() -> None:
+    from clbench.textmetrics import accuracy, edit_similarity, rouge_l, sari
+
+    assert accuracy(" hawkish ", "hawkish") == 1.0 and accuracy("dovish", "hawkish") == 0.0
+    # LCS("the cat sat", "the cat sat down") = 3: P = 1, R = 3/4
+    assert rouge_l("the cat sat", "the cat sat down") == pytest.approx(2 * 1 * 0.75 / 1.75)
+    assert rouge_l("a b", "c d") == 0.0
+    assert edit_similarity("abcd", "abce") == pytest.approx(0.75)
+    # output == reference, a deletion-only edit: keep-F1 = delete-P = 1, and the add term is 0
+    # because neither side adds an n-gram (as in Xu et al.'s reference implementation)
+    assert sari("the cat sat", "the cat sat", "the big cat sat there") == pytest.approx(2 / 3)
+    # copying the source: keeps are right, nothing added or deleted
+    copy = sari("the big cat sat there", "the cat sat", "the big cat sat there")
+    assert 0.0 < copy < sari("the cat sat", "the cat sat", "the big cat sat there")
+
+
+@pytest.fixture
+def open_scenario(monkeypatch: pytest.MonkeyPatch) -> str:
+    def summary(split: str, n: int) -> tuple[TextExample, ...]:
+        return tuple(TextExample(f"Summarise: meeting {split} {i} about budget items", f"budget {i}")
+                     for i in range(n))
+
+    tasks = [_task("fomc", ["hawkish", "dovish"]),
+             TextTask("meetingbank", "TRACE", (), "", summary("train", 8), summary("val", 2), summary("test", 4), {})]
+
+    class Synthetic(SCENARIOS.get("text_cl")):  # type: ignore[misc]
+        def build(self):  # type: ignore[no-untyped-def]
+            return tasks_to_stream(tasks, _cfg(), [])
+
+    monkeypatch.setitem(SCENARIOS._items, "text_open", Synthetic)
+    return "text_open"
+
+
+def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
+        tmp_path: Path, open_scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.Tensor] = []
+
+    class Spy(Method):
+        def predict(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+            seen.append(batch.x.clone())
+            return model(batch.x)
+
+    monkeypatch.setitem(METHODS._items, "naive", Spy)
+    stream = SCENARIOS.get(open_scenario)().build()
+    assert stream.meta["objective"] == "causal_lm_generate"
+    assert stream.meta["task_metrics"] == ["accuracy", "rouge_l"]
+    assert stream.experiences[1].classes == (2,) and len(stream.experiences[1].test) == 4
+    opts: dict[str, Any] = {"scenario": open_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
+                            "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
+                            "eval.lm_eval_tasks": []}
+    res = run(tiny_config(tmp_path, "naive", **opts))
+    assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
+    # generation inputs: a prompt, then only tokens the model generated itself (mask row = 1)
+    test = stream.experiences[1].test.x
+    first = next(x for x in seen if x.shape == test.shape and torch.equal(x[:, 0, :3], test[:, 0, :3]))
+    start = test[:, 1].int().argmax(1)
+    for r in range(len(first)):
+        assert int(first[r, 1].sum()) == 0  # step 0: nothing generated yet
+        assert bool((first[r, 0, int(start[r]):] == 0).all())  # gold answer hidden (BERT [PAD] = 0)
+
+
+def test_open_ended_trace_tasks_need_generation_mode(tmp_path: Path) -> None:
+    import json
+
+    from clbench.errors import ConfigError
+    from scenarios.text import _trace
+
+    folder = tmp_path / "LLM-CL_Benchmark" / "MeetingBank"
+    folder.mkdir(parents=True)
+    for split in ("train", "eval", "test"):
+        rows = [{"prompt": f"Summarise meeting {i}.", "answer": f"summary {i}"} for i in range(4)]
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    with pytest.raises(ConfigError, match="scenario.mode"):
+        _trace(str(tmp_path), TextCLConfig(benchmark="trace", mode="classification", tasks=("meetingbank",)))
+    tasks, _ = _trace(str(tmp_path), TextCLConfig(benchmark="trace", mode="generation", tasks=("meetingbank",)))
+    assert tasks[0].labels == () and len(tasks[0].test) == 4
