@@ -106,7 +106,7 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
 
     The tables are written into ``readme`` between ``<!-- compare-<track>:start/end -->``.
     """
-    from clbench.report import compare_tables
+    from clbench.report import compare_tables, domain_error_table
 
     suite = suite_for(track)
     results: list[dict[str, Any]] = []
@@ -115,7 +115,14 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
         r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR, track), resume)
         results += r
         skipped += s
-    text = compare_tables(results, list(suite), seeds)
+    if results and all("test_time" in r for r in results):  # test-time track: per-domain errors
+        text = "\n\n".join(f"**{name}** (error %, mean ± std over seeds {', '.join(map(str, seeds))}; "
+                            "source acc after = source test accuracy after the stream)\n\n"
+                            + domain_error_table([r for r in results if r["scenario"]["name"] == name],
+                                                 per_seed=False)
+                            for name in suite)
+    else:
+        text = compare_tables(results, list(suite), seeds)
     if skipped:
         text += "\n\n" + "\n".join(f"- {s}" for s in skipped)
     if readme is not None:

@@ -111,10 +111,11 @@ def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], 
     return "\n\n".join(out)
 
 
-def domain_error_table(runs: Sequence[Mapping[str, Any]]) -> str:
+def domain_error_table(runs: Sequence[Mapping[str, Any]], per_seed: bool = True) -> str:
     """Test-time runs: error (%) per domain, mean error and source accuracy after the stream.
 
-    One row per (method, seed), then a ``mean ± std`` row per method (population std over seeds).
+    One row per (method, seed) unless ``per_seed`` is False, then a ``mean ± std`` row per method
+    (population std over seeds).
     """
     domains = list(runs[0]["test_time"]["domains"])
     header = ["method", "seed", *(d.split("_")[0] for d in domains), "mean", "source acc after"]
@@ -123,7 +124,7 @@ def domain_error_table(runs: Sequence[Mapping[str, Any]]) -> str:
     for r in runs:
         by_method.setdefault(r["config"]["method"], []).append(r)
     for method, group in by_method.items():
-        for r in group:
+        for r in group if per_seed or len(group) == 1 else ():
             m = r["metrics"]
             rows.append([method, r["config"]["seed"], *(f"{100 * m[f'error_{d}']:.1f}" for d in domains),
                          f"{100 * m['mean_error']:.1f}", f"{100 * m.get('source_acc_after', float('nan')):.1f}"])
