@@ -49,6 +49,7 @@ compare: install
 perf: install
 	$(BIN)/python tests/perf/perf_throughput.py
 	$(BIN)/python tests/perf/perf_methods.py
+	$(BIN)/python tests/perf/perf_pet.py
 
 quality: install
 	$(BIN)/ruff check clbench methods scenarios tests
