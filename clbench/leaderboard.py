@@ -457,14 +457,24 @@ def _settings_errors(entry: Mapping[str, Any], proto: Protocol, _v: Mapping[str,
     return errs
 
 
+def _canon(obj: Any) -> str:
+    """Order- and tuple/list-insensitive JSON form, for comparing recorded options."""
+    return json.dumps(obj or {}, sort_keys=True, default=list)
+
+
 def _scenario_errors(entry: Mapping[str, Any], proto: Protocol, versions: Mapping[str, str]) -> list[str]:
     tun, ev, errs = entry["tuning"], entry["evaluation"], []
-    if tun["scenario"] == ev["scenario"] or tun["content_hash"] == ev["content_hash"]:
+    # one scenario family may serve both phases with different options (e.g. text_cl tasks)
+    same = tun["scenario"] == ev["scenario"] and _canon(tun.get("options")) == _canon(ev.get("options"))
+    if same or tun["content_hash"] == ev["content_hash"]:
         errs.append(f"tuned on the evaluation scenario ({tun['scenario']} "
                     f"{tun['content_hash'][:12]} vs {ev['scenario']} {ev['content_hash'][:12]})")
-    for phase, rec, want in (("tuning", tun, proto.tune_scenario), ("evaluation", ev, proto.eval_scenario)):
+    for phase, rec, want, opts in (("tuning", tun, proto.tune_scenario, proto.tune_options),
+                                   ("evaluation", ev, proto.eval_scenario, proto.eval_options)):
         if rec["scenario"] != want:
             errs.append(f"{phase} scenario {rec['scenario']!r} is not the {proto.track} track's {want!r}")
+        elif "options" in rec and _canon(rec["options"]) != _canon(opts):
+            errs.append(f"{phase} scenario options {rec['options']} differ from the {proto.track} track's {opts}")
         registered = versions.get(rec["scenario"])
         if registered is None:
             errs.append(f"{phase} scenario {rec['scenario']!r} is not registered")

@@ -80,7 +80,7 @@ def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: floa
                                "run_dir": f"tune/t{i}"} for i in range(proto.n_trials)],
                    "trials_used": proto.n_trials},
         "best_params": best, "best_value": 0.61,
-        "evaluation": {"scenario": proto.eval_scenario, "scenario_options": {}, "scenario_version": "1",
+        "evaluation": {"scenario": proto.eval_scenario, "scenario_options": dict(proto.eval_options), "scenario_version": "1",
                        "scenario_hash": EVAL_HASH, "seeds": list(proto.eval_seeds), "run_dirs": run_dirs},
         "mlflow": {"parent_run_id": "fixture", "tracking_uri": "sqlite:///fixture.db"},
         "env": {"git_commit": "1" * 40, "packages": {"torch": "2.14.1"},
@@ -196,6 +196,11 @@ def _tune_on_eval(e: dict[str, Any]) -> None:
     e["tuning"].update(scenario="split_mnist", content_hash=EVAL_HASH)
 
 
+def _tune_on_eval_options(e: dict[str, Any]) -> None:
+    """Same scenario and options as the evaluation (a re-drawn hash does not hide it)."""
+    e["tuning"].update(scenario="split_mnist", options=dict(e["evaluation"]["options"]))
+
+
 def _same_hash(e: dict[str, Any]) -> None:
     e["tuning"]["content_hash"] = EVAL_HASH
 
@@ -246,6 +251,7 @@ def _inflate(e: dict[str, Any]) -> None:
         (_declare_more, True, f"declared n_trials=50 differs from the vision protocol's {N}"),
         (_tune_on_eval, True, "tuned on the evaluation scenario"),
         (_same_hash, True, "tuned on the evaluation scenario"),
+        (_tune_on_eval_options, True, "tuned on the evaluation scenario"),
         (_stale, True, "stale evaluation scenario version: split_mnist v0, registered VERSION is 1"),
         (_change_fixed, True, "config trainer.epochs=50 deviates from the protocol's fixed"),
         (_hand_set, True, "set by hand outside the protocol's fixed settings and trial budget: trainer.momentum"),
