@@ -37,15 +37,14 @@ import hashlib
 import html
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from clbench import metrics as M
+from clbench.checkpoint import atomic_write_bytes
 from clbench.errors import ClbenchError
 from clbench.tuning import PROTOCOLS, Protocol
 
@@ -275,16 +274,7 @@ def submit(protocol_dir: str | Path, leaderboards_dir: str | Path = "leaderboard
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
