@@ -96,6 +96,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
             as is).
         force: delete an existing run directory for this config and start over.
     """
+    cfg = _distributed(cfg)
     res = resolve(cfg)
     run_dir = run_dir_for(cfg)
     if resume and (run_dir / "results.json").is_file():
@@ -121,6 +122,28 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
 
         return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume)
     return _Run(res, stream, model, run_dir, foundation).execute(resume)
+
+
+def _distributed(cfg: RunConfig) -> RunConfig:
+    """Under ``accelerate launch``/``torchrun`` (WORLD_SIZE > 1): join the process group through
+    accelerate (NCCL on GPUs, one device per process; gloo on CPU). Replicas other than rank 0
+    train and evaluate identically but write only under ``<runs_dir>/_replicas/rank<r>``, without
+    MLflow, so the run directory and the MLflow run are written once."""
+    import os
+    from dataclasses import replace
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return cfg
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.device.type == "cuda":
+        torch.cuda.set_device(state.device)
+    if state.process_index == 0:
+        return cfg
+    tracking = replace(cfg.tracking, mlflow=False,
+                       runs_dir=str(Path(cfg.tracking.runs_dir) / "_replicas" / f"rank{state.process_index}"))
+    return replace(cfg, tracking=tracking)
 
 
 def _prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:

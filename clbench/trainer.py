@@ -2,6 +2,16 @@
 
 The loop is identical for every method; methods act only through their hooks
 (:mod:`clbench.protocol`). It counts optimizer steps, samples and wall time the same way for all.
+
+Data parallel (``accelerate launch --num_processes N -m clbench.cli run ...`` or ``torchrun``):
+when a ``torch.distributed`` process group is up, every process takes an interleaved shard of
+each global batch (``trainer.batch_size`` stays the global batch size), backpropagates its share
+``n_rank / n_batch`` of the batch-mean loss, and gradients are summed across processes *before*
+``on_after_backward``, so gradient-editing methods see the same gradients as in one process and
+every replica takes the same step. One process with no group is the CPU/single-GPU path.
+Methods whose gradient hook uses forward-pass batch statistics sum them with
+``sum_across_processes`` (MIGU does). ``transform_batch`` applies per shard, so replay adds its
+memory batch to every process's shard (a larger memory share than in one process).
 """
 
 from __future__ import annotations
@@ -91,6 +101,7 @@ class Trainer:
         # over its own task's classes only (replayed samples keep their task ids)
         self.task_mask = None if task_mask is None else task_mask.to(device)
         self._on_cpu = device.type == "cpu"
+        self._share = 1.0  # this process's share of the current global batch (data parallel)
 
     def train_experience(
         self,
@@ -132,13 +143,20 @@ class Trainer:
         n, bs = len(data), self.cfg.batch_size
         order = torch.randperm(n, generator=gen) if self.cfg.shuffle else torch.arange(n)
         tasks = torch.full((bs,), exp.task_id, dtype=torch.long)
+        rank, world = world_info()
         for i in range(0, n, bs):
             idx = order[i : i + bs]
+            self._share = 1.0
+            if world > 1:  # this process's interleaved shard and its share of the batch mean
+                self._share = len(idx[rank::world]) / len(idx)
+                idx = idx[rank::world]
             batch = Batch(data.x[idx], data.y[idx], tasks[: len(idx)])
             yield batch if self._on_cpu else batch.to(self.device, non_blocking=True)
 
     def _forward_backward(self, model: nn.Module, method: Method, batch: Batch,
                           stats: ExperienceStats) -> Tensor:
+        if len(batch) == 0:  # an empty shard (last batch smaller than the world): no gradient
+            return torch.zeros((), device=self.device)
         batch = method.transform_batch(batch)
         assert batch.y is not None, "training batches carry labels"
         stats.forward_samples += len(batch.y)
@@ -148,17 +166,57 @@ class Trainer:
                 outputs = mask_by_task(outputs, self.task_mask, batch.task)  # type: ignore[arg-type]
             base = self.objective.loss(outputs, batch)
             loss = method.loss(model, batch, outputs, base)
-        (loss if self.cfg.grad_accum == 1 else loss / self.cfg.grad_accum).backward()
+        scale = self._share / self.cfg.grad_accum
+        (loss if scale == 1.0 else loss * scale).backward()
         return loss.detach()
 
     def _step(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer,
               params: list[nn.Parameter]) -> None:
+        if world_info()[1] > 1:
+            all_reduce_grads(params)
         method.on_after_backward(model)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         method.on_after_step(model)
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world size) of the running process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sum_across_processes(t: Tensor) -> Tensor:
+    """In-place sum of ``t`` over data-parallel processes (no-op in one process).
+
+    For methods whose gradient hook depends on batch statistics gathered in the forward pass:
+    summing them makes every replica decide from the whole global batch, as one process would.
+    """
+    if world_info()[1] > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_grads(params: list[nn.Parameter]) -> None:
+    """Sum gradients over processes (missing ones count as zero), in one flat buffer."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
 
 
 class _LossMonitor:

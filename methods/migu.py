@@ -17,6 +17,7 @@ from clbench.protocol import Method
 from clbench.registry import register_method
 from clbench.search import grid, with_base
 from clbench.streams import Experience, StreamInfo
+from clbench.trainer import sum_across_processes
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class _Group:
 
     def mask_(self, mask_bias: bool) -> None:
         """Zero the gradient rows below each layer's cut, count kept rows, reset the buffer."""
+        sum_across_processes(self.acc)  # data parallel: magnitudes of the whole global batch
         cut = self.acc.kthvalue(self.k, dim=1, keepdim=True).values
         drop = self.acc < cut
         self.dropped += drop.sum(1)
