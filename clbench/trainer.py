@@ -10,8 +10,8 @@ each global batch (``trainer.batch_size`` stays the global batch size), backprop
 ``on_after_backward``, so gradient-editing methods see the same gradients as in one process and
 every replica takes the same step. One process with no group is the CPU/single-GPU path.
 Methods whose gradient hook uses forward-pass batch statistics sum them with
-``sum_across_processes`` (MIGU does). ``transform_batch`` applies per shard, so replay adds its
-memory batch to every process's shard (a larger memory share than in one process).
+``sum_across_processes``. ``transform_batch`` applies per shard, so a method that appends stored
+samples there adds them to every process's shard (a larger share than in one process).
 """
 
 from __future__ import annotations
