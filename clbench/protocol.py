@@ -55,6 +55,10 @@ class Method:
     registry_name: ClassVar[str] = ""
     # hyperparameters the tuning protocol searches (dotted override key -> Grid); see clbench/search.py
     search_space: ClassVar[dict[str, Grid]] = BASE_SPACE
+    # keys of :meth:`experience_report` that show the method's mechanism acting (frozen fraction,
+    # kept ranks, updated fraction...); their per-experience values go to results.json under
+    # ``mechanism`` and into the compare tables, so a reader can see that the mechanism acted
+    mechanism_figures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -344,6 +344,7 @@ class _Run:
             "general": {"before": s["general_before"], "after": s["general"]},
             "foundation": self.foundation,
             "per_experience": per,
+            "mechanism": mechanism(self.method.mechanism_figures, per),
             "cost": {"wall_time_s": s["wall_s"], "train_time_s": train_time,
                      "train_samples": samples, "train_samples_per_s": samples / max(train_time, 1e-9),
                      "optimizer_steps": sum(p["optimizer_steps"] for p in per),
@@ -355,6 +356,15 @@ class _Run:
             "run_dir": str(self.run_dir),
             "started_at": s["started_at"], "finished_at": _now(),
         }
+
+
+def mechanism(keys: tuple[str, ...], per_exp: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Each declared mechanism figure per experience (``None`` where the report lacks it)."""
+    out: dict[str, list[float | None]] = {}
+    for k in keys:
+        vals = [p.get("method", {}).get(k) for p in per_exp]
+        out[k] = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None for v in vals]
+    return out
 
 
 def _cuda_peak_mb() -> float | None:
