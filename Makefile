@@ -44,7 +44,7 @@ bench: install
 	$(BIN)/clbench bench method=$(METHOD) $(if $(TRACK),--track $(TRACK),) --seeds $(SEEDS) $(if $(RESUME),--resume,) $(if $(QUICK),--quick,) --workers $(WORKERS) $(ARGS)
 
 compare: install
-	$(BIN)/clbench compare --track $(or $(TRACK),vision) --seeds $(SEEDS) $(if $(RESUME),--resume,)
+	$(BIN)/clbench compare --track $(or $(TRACK),vision_cil) --seeds $(SEEDS) $(if $(RESUME),--resume,)
 
 perf: install
 	$(BIN)/python tests/perf/perf_throughput.py

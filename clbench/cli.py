@@ -3,9 +3,11 @@
     clbench run method=<name> scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
     clbench list
     clbench show <run dir | MLflow run id>
-    clbench bench method=<name> [--track vision] [--quick] [--workers N] [--storage URL]
-    clbench protocol method=<name> [--track vision] [--workers N] [--storage URL]
-    clbench compare [--seeds 0 1 2] [--resume]
+    clbench bench method=<name> [--track vision_cil] [--quick] [--workers N] [--storage URL]
+    clbench protocol method=<name> [--track vision_cil] [--workers N] [--storage URL]
+    clbench compare [--track vision_cil] [--seeds 0 1 2] [--resume]
+    clbench tracks
+    clbench track check <track> [--seeds 0 1 2] [--no-resume]
     clbench submit <protocol run dir> [--leaderboards leaderboards]
     clbench leaderboard validate|render [leaderboards]
 """
@@ -104,6 +106,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracks(args: argparse.Namespace) -> int:
+    from clbench.tracks import all_tracks, health_status
+
+    tracks = sorted(all_tracks().values(), key=lambda t: (t.status == "retired", t.name))
+    for t in tracks:
+        print(f"{t.one_line()}  [health: {health_status(t)}]")
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from clbench.health import check_track, health_table
+    from clbench.tracks import get_track, health_path
+
+    track = get_track(args.track)
+    rec = check_track(track, seeds=args.seeds, resume=not args.no_resume)
+    print(health_table(rec))
+    print(f"\nwrote {health_path(track)} (and health.md)")
+    return 0 if rec["passed"] else 1
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from clbench.leaderboard import submit
 
@@ -183,8 +205,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value")
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
-    b.add_argument("--track", default=None, help="vision, tta, lm or lm_standard_cl (default: tta for "
-                   "methods that only support test_time streams, else vision)")
+    b.add_argument("--track", default=None, help="a track from `clbench tracks` (default: tta for "
+                   "methods that only support test_time streams, else vision_cil)")
     b.add_argument("--quick", action="store_true",
                    help="one fixed-configuration run per scenario and seed instead of the tuning protocol")
     b.add_argument("--workers", type=int, default=1, help="protocol: trial processes on this machine")
@@ -192,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench, method=None)
     t = sub.add_parser("protocol", help="the fixed tuning protocol: tune on one scenario, evaluate on another")
     t.add_argument("overrides", nargs="*", help="method=<name> plus optional key=value (trainer.*, model.*...)")
-    t.add_argument("--track", default="vision", help="track whose protocol to run (default vision)")
+    t.add_argument("--track", default="vision_cil", help="track whose protocol to run (default vision_cil)")
     t.add_argument("--workers", type=int, default=1, help="trial processes on this machine")
     t.add_argument("--storage", default="",
                    help="Optuna storage URL shared by many machines, e.g. postgresql://user@host/db "
@@ -203,10 +225,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="reuse finished runs, resume killed ones")
     c.add_argument("--readme", default="README.md", help="file with a compare:start/end block")
     c.add_argument("--no-readme", action="store_true", help="print only")
-    c.add_argument("--track", default="vision", help="vision (default), lm, or lm_standard_cl")
+    c.add_argument("--track", default="vision_cil", help="a track from `clbench tracks` (default vision_cil)")
     c.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     c.set_defaults(fn=cmd_compare)
     _add_leaderboard_verbs(sub)
+    sub.add_parser("tracks", help="list the declared tracks, one line each").set_defaults(fn=cmd_tracks)
+    tc = sub.add_parser("track", help="track health check: can this track separate methods?")
+    tc.add_argument("action", choices=["check"])
+    tc.add_argument("track", help="a track name (see `clbench tracks`)")
+    tc.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the track's seeds")
+    tc.add_argument("--no-resume", action="store_true", help="retrain runs that already finished")
+    tc.set_defaults(fn=cmd_track)
     return p
 
 

@@ -78,9 +78,13 @@ class FoundationConfig:
     weight_decay: float = 0.01
     seed: int = 0
     cache_dir: str = ""
+    # random affine augmentation of image batches during pretraining (per image: rotation within
+    # +-augment_degrees, scale 0.9-1.1, shift up to 10 %); 0 = none
+    augment_degrees: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self, "foundation", ("epochs", "batch_size"))
+        _non_negative(self, "foundation", ("augment_degrees",))
 
 
 @dataclass(frozen=True)

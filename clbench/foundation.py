@@ -20,7 +20,7 @@ from torch import nn
 from clbench.checkpoint import atomic_write_json
 from clbench.config import FoundationConfig, TrainerConfig, to_plain
 from clbench.protocol import Method
-from clbench.streams import Experience, SourceData, Split, Stream
+from clbench.streams import Batch, Experience, SourceData, Split, Stream
 from clbench.trainer import Trainer
 
 
@@ -81,12 +81,41 @@ def pretrain(model: nn.Module, stream: Stream, cfg: FoundationConfig, device: to
     exp = Experience(0, 0, classes, src.train, src.val, src.test)
     model.to(device)
     start = time.perf_counter()
-    Trainer(tcfg, device).train_experience(model, Method(), exp, [exp],
+    method = Method() if not cfg.augment_degrees else _Augment(cfg.augment_degrees, cfg.seed)
+    Trainer(tcfg, device).train_experience(model, method, exp, [exp],
                                            torch.Generator().manual_seed(cfg.seed))
     seconds = time.perf_counter() - start
     model.cpu()
     return {"source": src.name, "pretrain_seconds": seconds, "val_acc": _acc(model, src.val),
             "test_acc": _acc(model, src.test), "recipe": to_plain(cfg)}
+
+
+def random_affine(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """Per-image random rotation (+-degrees), scale (0.9-1.1) and shift (+-10 %) of (N, C, H, W)."""
+    n = x.shape[0]
+    u = torch.rand(n, 4, generator=gen) * 2 - 1
+    angle = u[:, 0] * degrees * torch.pi / 180
+    scale = 1 + 0.1 * u[:, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, 0.2 * u[:, 2]], 1),
+                         torch.stack([sin, cos, 0.2 * u[:, 3]], 1)], 1).to(x.device, x.dtype)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+class _Augment(Method):
+    """Pretraining only: random affine augmentation of every training batch (seeded)."""
+
+    def __init__(self, degrees: float, seed: int) -> None:
+        super().__init__()
+        self.degrees, self.gen = degrees, torch.Generator().manual_seed(seed + 1)
+
+    def transform_batch(self, batch: Batch) -> Batch:
+        x = batch.x
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        aug = random_affine(x.float(), self.degrees, self.gen).reshape(batch.x.shape)
+        return Batch(aug, batch.y, batch.task)
 
 
 @torch.inference_mode()

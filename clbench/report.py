@@ -63,14 +63,16 @@ def aggregate_table(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def mean_std(values: Sequence[float], digits: int = 3) -> str:
-    """``mean ± std`` (population std over seeds); ``n/a`` when all values are NaN."""
+    """``mean ± sd`` (sample standard deviation over seeds, ddof=1; 0 for one seed); ``n/a``
+    when all values are NaN."""
     import numpy as np
 
     a = np.asarray(values, dtype=float)
     a = a[~np.isnan(a)]
     if not len(a):
         return "n/a"
-    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
+    sd = a.std(ddof=1) if len(a) > 1 else 0.0
+    return f"{a.mean():.{digits}f} ± {sd:.{digits}f}"
 
 
 def show(results: Mapping[str, Any]) -> str:
@@ -87,10 +89,33 @@ def show(results: Mapping[str, Any]) -> str:
 
 COMPARE_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "Forgetting"),
                    ("general_retention", "General retention"))
+METRIC_LABELS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting",
+                 "plasticity": "Plasticity", "general_retention": "General retention",
+                 "mean_error": "Mean error", "source_acc_after": "Source acc after",
+                 "avg_incremental_acc": "Avg incremental ACC"}
 
 
-def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], seeds: Sequence[int]) -> str:
-    """One Markdown table per scenario: methods as rows, mean ± std over seeds."""
+def mechanism_cell(group: Sequence[Mapping[str, Any]]) -> str:
+    """The method's declared mechanism figures: mean over experiences and seeds (min-max over seeds)."""
+    import numpy as np
+
+    keys: list[str] = []
+    for r in group:
+        keys += [k for k in (r.get("mechanism") or {}) if k not in keys]
+    parts = []
+    for k in keys:
+        per_seed = [float(np.mean(v)) for r in group
+                    if (v := [x for x in (r.get("mechanism") or {}).get(k, []) if x is not None])]
+        if per_seed:
+            parts.append(f"{k} {np.mean(per_seed):.3g}")
+    return "; ".join(parts) or "-"
+
+
+def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], seeds: Sequence[int],
+                   columns: Sequence[str] | None = None) -> str:
+    """One Markdown table per scenario: methods as rows, mean ± std over seeds (ddof=1), the
+    methods' mechanism figures and the wall time."""
+    cols = [(k, METRIC_LABELS.get(k, k)) for k in columns] if columns else list(COMPARE_COLUMNS)
     out = []
     for scenario in scenarios:
         rs = [r for r in runs if r["config"]["scenario"] == scenario]
@@ -99,9 +124,10 @@ def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], 
         by_method: dict[str, list[Mapping[str, Any]]] = {}
         for r in rs:
             by_method.setdefault(r["config"]["method"], []).append(r)
-        header = ["method", *(h for _, h in COMPARE_COLUMNS), "time (s)"]
-        rows = [[m, *(mean_std([g["metrics"].get(k, float("nan")) for g in group]) for k, _ in COMPARE_COLUMNS),
-                 mean_std([g["cost"]["wall_time_s"] for g in group], 1)] for m, group in by_method.items()]
+        header = ["method", *(h for _, h in cols), "mechanism", "time (s)"]
+        rows = [[m, *(mean_std([g["metrics"].get(k, float("nan")) for g in group]) for k, _ in cols),
+                 mechanism_cell(group), mean_std([g["cost"]["wall_time_s"] for g in group], 1)]
+                for m, group in by_method.items()]
         cfg = rs[0]["config"]
         t = cfg["trainer"]
         settings = (f"model {rs[0]['model']['name']}, {t['optimizer']} lr {t['lr']}, {t['epochs']} epochs, "
@@ -114,8 +140,8 @@ def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], 
 def domain_error_table(runs: Sequence[Mapping[str, Any]], per_seed: bool = True) -> str:
     """Test-time runs: error (%) per domain, mean error and source accuracy after the stream.
 
-    One row per (method, seed) unless ``per_seed`` is False, then a ``mean ± std`` row per method
-    (population std over seeds).
+    One row per (method, seed) unless ``per_seed`` is False, then a ``mean ± sd`` row per method
+    (sample sd over seeds).
     """
     domains = list(runs[0]["test_time"]["domains"])
     header = ["method", "seed", *(d.split("_")[0] for d in domains), "mean", "source acc after"]
@@ -132,4 +158,22 @@ def domain_error_table(runs: Sequence[Mapping[str, Any]], per_seed: bool = True)
             cells = [mean_std([100 * r["metrics"][f"error_{d}"] for r in group], 1) for d in domains]
             rows.append([f"**{method}**", "mean", *cells, mean_std([100 * r["metrics"]["mean_error"] for r in group], 1),
                          mean_std([100 * r["metrics"].get("source_acc_after", float("nan")) for r in group], 1)])
+    return markdown_table(header, rows)
+
+
+def tta_summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Test-time runs, one row per method: mean error, the first and the last pass over the
+    domains (drift shows as a difference), source accuracy after, mechanism figures, time."""
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        by_method.setdefault(r["config"]["method"], []).append(r)
+    header = ["method", "mean error %", "first pass %", "last pass %", "source acc after %",
+              "mechanism", "time (s)"]
+
+    def pct(group: Sequence[Mapping[str, Any]], key: str) -> str:
+        return mean_std([100 * float(g["metrics"].get(key, float("nan"))) for g in group], 1)
+
+    rows = [[m, pct(g, "mean_error"), pct(g, "mean_error_first_pass"), pct(g, "mean_error_last_pass"),
+             pct(g, "source_acc_after"), mechanism_cell(g), mean_std([x["cost"]["wall_time_s"] for x in g], 1)]
+            for m, g in by_method.items()]
     return markdown_table(header, rows)

@@ -23,24 +23,35 @@ SCENARIO_TYPES: tuple[str, ...] = ("class_incremental", "domain_incremental", "t
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs ``x`` (N, ...) and integer labels ``y`` (N,)."""
+    """Inputs ``x`` (N, ...), integer labels ``y`` (N,) and, optionally, per-sample task ids
+    ``task`` (N,) for training data mixed from several tasks (else the experience's task id)."""
 
     x: Tensor
     y: Tensor
+    task: Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+        if self.task is not None and len(self.task) != len(self.y):
+            raise ValueError(f"split has {len(self.y)} labels but {len(self.task)} task ids")
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: Tensor) -> Split:
-        return Split(self.x[idx], self.y[idx])
+        return Split(self.x[idx], self.y[idx], None if self.task is None else self.task[idx])
+
+    def tagged(self, task_id: int) -> Split:
+        """The same split with every sample's task id set to ``task_id``."""
+        return Split(self.x, self.y, torch.full((len(self.y),), task_id, dtype=torch.long))
 
     @staticmethod
     def concat(splits: Sequence[Split]) -> Split:
-        return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
+        """Inputs and labels concatenated; task ids too when every split carries them."""
+        tasks = [s.task for s in splits]
+        task = torch.cat(tasks) if tasks and all(t is not None for t in tasks) else None  # type: ignore[arg-type]
+        return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]), task)
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ class Trainer:
             if world > 1:  # this process's interleaved shard and its share of the batch mean
                 self._share = len(idx[rank::world]) / len(idx)
                 idx = idx[rank::world]
-            batch = Batch(data.x[idx], data.y[idx], tasks[: len(idx)])
+            batch = Batch(data.x[idx], data.y[idx], tasks[: len(idx)] if data.task is None else data.task[idx])
             yield batch if self._on_cpu else batch.to(self.device, non_blocking=True)
 
     def _forward_backward(self, model: nn.Module, method: Method, batch: Batch,

@@ -75,34 +75,24 @@ class Protocol:
                 "tuning_seeds": list(self.tuning_seeds)}
 
 
-# Vision default (the reference protocol's pretrained-backbone setting): one backbone, vit_tiny
-# pretrained on the upright source half of MNIST 5k (scenarios.mnist_ft); tune on split digits
-# (sklearn digits resized to 28x28, 5 x 2 classes), evaluate on split MNIST (the disjoint target
-# half of MNIST 5k, 5 x 2 classes). Same tasks, classes per task, backbone, epochs, batch size.
-# Both streams are rotated by 90 degrees (as split_rotated_mnist_ft), so the upright foundation
-# does not already solve them: the stream is a new domain that must be learnt class by class.
-_VISION_FIXED: dict[str, Any] = {"model": "vit_tiny", "trainer.epochs": 2, "trainer.batch_size": 32,
-                                 "trainer.optimizer": "adamw", "trainer.weight_decay": 0.01}
-PROTOCOLS: dict[str, Protocol] = {
-    "vision": Protocol(track="vision", tune_scenario="split_digits", eval_scenario="split_mnist",
-                       n_trials=8, tune_options={"image_size": 28, "foundation": True, "rotate": 90.0},
-                       eval_options={"foundation": True, "rotate": 90.0}, fixed=_VISION_FIXED),
-}
+def protocol_of(track: Any) -> Protocol:
+    """The protocol a track declares (``leaderboards/<track>/track.yaml``, see clbench.tracks)."""
+    assert track.tune is not None
+    return Protocol(track=track.name, tune_scenario=track.tune.name, eval_scenario=track.evaluate.name,
+                    n_trials=track.n_trials, tune_options=dict(track.tune.options),
+                    eval_options=dict(track.evaluate.options), fixed=dict(track.fixed),
+                    eval_seeds=track.eval_seeds)
 
 
-# Language track (MiniLM + head, the settings of ``make compare TRACK=lm_standard_cl``): tune on
-# four Long-Sequence tasks that are not in the Standard CL benchmark (O-LoRA copy, training sets
-# capped at 64 examples per task, few-shot like LFPT5's), evaluate on Standard CL order 1 (LFPT5
-# few-shot: dbpedia, amazon, yahoo, agnews). Same backbone, head, epochs, batch size, lr grid.
-# About an hour of CPU per method on 2 cores; needs the benchmark data (../shared/data).
-_LM_FIXED: dict[str, Any] = {"model": "hf_encoder", "trainer.epochs": 5, "trainer.batch_size": 16,
-                             "trainer.optimizer": "adamw", "trainer.weight_decay": 0.01}
-PROTOCOLS["lm_standard_cl"] = Protocol(
-    track="lm_standard_cl", tune_scenario="text_cl", eval_scenario="text_cl", n_trials=8,
-    tune_options={"benchmark": "long", "tasks": ("sst2", "mnli", "qqp", "boolqa"),
-                  "max_train_per_task": 64, "max_test_per_task": 200, "max_length": 128},
-    eval_options={"benchmark": "standard", "order": 1, "max_test_per_task": 200, "max_length": 128},
-    fixed=_LM_FIXED)
+def _declared() -> dict[str, Protocol]:
+    from clbench.tracks import all_tracks
+
+    return {name: protocol_of(t) for name, t in all_tracks().items() if t.tune is not None}
+
+
+# Every track that declares a tuning scenario has a protocol (retired ones too, so their boards
+# stay verifiable); tests may add entries.
+PROTOCOLS: dict[str, Protocol] = _declared()
 
 
 def protocol_for(track: str) -> Protocol:

@@ -60,7 +60,8 @@ class Joint(Method):
             model.load_state_dict(self._init_state)
 
     def train_data(self, exp: Experience, seen: Sequence[Experience]) -> Split:
-        return Split.concat([e.train for e in seen])
+        # each sample keeps its own task id (task-incremental heads mask per sample)
+        return Split.concat([e.train.tagged(e.task_id) for e in seen])
 
     def state_dict(self) -> dict[str, Any]:
         return {"init_state": self._init_state}

@@ -6,7 +6,7 @@
 the vision protocol then shares the evaluation scenario's pretrained backbone, while its stream
 data (sklearn digits) stay disjoint from MNIST.
 
-VERSION history: 1 = initial.
+VERSION history: 1 = initial (``permuted_digits`` added later; split_digits unchanged).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
-from clbench.streams import Stream
+from clbench.streams import Experience, Split, Stream
 from scenarios._common import class_order, split_by_classes, train_val_test
 
 VERSION = "1"
@@ -73,3 +73,39 @@ class SplitDigits(Scenario):
                                 task_incremental=c.task_incremental)
         kind = "task_incremental" if c.task_incremental else "class_incremental"
         return Stream("split_digits", VERSION, kind, exps, 10, self.__doc__ or "", source=source)
+
+
+@dataclass(frozen=True)
+class PermutedDigitsConfig:
+    n_experiences: int = 5
+    permutation_seed: int = 0
+    image_size: int = 28  # resized like split_digits, so the stream shares a model with permuted_mnist
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+
+
+@register_scenario("permuted_digits")
+class PermutedDigits(Scenario):
+    """Permuted digits: sklearn's digits (resized), one fixed pixel permutation per experience (domain-incremental)."""
+
+    Config = PermutedDigitsConfig
+    VERSION = VERSION
+
+    def build(self) -> Stream:
+        from sklearn.datasets import load_digits
+
+        c: PermutedDigitsConfig = self.config
+        d = load_digits()
+        x = torch.as_tensor(np.asarray(d.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
+        if c.image_size != 8:
+            x = F.interpolate(x, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
+        y = torch.as_tensor(np.asarray(d.target, dtype=np.int64))
+        base = train_val_test(x, y, c.test_fraction, c.val_fraction)
+        n = c.image_size * c.image_size
+        g = torch.Generator().manual_seed(c.permutation_seed)
+        exps = []
+        for i in range(c.n_experiences):
+            perm = torch.randperm(n, generator=g)
+            parts = [Split(s.x.reshape(-1, n)[:, perm].reshape(s.x.shape), s.y) for s in base]
+            exps.append(Experience(i, 0, tuple(range(10)), *parts))
+        return Stream("permuted_digits", VERSION, "domain_incremental", tuple(exps), 10, self.__doc__ or "")

@@ -1,0 +1,205 @@
+"""Owns the track health check: can this track separate methods at all?
+
+``clbench track check <track>`` trains the track's two reference learners (declared in its
+``track.yaml``: for labelled tracks the lower bound, e.g. naive, and the upper bound, e.g. joint;
+for test-time tracks no adaptation and BN adaptation) with the track's reference settings on its
+evaluation scenario, one run per seed, and judges the criteria below. It writes
+``leaderboards/<track>/health.json`` and ``health.md`` (the table the board shows). A track that
+fails is redesigned or dropped, never shipped with a caveat.
+
+Criteria (``L`` = lower learner, ``U`` = upper learner, means over seeds, ``sd`` = sample
+standard deviation, ddof=1):
+
+- labelled and foundation tracks
+    - *learns*: plasticity(L) = mean_j R[j, j] >= learns x ACC(U)
+    - *forgets*: forgetting(L) >= forgets
+    - *headroom*: ACC(U) - ACC(L) >= headroom
+    - *resolution*: ACC(U) - ACC(L) >= resolution x sd(ACC(L))
+- foundation tracks also
+    - *strong source*: the general-capability score before the stream >= source_min (vision:
+      source test accuracy; language models: the suite's mean >= its chance level + 0.2, declared
+      as ``source_min`` relative to chance with ``source_is_margin: true``)
+    - *something to retain*: general retention(L) <= retention_max
+- test-time tracks
+    - *strong source*: source clean accuracy before the stream >= source_min
+    - *adaptation matters*: mean error(L) - mean error(U) >= adapt_gain
+    - *long stream*: adaptation steps in the stream >= min_steps
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from clbench.checkpoint import atomic_write_json
+from clbench.report import markdown_table
+from clbench.tracks import Track, health_path
+
+HEALTH_SCHEMA_VERSION = 1
+HEALTH_RUNS_DIR = "runs/health"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    rule: str
+    value: float
+    threshold: float
+    passed: bool
+
+    def row(self) -> list[Any]:
+        return [self.name, self.rule, f"{self.value:.3f}", f"{self.threshold:.3f}",
+                "pass" if self.passed else "FAIL"]
+
+
+def _mean(vals: Sequence[float]) -> float:
+    return float(statistics.fmean(vals)) if vals else float("nan")
+
+
+def _sd(vals: Sequence[float]) -> float:
+    return float(statistics.stdev(vals)) if len(vals) > 1 else float("nan")
+
+
+def _metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    return [float(r["metrics"][key]) for r in runs if key in r["metrics"]]
+
+
+def _source_before(r: Mapping[str, Any]) -> float:
+    before = (r.get("general") or {}).get("before") or {}
+    return _mean([float(v) for v in before.values()]) if before else float("nan")
+
+
+def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
+                      th: Mapping[str, float], foundation: bool) -> list[Criterion]:
+    """The criteria of a labelled (or foundation) track from the two learners' results.json."""
+    acc_l, acc_u = _metric(lower, "acc"), _metric(upper, "acc")
+    plast, forg = _mean(_metric(lower, "plasticity")), _mean(_metric(lower, "forgetting"))
+    gap, sd = _mean(acc_u) - _mean(acc_l), _sd(acc_l)
+    out = [
+        Criterion("learns", f"plasticity(lower) >= {th['learns']} x ACC(upper)", plast,
+                  th["learns"] * _mean(acc_u), plast >= th["learns"] * _mean(acc_u)),
+        Criterion("forgets", "forgetting(lower) >= threshold", forg, th["forgets"], forg >= th["forgets"]),
+        Criterion("headroom", "ACC(upper) - ACC(lower) >= threshold", gap, th["headroom"],
+                  gap >= th["headroom"]),
+        Criterion("resolution", f"ACC(upper) - ACC(lower) >= {th['resolution']:g} x sd(ACC(lower))", gap,
+                  th["resolution"] * sd, gap >= th["resolution"] * sd),
+    ]
+    if foundation:
+        src = _mean([_source_before(r) for r in lower])
+        ret = _mean(_metric(lower, "general_retention"))
+        out += [Criterion("strong source", "general capability before the stream >= threshold", src,
+                          th["source_min"], src >= th["source_min"]),
+                Criterion("something to retain", "general retention(lower) <= threshold", ret,
+                          th["retention_max"], ret <= th["retention_max"])]
+    return out
+
+
+def test_time_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
+                       th: Mapping[str, float]) -> list[Criterion]:
+    """The criteria of a test-time track (lower = no adaptation, upper = BN adaptation)."""
+    src = _mean(_metric(lower, "source_acc_before"))
+    gain = _mean(_metric(lower, "mean_error")) - _mean(_metric(upper, "mean_error"))
+    steps = min(float(r["cost"].get("adapt_batches", 0)) for r in [*lower, *upper])
+    return [
+        Criterion("strong source", "source clean accuracy >= threshold", src, th["source_min"],
+                  src >= th["source_min"]),
+        Criterion("adaptation matters", "mean error(lower) - mean error(upper) >= threshold", gain,
+                  th["adapt_gain"], gain >= th["adapt_gain"]),
+        Criterion("long stream", "adaptation steps in the stream >= threshold", steps, th["min_steps"],
+                  steps >= th["min_steps"]),
+    ]
+
+
+test_time_criteria.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def criteria_for(track: Track, lower: Sequence[Mapping[str, Any]],
+                 upper: Sequence[Mapping[str, Any]]) -> list[Criterion]:
+    if track.kind == "test_time":
+        return test_time_criteria(lower, upper, track.health.thresholds)
+    return labelled_criteria(lower, upper, track.health.thresholds, track.kind == "foundation")
+
+
+def _figures(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = _metric(runs, k)
+        if vals:
+            out[k] = {"mean": _mean(vals), "sd": _sd(vals), "per_seed": vals}
+    out["wall_time_s"] = {"mean": _mean([float(r["cost"]["wall_time_s"]) for r in runs]),
+                          "per_seed": [float(r["cost"]["wall_time_s"]) for r in runs]}
+    return out
+
+
+FIGURE_KEYS = ("acc", "plasticity", "forgetting", "bwt", "general_retention", "mean_error",
+               "source_acc_before", "source_acc_after", "mean_error_first_pass", "mean_error_last_pass")
+
+
+def health_record(track: Track, lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
+                  seeds: Sequence[int], commit: str | None) -> dict[str, Any]:
+    """The content of health.json."""
+    crit = criteria_for(track, lower, upper)
+    return {
+        "schema_version": HEALTH_SCHEMA_VERSION, "kind": "clbench-track-health", "track": track.name,
+        "declaration_sha256": track.digest(), "git_commit": commit, "seeds": list(seeds),
+        "settings": track.run_values(),
+        "learners": {"lower": track.health.lower, "upper": track.health.upper},
+        "figures": {"lower": _figures(lower, FIGURE_KEYS), "upper": _figures(upper, FIGURE_KEYS)},
+        "criteria": [vars(c) for c in crit],
+        "passed": all(c.passed for c in crit),
+        "runs": [{"method": r["config"]["method"], "seed": r["config"]["seed"], "run_key": r["run_key"],
+                  "run_dir": r["run_dir"]} for r in [*lower, *upper]],
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def health_table(rec: Mapping[str, Any]) -> str:
+    """Markdown: one row per criterion with the measured figure and pass/fail."""
+    rows = [Criterion(**c).row() for c in rec["criteria"]]
+    lo, up = rec["figures"]["lower"], rec["figures"]["upper"]
+    verdict = "passes" if rec["passed"] else "FAILS"
+    head = (f"Health of `{rec['track']}`: {verdict} (lower = {rec['learners']['lower']}, "
+            f"upper = {rec['learners']['upper']}, seeds {', '.join(map(str, rec['seeds']))}; "
+            f"one run of the lower learner takes {lo['wall_time_s']['mean']:.0f} s, of the upper "
+            f"{up['wall_time_s']['mean']:.0f} s)")
+    return head + "\n\n" + markdown_table(["criterion", "rule", "measured", "threshold", "result"], rows)
+
+
+def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool = True,
+                runs_dir: str = HEALTH_RUNS_DIR, write: bool = True,
+                run_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train both reference learners on every seed and judge the criteria; write health.json.
+
+    Finished runs are reused (``resume``), so a killed check continues where it stopped.
+    """
+    from clbench.config import build_run_config
+    from clbench.runner import run
+    from clbench.tracking import git_commit
+
+    seeds = list(seeds if seeds is not None else track.seeds)
+
+    def one(method: str, seed: int) -> dict[str, Any]:
+        values = {**track.run_values(), "method": method, "seed": seed, "tracking.runs_dir": runs_dir}
+        if run_fn is not None:
+            return run_fn(values)
+        return run(build_run_config(values), resume=resume, force=not resume)
+
+    start = time.perf_counter()
+    lower = [one(track.health.lower, s) for s in seeds]
+    upper = [one(track.health.upper, s) for s in seeds]
+    rec = health_record(track, lower, upper, seeds, git_commit())
+    rec["check_wall_time_s"] = time.perf_counter() - start
+    if write:
+        atomic_write_json(health_path(track), rec)
+        health_path(track).with_suffix(".md").write_text(health_table(rec) + "\n")
+    return rec
+
+
+def load_health(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,201 @@
+"""Owns track declarations: what a board ranks, declared once as data (``leaderboards/<track>/track.yaml``).
+
+A track names its evaluation scenario and a disjoint tuning scenario of the same shape, the
+model and fixed trainer settings, the protocol budget, the reference settings of the quick
+suite and of the health check, the metrics that rank and the ones shown beside them, and the
+reference learners and thresholds of its health check. The quick suite (``make bench QUICK=1``,
+``make compare``), the tuning protocol (:mod:`clbench.tuning`), the leaderboard and
+``clbench track check`` all read the same declaration.
+
+``track.yaml`` (schema_version 1)::
+
+    schema_version: 1
+    name: vision_cil                 # = the folder name
+    title: one line
+    status: active | retired | accelerator   # accelerator: sized for a GPU (a CPU variant may exist)
+    kind: labelled | foundation | test_time
+    description: why the track looks the way it does
+    evaluate: {scenario: split_mnist, options: {...}}
+    tune: {scenario: split_digits, options: {...}}     # optional: no protocol without it
+    fixed: {model: mlp, trainer.epochs: 5, ...}          # every run of the track
+    reference: {trainer.lr: 0.01}                        # quick suite + health check (tuned by the protocol)
+    protocol: {n_trials: 8, eval_seeds: [0, 1, 2]}
+    rank_by: acc                                         # a results.json metric
+    shown: [forgetting, plasticity]                      # metrics shown beside it
+    seeds: [0, 1, 2]                                     # quick suite and health check
+    health:
+      lower: naive                                       # reference learners (registry names)
+      upper: joint
+      thresholds: {learns: 0.8, forgets: 0.05, headroom: 0.05, resolution: 4.0, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clbench.errors import ClbenchError, ConfigError
+
+TRACK_SCHEMA_VERSION = 1
+STATUSES = ("active", "retired", "accelerator")
+KINDS = ("labelled", "foundation", "test_time")
+# health thresholds per kind (the issue's criteria); a track may only make them stricter
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "labelled": {"learns": 0.8, "forgets": 0.05, "headroom": 0.05, "resolution": 4.0},
+    "foundation": {"learns": 0.8, "forgets": 0.05, "headroom": 0.05, "resolution": 4.0,
+                   "source_min": 0.95, "retention_max": 0.9},
+    "test_time": {"source_min": 0.95, "adapt_gain": 0.10, "min_steps": 500},
+}
+
+
+def tracks_root() -> Path:
+    """``leaderboards/`` of this checkout (the declarations live beside the boards)."""
+    return Path(__file__).resolve().parents[1] / "leaderboards"
+
+
+@dataclass(frozen=True)
+class ScenarioRef:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """As run-config overrides: ``scenario`` and ``scenario.<option>``."""
+        return {"scenario": self.name, **{f"scenario.{k}": v for k, v in self.options.items()}}
+
+
+@dataclass(frozen=True)
+class Health:
+    lower: str
+    upper: str
+    thresholds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Track:
+    """One track, as declared in its ``track.yaml``."""
+
+    name: str
+    title: str
+    status: str
+    kind: str
+    description: str
+    evaluate: ScenarioRef
+    tune: ScenarioRef | None
+    fixed: dict[str, Any]
+    reference: dict[str, Any]
+    n_trials: int
+    eval_seeds: tuple[int, ...]
+    rank_by: str
+    shown: tuple[str, ...]
+    seeds: tuple[int, ...]
+    health: Health
+    path: Path
+
+    def run_values(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run-config values of a quick-suite / health-check run (seed and method not included)."""
+        return {**self.fixed, **self.reference, **(overrides or {}), **self.evaluate.values()}
+
+    def digest(self) -> str:
+        """Hash of the declaration's content (recorded in health.json)."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+    def one_line(self) -> str:
+        model = self.fixed.get("model", "auto")
+        tune = f"tune {self.tune.name}" if self.tune else "no protocol"
+        return (f"{self.name:<16} {self.status:<11} {self.kind:<10} {self.evaluate.name} "
+                f"({model}; {tune}) - {self.title}")
+
+
+def _tuple(v: Any) -> Any:
+    """YAML lists -> tuples, recursively (frozen configs take tuples)."""
+    if isinstance(v, list):
+        return tuple(_tuple(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _tuple(x) for k, x in v.items()}
+    return v
+
+
+def _scenario(d: Any, where: str) -> ScenarioRef:
+    if not isinstance(d, dict) or not isinstance(d.get("scenario"), str):
+        raise ClbenchError(f"{where}: needs a mapping with a 'scenario' name")
+    return ScenarioRef(d["scenario"], _tuple(dict(d.get("options") or {})))
+
+
+def parse_track(doc: Any, path: Path) -> Track:
+    """Validate one declaration; every error names the file and the field."""
+    if not isinstance(doc, dict):
+        raise ClbenchError(f"{path}: a track declaration must be a YAML mapping")
+    if doc.get("schema_version") != TRACK_SCHEMA_VERSION:
+        raise ConfigError(f"{path}: schema_version", doc.get("schema_version"), [TRACK_SCHEMA_VERSION])
+    if doc.get("name") != path.parent.name:
+        raise ConfigError(f"{path}: name", doc.get("name"), [path.parent.name])
+    for key, allowed in (("status", STATUSES), ("kind", KINDS)):
+        if doc.get(key) not in allowed:
+            raise ConfigError(f"{path}: {key}", doc.get(key), allowed)
+    kind = doc["kind"]
+    h = doc.get("health") or {}
+    unknown = set(h.get("thresholds") or {}) - set(DEFAULT_THRESHOLDS[kind])
+    if unknown:
+        raise ConfigError(f"{path}: health.thresholds", sorted(unknown), sorted(DEFAULT_THRESHOLDS[kind]))
+    proto = doc.get("protocol") or {}
+    seeds = tuple(int(s) for s in doc.get("seeds", (0, 1, 2)))
+    return Track(
+        name=doc["name"], title=str(doc.get("title", "")), status=doc["status"], kind=kind,
+        description=str(doc.get("description", "")).strip(),
+        evaluate=_scenario(doc.get("evaluate"), f"{path}: evaluate"),
+        tune=_scenario(doc["tune"], f"{path}: tune") if doc.get("tune") else None,
+        fixed=_tuple(dict(doc.get("fixed") or {})), reference=_tuple(dict(doc.get("reference") or {})),
+        n_trials=int(proto.get("n_trials", 8)),
+        eval_seeds=tuple(int(s) for s in proto.get("eval_seeds", (0, 1, 2))),
+        rank_by=str(doc.get("rank_by", "acc")), shown=tuple(doc.get("shown") or ()), seeds=seeds,
+        health=Health(str(h.get("lower", "")), str(h.get("upper", "")),
+                      {**DEFAULT_THRESHOLDS[kind], **{k: float(v) for k, v in (h.get("thresholds") or {}).items()}}),
+        path=path,
+    )
+
+
+@lru_cache(maxsize=4)
+def _load(root: str) -> dict[str, Track]:
+    out: dict[str, Track] = {}
+    for path in sorted(Path(root).glob("*/track.yaml")):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ClbenchError(f"{path}: not valid YAML ({type(exc).__name__})") from exc
+        track = parse_track(doc, path)
+        out[track.name] = track
+    return out
+
+
+def all_tracks(root: Path | None = None) -> dict[str, Track]:
+    """Every declared track by name (sorted), active ones first is the caller's business."""
+    return dict(_load(str(root or tracks_root())))
+
+
+def get_track(name: str, root: Path | None = None) -> Track:
+    tracks = all_tracks(root)
+    if name not in tracks:
+        raise ConfigError("track", name, sorted(tracks))
+    return tracks[name]
+
+
+def health_path(track: Track) -> Path:
+    return track.path.parent / "health.json"
+
+
+def health_status(track: Track) -> str:
+    """``pass``/``FAIL`` from the committed health.json, ``unchecked`` without one."""
+    p = health_path(track)
+    if not p.is_file():
+        return "not checked (retired)" if track.status == "retired" else "unchecked"
+    try:
+        return "pass" if json.loads(p.read_text())["passed"] else "FAIL"
+    except (ValueError, KeyError):
+        return "damaged health.json"

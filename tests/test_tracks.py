@@ -1,0 +1,149 @@
+"""Track declarations (leaderboards/<track>/track.yaml) and the track health check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clbench import bench, tuning
+from clbench.cli import main
+from clbench.config import build_run_config
+from clbench.errors import ClbenchError, ConfigError
+from clbench.health import check_track, health_table, labelled_criteria, test_time_criteria
+from clbench.registry import METHODS, SCENARIOS, load_plugins
+from clbench.testing import register_tiny
+from clbench.tracks import all_tracks, get_track, health_path, parse_track
+
+TRACKS = all_tracks()
+ACTIVE = [n for n, t in TRACKS.items() if t.status == "active"]
+
+
+@pytest.mark.parametrize("name", sorted(TRACKS))
+def test_every_declaration_names_real_plugins_and_builds_valid_configs(name: str) -> None:
+    load_plugins()
+    t = TRACKS[name]
+    assert t.evaluate.name in SCENARIOS.names()
+    assert t.tune is None or t.tune.name in SCENARIOS.names()
+    for method in (t.health.lower, t.health.upper):
+        assert method in METHODS.names(), method
+    cfg = build_run_config({**t.run_values(), "method": t.health.lower})  # options are validated
+    assert cfg.scenario == t.evaluate.name
+    if t.tune is not None:  # the protocol reads the same declaration
+        p = tuning.PROTOCOLS[name]
+        assert (p.eval_scenario, p.eval_options, p.fixed) == (t.evaluate.name, t.evaluate.options, t.fixed)
+        assert (p.tune_scenario, p.tune_options, p.n_trials) == (t.tune.name, t.tune.options, t.n_trials)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_active_tracks_ship_a_passing_health_check_of_their_current_declaration(name: str) -> None:
+    t = TRACKS[name]
+    rec = json.loads(health_path(t).read_text())
+    assert rec["track"] == name and rec["passed"] is True
+    assert all(c["passed"] for c in rec["criteria"])
+    assert rec["declaration_sha256"] == t.digest(), f"{name}: track.yaml changed since its health check"
+    assert rec["settings"] == json.loads(json.dumps(t.run_values()))
+
+
+def test_quick_suite_and_default_tracks_come_from_the_declarations() -> None:
+    t = get_track("vision_cil")
+    assert bench.suite_for("vision_cil") == {t.evaluate.name: t.run_values()}
+    assert bench.default_track("naive") == "vision_cil"
+    with pytest.raises(ConfigError, match="track"):
+        get_track("no_such_track")
+
+
+def _doc(**over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"schema_version": 1, "name": "x", "title": "t", "status": "active",
+                           "kind": "labelled", "evaluate": {"scenario": "tiny"},
+                           "health": {"lower": "naive", "upper": "joint"}}
+    doc.update(over)
+    return doc
+
+
+def test_bad_declarations_name_file_field_and_choices(tmp_path: Path) -> None:
+    path = tmp_path / "x" / "track.yaml"
+    assert parse_track(_doc(), path).health.thresholds["learns"] == 0.8
+    with pytest.raises(ConfigError, match=r"kind='lab'.*labelled, foundation, test_time"):
+        parse_track(_doc(kind="lab"), path)
+    with pytest.raises(ConfigError, match="name"):
+        parse_track(_doc(name="y"), path)
+    with pytest.raises(ConfigError, match="health.thresholds"):
+        parse_track(_doc(health={"lower": "naive", "upper": "joint", "thresholds": {"lerns": 1}}), path)
+    with pytest.raises(ClbenchError, match="evaluate"):
+        parse_track(_doc(evaluate={"options": {}}), path)
+
+
+def _run(acc: float, plasticity: float, forgetting: float, retention: float | None = None,
+         before: float = 0.97) -> dict[str, Any]:
+    m = {"acc": acc, "plasticity": plasticity, "forgetting": forgetting}
+    if retention is not None:
+        m["general_retention"] = retention
+    return {"metrics": m, "general": {"before": {"src/acc": before}}}
+
+
+TH = {"learns": 0.8, "forgets": 0.05, "headroom": 0.05, "resolution": 4.0, "source_min": 0.95,
+      "retention_max": 0.9}
+
+
+def test_labelled_criteria_follow_the_rules() -> None:
+    lower = [_run(0.20, 0.99, 0.95), _run(0.21, 0.98, 0.94), _run(0.19, 0.99, 0.96)]
+    upper = [_run(0.90, 0.9, 0.02)] * 3
+    crit = {c.name: c for c in labelled_criteria(lower, upper, TH, foundation=False)}
+    assert all(c.passed for c in crit.values())
+    assert crit["headroom"].value == pytest.approx(0.70)
+    assert crit["resolution"].threshold == pytest.approx(4 * 0.01)  # sample sd of .20 .21 .19
+    # a learner that does not learn the current task, and seeds that do not resolve the gap
+    weak = [_run(0.40, 0.50, 0.30), _run(0.70, 0.55, 0.30), _run(0.55, 0.52, 0.30)]
+    crit = {c.name: c for c in labelled_criteria(weak, upper, TH, foundation=False)}
+    assert not crit["learns"].passed and not crit["resolution"].passed and crit["headroom"].passed
+    found = {c.name: c for c in labelled_criteria([_run(0.2, 0.99, 0.9, 0.95, before=0.9)] * 2, upper, TH, True)}
+    assert not found["strong source"].passed and not found["something to retain"].passed
+
+
+def test_test_time_criteria() -> None:
+    def r(err: float, src: float, steps: int) -> dict[str, Any]:
+        return {"metrics": {"mean_error": err, "source_acc_before": src}, "cost": {"adapt_batches": steps}}
+
+    th = {"source_min": 0.95, "adapt_gain": 0.10, "min_steps": 500}
+    crit = {c.name: c for c in test_time_criteria([r(0.55, 0.97, 600)], [r(0.30, 0.97, 600)], th)}
+    assert all(c.passed for c in crit.values()) and crit["adaptation matters"].value == pytest.approx(0.25)
+    crit = {c.name: c for c in test_time_criteria([r(0.35, 0.9, 150)], [r(0.30, 0.9, 150)], th)}
+    assert not any(c.passed for c in crit.values())
+
+
+def test_check_runs_both_learners_per_seed_writes_health_and_resumes(tmp_path: Path) -> None:
+    register_tiny()
+    folder = tmp_path / "boards" / "tinytrack"
+    folder.mkdir(parents=True)
+    (folder / "track.yaml").write_text(
+        "schema_version: 1\nname: tinytrack\ntitle: tiny\nstatus: active\nkind: labelled\n"
+        "evaluate: {scenario: tiny, options: {n_experiences: 3}}\n"
+        "fixed: {model: mlp, model.hidden: 16, trainer.epochs: 3, trainer.batch_size: 8,"
+        " trainer.progress: false, tracking.mlflow: false}\n"
+        "reference: {trainer.lr: 0.05}\nseeds: [0, 1]\nhealth: {lower: naive, upper: joint}\n")
+    track = get_track("tinytrack", tmp_path / "boards")
+    runs = str(tmp_path / "runs")
+    rec = check_track(track, runs_dir=runs)
+    assert [(r["method"], r["seed"]) for r in rec["runs"]] == [("naive", 0), ("naive", 1), ("joint", 0), ("joint", 1)]
+    saved = json.loads((folder / "health.json").read_text())
+    assert saved["passed"] == rec["passed"] and saved["declaration_sha256"] == track.digest()
+    assert [c["name"] for c in saved["criteria"]] == ["learns", "forgets", "headroom", "resolution"]
+    # the tiny blobs are learnt by naive and forgotten in the class-incremental stream
+    crit = {c["name"]: c for c in saved["criteria"]}
+    assert crit["learns"]["passed"] and crit["forgets"]["passed"]
+    assert (folder / "health.md").read_text().startswith(f"Health of `tinytrack`: {'passes' if rec['passed'] else 'FAILS'}")
+    assert "| learns |" in health_table(saved)
+    # a second check reuses the finished runs (same run dirs, same figures)
+    again = check_track(track, runs_dir=runs)
+    assert again["runs"] == rec["runs"] and again["figures"]["lower"]["acc"] == rec["figures"]["lower"]["acc"]
+
+
+def test_cli_lists_tracks_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tracks"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(TRACKS)
+    assert any(line.startswith("vision_cil") and "active" in line for line in out)
+    assert any(line.startswith("vision ") and "retired" in line for line in out)
