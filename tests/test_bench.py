@@ -6,19 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from clbench import bench
+from clbench import bench, tracks
 from clbench.protocol import Method
 from clbench.registry import METHODS
 from clbench.testing import register_tiny
 
-TINY = {"model": "mlp", "model.hidden": 16, "trainer.epochs": 1, "trainer.progress": False,
-        "tracking.mlflow": False}
+TRACK_YAML = """schema_version: 1
+name: vision_cil
+title: tiny stand-in
+status: active
+kind: labelled
+evaluate: {scenario: tiny}
+fixed: {model: mlp, model.hidden: 16, trainer.epochs: 1, trainer.progress: false, tracking.mlflow: false}
+reference: {trainer.lr: 0.05}
+rank_by: acc
+shown: [forgetting, plasticity]
+health: {lower: naive, upper: joint}
+"""
 
 
 @pytest.fixture
-def tiny_suite(monkeypatch: pytest.MonkeyPatch) -> None:
+def tiny_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The default track (vision_cil) declared on the tiny stream, in a temporary leaderboards/."""
     register_tiny()
-    monkeypatch.setattr(bench, "SUITE", {"tiny": TINY})
+    root = tmp_path / "boards"
+    (root / "vision_cil").mkdir(parents=True)
+    (root / "vision_cil" / "track.yaml").write_text(TRACK_YAML)
+    (root / "vision_cil" / "health.md").write_text("Health of `vision_cil`: passes\n")
+    monkeypatch.setattr(tracks, "tracks_root", lambda: root)
 
 
 def test_bench_table_mean_std_and_per_seed(tiny_suite: None) -> None:
@@ -43,11 +58,12 @@ def test_compare_embeds_generated_table_in_readme(tiny_suite: None, tmp_path: Pa
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(METHODS, "names", lambda: ["joint", "naive"])
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- compare-vision:start -->\nold\n<!-- compare-vision:end -->\nrest\n")
+    readme.write_text("intro\n<!-- compare-vision_cil:start -->\nold\n<!-- compare-vision_cil:end -->\nrest\n")
     text = bench.run_compare(seeds=(0,), readme=readme)
     doc = readme.read_text()
     assert "old" not in doc and doc.startswith("intro\n") and doc.endswith("rest\n")
-    assert text in doc and "**tiny**" in text
+    assert text in doc and "**tiny**" in text and text.startswith("Health of `vision_cil`: passes")
+    assert "| method | ACC | Forgetting | Plasticity | mechanism | time (s) |" in text
     assert "| joint |" in text and "| naive |" in text and "do not edit by hand" in doc
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
