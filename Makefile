@@ -8,11 +8,11 @@ TRACK ?=
 ARGS ?=
 WORKERS ?= 1
 
-# Debian packages for the PostgreSQL sweep test and the leaderboard browser test (needs root;
-# without them those tests skip locally and fail under CI=true).
+# Debian packages for the PostgreSQL sweep test and the leaderboard browser test, both in
+# `make test-integration` (needs root; without them those tests skip locally and fail under CI=true).
 SYSTEM_PACKAGES := postgresql chromium
 
-.PHONY: system-deps install test test-slow test-all bench compare perf quality ui lock clean
+.PHONY: system-deps install test test-integration test-slow test-all bench compare health tracks perf quality ui lock clean
 
 install: $(VENV)/.installed
 
@@ -31,8 +31,13 @@ system-deps:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null && echo "installed:$$missing"; \
 	else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi
 
+# `make test`: in-process tests; `make test-integration`: tests that spawn processes (torchrun,
+# worker pools, a killed CLI run) or start servers (PostgreSQL, MLflow, Chromium). CI runs both.
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not integration" -q
+
+test-integration: install
+	$(BIN)/python -m pytest -m "integration and not slow" -q
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q
@@ -45,6 +50,13 @@ bench: install
 
 compare: install
 	$(BIN)/clbench compare --track $(or $(TRACK),vision_cil) --seeds $(SEEDS) $(if $(RESUME),--resume,)
+
+# Track health check: the reference learners on the track's evaluation scenario -> leaderboards/<track>/health.json
+health: install
+	$(BIN)/clbench track check $(or $(TRACK),vision_cil)
+
+tracks: install
+	$(BIN)/clbench tracks
 
 perf: install
 	$(BIN)/python tests/perf/perf_throughput.py

@@ -109,3 +109,43 @@ class PermutedDigits(Scenario):
             parts = [Split(s.x.reshape(-1, n)[:, perm].reshape(s.x.shape), s.y) for s in base]
             exps.append(Experience(i, 0, tuple(range(10)), *parts))
         return Stream("permuted_digits", VERSION, "domain_incremental", tuple(exps), 10, self.__doc__ or "")
+
+
+@dataclass(frozen=True)
+class RotatedDigitsFTConfig:
+    angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+
+
+@register_scenario("rotated_digits_ft")
+class RotatedDigitsFT(Scenario):
+    """Rotated digits on the upright-MNIST foundation: sklearn digits at 28x28, one experience per angle (domain-incremental).
+
+    The tuning twin of ``rotated_mnist_ft``: the same source (MNIST 5k's upright half, which
+    pretrains the foundation and measures general capability) and the same angles, with stream
+    images from sklearn's digits, disjoint from MNIST.
+    """
+
+    Config = RotatedDigitsFTConfig
+    VERSION = VERSION
+    default_model = "vit_tiny"
+
+    def build(self) -> Stream:
+        import torchvision.transforms.functional as TF
+        from sklearn.datasets import load_digits
+
+        from scenarios.mnist import MNISTData
+        from scenarios.mnist_ft import source_and_target
+
+        c: RotatedDigitsFTConfig = self.config
+        d = load_digits()
+        x = torch.as_tensor(np.asarray(d.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+        y = torch.as_tensor(np.asarray(d.target, dtype=np.int64))
+        base = train_val_test(x, y, c.test_fraction, c.val_fraction)
+        exps = tuple(Experience(i, 0, tuple(range(10)), *(Split(TF.rotate(s.x, a), s.y) for s in base))
+                     for i, a in enumerate(c.angles))
+        source = source_and_target(MNISTData())[0]
+        return Stream("rotated_digits_ft", VERSION, "domain_incremental", exps, 10, self.__doc__ or "",
+                      source=source)

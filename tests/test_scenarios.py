@@ -12,7 +12,8 @@ from clbench.config import build_dataclass
 from clbench.errors import DataUnavailableError
 from clbench.registry import SCENARIOS
 
-OFFLINE = ["split_mnist", "permuted_mnist", "rotated_mnist", "split_digits"]
+OFFLINE = ["split_mnist", "permuted_mnist", "rotated_mnist", "split_digits", "permuted_digits",
+           "rotated_digits_ft"]
 
 
 def _build(name: str, **options: object):  # type: ignore[no-untyped-def]
@@ -84,3 +85,17 @@ def test_mnist10k_from_shared_data_with_checksums(tmp_path: Path) -> None:
 
     with pytest.raises(DataUnavailableError, match="checksum mismatch"):
         load_mnist("mnist10k", str(bad))
+
+
+def test_digit_twins_of_the_tracks_share_shape_not_data() -> None:
+    """The tuning streams of vision_dil / vision_ft: same shape as the evaluation streams, other images."""
+    pd, pm = _build("permuted_digits"), _build("permuted_mnist")
+    assert pd.scenario_type == pm.scenario_type == "domain_incremental"
+    assert pd.experiences[0].train.x.shape[1:] == pm.experiences[0].train.x.shape[1:] == (1, 28, 28)
+    x0, x1 = pd.experiences[0].train.x.flatten(1), pd.experiences[1].train.x.flatten(1)
+    assert torch.equal(x0.sort(dim=1).values, x1.sort(dim=1).values)  # same pixels, new order
+    rd, rm = _build("rotated_digits_ft"), _build("rotated_mnist_ft")
+    assert rd.scenario_type == rm.scenario_type == "domain_incremental" and len(rd) == len(rm) == 5
+    assert rd.source is not None and rm.source is not None
+    assert torch.equal(rd.source.test.x, rm.source.test.x)  # one foundation serves both
+    assert rd.experiences[0].train.x.shape[1:] == rm.experiences[0].train.x.shape[1:]

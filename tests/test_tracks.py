@@ -47,6 +47,12 @@ def test_active_tracks_ship_a_passing_health_check_of_their_current_declaration(
     assert rec["settings"] == json.loads(json.dumps(t.run_values()))
 
 
+@pytest.mark.parametrize("name", sorted(n for n, t in TRACKS.items() if t.status == "dropped"))
+def test_dropped_tracks_keep_the_failing_figures_that_dropped_them(name: str) -> None:
+    rec = json.loads(health_path(TRACKS[name]).read_text())
+    assert rec["passed"] is False and rec["declaration_sha256"] == TRACKS[name].digest()
+
+
 def test_quick_suite_and_default_tracks_come_from_the_declarations() -> None:
     t = get_track("vision_cil")
     assert bench.suite_for("vision_cil") == {t.evaluate.name: t.run_values()}
