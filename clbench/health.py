@@ -1,9 +1,10 @@
 """Owns the track health check: can this track separate methods at all?
 
 ``clbench track check <track>`` trains the track's two reference learners (declared in its
-``track.yaml``: for labelled tracks the lower bound, e.g. naive, and the upper bound, e.g. joint;
-for test-time tracks no adaptation and BN adaptation) with the track's reference settings on its
-evaluation scenario, one run per seed, and judges the criteria below. It writes
+``track.yaml``: for labelled tracks the lower bound, sequential fine-tuning, and the upper bound,
+training on the union of the experiences; for test-time tracks no adaptation and BN adaptation)
+with the track's reference settings on its evaluation scenario, one run per seed, and judges the
+criteria below. It writes
 ``leaderboards/<track>/health.json`` and ``health.md`` (the table the board shows). A track that
 fails is redesigned or dropped, never shipped with a caveat.
 

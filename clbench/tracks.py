@@ -26,8 +26,8 @@ reference learners and thresholds of its health check. The quick suite (``make b
     shown: [forgetting, plasticity]                      # metrics shown beside it
     seeds: [0, 1, 2]                                     # quick suite and health check
     health:
-      lower: naive                                       # reference learners (registry names)
-      upper: joint
+      lower: <method>                                    # reference learners (registry names):
+      upper: <method>                                    # sequential fine-tuning, training on all seen data
       thresholds: {learns: 0.8, forgets: 0.05, headroom: 0.05, resolution: 4.0, ...}
 """
 

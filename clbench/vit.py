@@ -26,6 +26,10 @@ class ViTConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: int = 2
+    # channels of an optional convolutional stem (two 3x3 conv + GELU at full resolution before
+    # the patch embedding; "early convolutions help transformers see better", Xiao et al. 2021),
+    # which lets the small ViT reach a strong source accuracy on a few thousand digits; 0 = none
+    stem: int = 0
 
 
 class Attention(nn.Module):
@@ -87,7 +91,10 @@ class ViT(nn.Module):
             raise ValueError(f"image size {size} must divide by patch {cfg.patch} and dim "
                              f"{cfg.dim} by heads {cfg.heads}")
         n = (size // cfg.patch) ** 2
-        self.patch_embed = nn.Conv2d(channels, cfg.dim, cfg.patch, stride=cfg.patch)
+        self.stem = (nn.Sequential(nn.Conv2d(channels, cfg.stem, 3, padding=1), nn.GELU(),
+                                   nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1), nn.GELU())
+                     if cfg.stem else nn.Identity())
+        self.patch_embed = nn.Conv2d(cfg.stem or channels, cfg.dim, cfg.patch, stride=cfg.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, cfg.dim) / math.sqrt(cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
@@ -97,7 +104,7 @@ class ViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], dim=1) + self.pos_embed
         for blk in self.blocks:
             t = blk(t)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from clbench.config import TrainerConfig
 from clbench.protocol import Method
 from clbench.registry import register_method
-from clbench.search import grid, with_base
+from clbench.search import with_base
 from clbench.streams import Experience, StreamInfo
 
 Mode = Literal["paper", "official"]
@@ -21,20 +21,21 @@ Tensors = list[Tensor] | tuple[Tensor, ...]
 
 @dataclass(frozen=True)
 class CLASSPConfig:
-    """Options of :class:`CLASSP` (defaults: the official code's, except ``lr`` and ``mode``).
+    """Options of :class:`CLASSP` (defaults: the official code's, except ``lr``).
 
     Attributes:
         lr: step size alpha; ``None`` = the trainer's ``trainer.lr`` (so the harness's tuning of
             ``trainer.lr`` applies); the official code's default is 0.2.
-        threshold: an element is updated only where ``g^2 > threshold`` (code default 0.5).
+        threshold: ``paper`` mode: an element is updated only where ``g^2 > threshold``;
+            ``official`` mode: see ``mode`` (code default 0.5).
         epsilon: added to the accumulator inside the root: ``(eps + G)^(1/p)``.
         power: ``p`` of the accumulator ``G += |g|^p`` and of the root.
         apply_scaling: ``False`` = plain SGD steps while ``G`` still accumulates (the official
             CV script's first task).
-        mode: ``paper`` = element-wise threshold and ``G += |g|^p``; ``official`` reproduces the
-            released code: a per-tensor test ``any(g^2 != 0) > threshold`` (every tensor with a
-            nonzero gradient is fully updated when threshold < 1, nothing when >= 1) and
-            ``G += |g|`` whatever ``p``.
+        mode: ``official`` (default) reproduces the released code: a per-tensor test
+            ``any(g^2 != 0) > threshold`` (every tensor with a nonzero gradient is fully updated
+            when threshold < 1, nothing when >= 1) and ``G += |g|`` whatever ``p``;
+            ``paper`` = the paper's element-wise threshold and ``G += |g|^p``.
         threshold_quantile: our adaptation (spec 4(c) recommendation, in neither paper nor
             code): when set, each tensor's threshold at each step is this quantile of its own
             ``g^2`` (0.5 updates about the larger half of its gradients), replacing the absolute
@@ -47,7 +48,7 @@ class CLASSPConfig:
     epsilon: float = 1e-5
     power: float = 1.0
     apply_scaling: bool = True
-    mode: Mode = "paper"
+    mode: Mode = "official"
     threshold_quantile: float | None = None
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ class CLASSPOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.2, threshold: float = 0.5,
                  epsilon: float = 1e-5, power: float = 1.0, apply_scaling: bool = True,
-                 mode: Mode = "paper", threshold_quantile: float | None = None) -> None:
+                 mode: Mode = "official", threshold_quantile: float | None = None) -> None:
         defaults = dict(lr=lr, threshold=threshold, epsilon=epsilon, power=power,
                         apply_scaling=apply_scaling, mode=mode, threshold_quantile=threshold_quantile)
         super().__init__(params, defaults)
@@ -175,20 +176,32 @@ class CLASSP(Method):
     Adjustment Suppression and Sparsity Promotion", arXiv:2405.09637. Code: oswaldoludwig/CLASSP.
 
     Mechanism: the method *is* the optimizer (:class:`CLASSPOptimizer`), a generalised AdaGrad.
-    A weight is updated only where its squared gradient exceeds ``threshold`` (sparsity
-    promotion); its accumulator ``G += |g|^p`` grows with every update and the step
+    In the paper a weight is updated only where its squared gradient exceeds ``threshold``
+    (sparsity promotion); its accumulator ``G += |g|^p`` grows with every update and the step
     ``lr * g / (eps + G)^(1/p)`` shrinks accordingly (adjustment suppression). ``G`` is the
     continual-learning memory: kept per parameter name across experiences, never reset.
 
     Hooks used: ``setup``/``on_experience_start`` (parameter names), ``optimizer`` (a new
     optimizer over the trainable parameters each experience, sharing the persistent
     accumulators), ``on_experience_end``/``experience_report`` (fraction of elements updated per
-    step, mean accumulator), ``state_dict``/``load_state_dict`` (accumulators by name).
+    step, mean accumulator: the mechanism figures), ``state_dict``/``load_state_dict``
+    (accumulators by name).
+
+    Default ``mode="official"``, the released code's behaviour: the threshold test is per tensor
+    and passes for every tensor with a nonzero gradient whenever threshold < 1 (the default 0.5,
+    the sentiment script's 0.99 and the CV script's 0 all behave alike), so every element is
+    updated and only adjustment suppression acts (``updated_fraction`` ≈ 1, ``mean_accumulator``
+    grows). Chosen because the code is the reference and because the alternative, the paper's
+    element-wise rule with the code's absolute threshold 0.5, is a setting neither the paper nor
+    the code ran: per-element squared gradients of our models are far below 0.5, so it updates
+    0.004-0.02 % of the tiny ViT's weights per step and 0.3-0.8 % of the tiny MLP's (which then
+    reaches 0.46-0.54 accuracy on its first two experiences, 1.0 in official mode; testing.py's
+    tiny streams, lr 0.05 MLP, 1e-3 ViT). ``mode="paper"`` stays as the option, with
+    ``threshold_quantile`` to calibrate the threshold per tensor. The tuning space is
+    ``trainer.lr`` only: in the default mode a threshold < 1 changes nothing.
 
     Deviations from the paper/official code:
-        - Default ``mode="paper"``: element-wise threshold and ``G += |g|^p``. The released code
-          tests the whole tensor (so thresholds < 1 have no effect and >= 1 freeze everything)
-          and accumulates ``|g|`` for any ``p``; ``mode="official"`` reproduces both.
+        - The paper's element-wise rule is an option (``mode="paper"``), not the default.
         - ``lr`` defaults to ``trainer.lr`` (code default 0.2, for a CNN trained from scratch).
         - ``trainer.weight_decay`` and ``trainer.momentum`` are ignored: the code has neither.
         - The trainer's gradient clipping and accumulation apply before the threshold test.
@@ -200,7 +213,8 @@ class CLASSP(Method):
     """
 
     Config = CLASSPConfig
-    search_space = with_base({"method.threshold": grid(1e-8, 1e-6, 1e-4, 1e-2, 0.5)})
+    mechanism_figures = ("updated_fraction", "mean_accumulator")
+    search_space = with_base()
 
     def __init__(self, config: CLASSPConfig | None = None) -> None:
         super().__init__(config)

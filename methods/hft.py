@@ -128,7 +128,9 @@ class HFT(Method):
     parameters HFT froze are trainable again (parameters frozen by someone else stay frozen).
 
     Hooks used: ``on_experience_start`` (draw, freeze), ``on_experience_end`` (unfreeze),
-    ``experience_report`` (frozen modules and fractions), ``state_dict``/``load_state_dict``.
+    ``experience_report`` (frozen modules and fractions; the mechanism figure is
+    ``frozen_param_fraction``, the share of the model's parameters frozen in that experience),
+    ``state_dict``/``load_state_dict``.
 
     Deviations from the paper/official code:
         - One rule for every category of ``n`` modules: freeze ``n // 2``; an odd category freezes
@@ -150,6 +152,7 @@ class HFT(Method):
     """
 
     Config = HFTConfig
+    mechanism_figures = ("frozen_param_fraction",)
 
     def __init__(self, config: HFTConfig | None = None) -> None:
         super().__init__(config)

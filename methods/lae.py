@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,7 +42,11 @@ class LAEConfig:
             ``prefix`` (key/value prefixes; the clbench ViT only).
         size: adapter hidden units / LoRA rank (an integer, 5 in the code).
         prefix_length: prefix key/value vectors per adapted block (10).
-        blocks: the first ``blocks`` transformer blocks are adapted (5 of ViT-B's 12); 0 = all.
+        blocks: the first ``blocks`` transformer blocks are adapted (the code's 5, of ViT-B's
+            12); 0 = all. A count, not a fraction: a model with ``blocks`` or fewer blocks is
+            adapted in every block (the default 5 adapts all 4 blocks of ``vit_tiny``, 2 of the
+            tests' tiny ViT). Ignored by models without blocks (the MLP: every Linear but the
+            head).
         ema_decay: offline PET ← decay·offline + (1−decay)·online after every optimizer step
             from the second experience on (0.9999).
         freeze_fraction: share of an experience's optimizer steps (every experience but the
@@ -157,14 +162,21 @@ class LAE(Method):
     Hooks used: ``setup`` (freeze, inject), ``on_experience_start`` (head rows, offline copy),
     ``optimizer`` (reads the step count for the warm-up; returns None), ``loss`` (current-class
     cross-entropy), ``on_after_step`` (end of warm-up, EMA), ``on_experience_end``,
-    ``predict`` (ensemble), ``experience_report``, ``state_dict``/``load_state_dict``.
+    ``predict`` (ensemble), ``experience_report`` (mechanism figures: head-only warm-up steps
+    and ``ema_moved_fraction``, how far the offline PET moved toward the online one),
+    ``state_dict``/``load_state_dict``.
 
     Deviations from the paper/official code:
         - One head of ``num_classes`` outputs instead of a list of per-task heads: rows of new
           classes are re-initialised at their first experience and logits of unseen classes are
-          masked at prediction. Old rows get no gradient from the current-class loss; with Adam
-          and no weight decay they stay put as in the code, but the trainer's AdamW decay moves
-          them (the code's optimizer has wd 0).
+          masked at prediction. Old rows get no gradient from the current-class loss.
+        - Weight decay: the trainer's ``weight_decay`` (0.01 with AdamW in the vit_tiny and
+          language-model settings) acts on every trainable parameter that has a gradient: the
+          PET weights, the learnable PET scalars (init 1, pulled toward 0 by lr·wd per step)
+          and the whole head, old-class rows included (zero gradient, but decoupled decay still
+          shrinks them). The code's Adam has wd 0, so there the scalars move only by their
+          gradient and old rows never move. During the head-only warm-up the PET has no
+          gradient and is not decayed.
         - The optimizer, LR and schedule are the trainer's (the fixed tuning protocol), not
           the code's Adam with constant LR 0.03·bs/256; the warm-up is a fraction of the
           experience's optimizer steps instead of whole epochs (3/5 = 30/50 = 0.6 by default).
@@ -179,10 +191,12 @@ class LAE(Method):
           compensation); the prefix position in the key sequence is irrelevant without
           positional bias, so it is not inserted after the CLS position.
         - The EMA decay stays 0.9999 whatever the steps per experience (the spec suggests
-          re-tuning it; with few steps the offline PET barely leaves its experience-1 state).
+          re-tuning it; with few steps the offline PET barely leaves its experience-1 state:
+          ``ema_moved_fraction`` = 1 - decay^steps, about 0.002 for 24 steps).
     """
 
     Config = LAEConfig
+    mechanism_figures = ("warmup_steps", "ema_moved_fraction")
     search_space = with_base({"method.ema_decay": grid(0.99, 0.999, 0.9999)})
 
     def __init__(self, config: LAEConfig | None = None) -> None:
@@ -254,16 +268,9 @@ class LAE(Method):
             p.requires_grad_(on)
 
     def loss(self, model: nn.Module, batch: Batch, outputs: Tensor, base_loss: Tensor) -> Tensor:
-        if not self.config.new_task_loss or outputs.dim() != 2 or outputs.shape[-1] != self.num_classes:
+        if not self.config.new_task_loss:
             return base_loss
-        assert batch.y is not None
-        cls = torch.tensor(self.current, device=outputs.device)
-        lut = torch.full((self.num_classes,), -1, dtype=torch.long, device=outputs.device)
-        lut[cls] = torch.arange(len(cls), device=outputs.device)
-        target = lut[batch.y]
-        if bool((target < 0).any()):  # samples of other classes (e.g. replayed): keep the base loss
-            return base_loss
-        return F.cross_entropy(outputs[:, cls].float(), target)
+        return current_class_loss(outputs, batch.y, self.current, self.num_classes, base_loss)
 
     def on_after_step(self, model: nn.Module) -> None:
         self._steps += 1
@@ -281,6 +288,8 @@ class LAE(Method):
         self._report = {
             "pet_params": int(on.numel()), "warmup_steps": self._warmup, "ema_steps": self._steps if exists else 0,
             "offline_online_rel_dist": float((on - off).norm() / on.norm().clamp_min(1e-12)) if exists else 0.0,
+            # weight of this experience's online PETs in the offline PET: 1 - decay^steps
+            "ema_moved_fraction": 1.0 - self.config.ema_decay ** self._steps if exists else 0.0,
             "seen_classes": len(self.seen),
         }
 
@@ -315,6 +324,24 @@ class LAE(Method):
         self.seen = [int(c) for c in state["seen"]]
         self.done = int(state["done"])
         self._report = dict(state["report"])
+
+
+def current_class_loss(outputs: Tensor, y: Tensor | None, classes: Sequence[int], num_classes: int,
+                       base_loss: Tensor) -> Tensor:
+    """Cross-entropy over ``classes`` only: the other logits are left out (= masked to -inf).
+
+    Applies to classification logits ``(N, num_classes)`` whose labels all lie in ``classes``;
+    anything else (token logits, replayed samples of other classes) gets ``base_loss`` back.
+    """
+    if y is None or outputs.dim() != 2 or outputs.shape[-1] != num_classes:
+        return base_loss
+    cls = torch.tensor(list(classes), device=outputs.device)
+    lut = torch.full((num_classes,), -1, dtype=torch.long, device=outputs.device)
+    lut[cls] = torch.arange(len(cls), device=outputs.device)
+    target = lut[y]
+    if bool((target < 0).any()):
+        return base_loss
+    return F.cross_entropy(outputs[:, cls].float(), target)
 
 
 def ema_(pairs: list[tuple[str, nn.Parameter, Tensor]], decay: float) -> None:

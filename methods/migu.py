@@ -109,7 +109,8 @@ class MIGU(Method):
 
     Hooks used: ``setup``, ``on_experience_start`` (install forward hooks),
     ``on_after_backward`` (mask gradient rows), ``on_experience_end`` (remove hooks),
-    ``experience_report`` (kept fraction of gradient rows, overall and per layer).
+    ``experience_report`` (kept fraction of gradient rows, overall and per layer; the overall
+    one is the mechanism figure, 1.0 for the unmasked experience 0).
 
     Deviations from the paper/official code:
         - Magnitudes are not L1-normalised (as in the code; the paper's ``n / ||n||_1`` is a
@@ -121,9 +122,14 @@ class MIGU(Method):
           or mask gradients the optimizer no longer reads).
         - Hooks record in training mode only and exist only while an experience trains; other
           forward hooks are left alone (the code clears them and records at evaluation too).
-        - Linears frozen at experience start are neither hooked nor counted; no cross-rank
-          all-reduce (single process). Layers whose forward is bypassed (e.g.
-          ``nn.MultiheadAttention.out_proj``) see no magnitude and are never masked.
+        - Linears frozen at experience start are neither hooked nor counted. Layers whose
+          forward is bypassed (e.g. ``nn.MultiheadAttention.out_proj``) see no magnitude and
+          are never masked.
+        - Data parallel (:mod:`clbench.trainer`): each process records the magnitudes of its
+          shard; before the cut the buffers are summed over processes
+          (``sum_across_processes``; the mean, as the code, ranks the same), so every
+          process builds the mask of the whole global batch and applies it to the gradients the
+          trainer has already summed across processes. In one process the sum is a no-op.
         - Options (off by default): ``mask_first_experience``, ``mask_bias``, ``exclude``.
         - Faithful but notable: the classifier head / lm_head is masked by logit magnitude
           (with tied embeddings this also masks embedding rows); gradient checkpointing counts a
@@ -131,6 +137,7 @@ class MIGU(Method):
     """
 
     Config = MIGUConfig
+    mechanism_figures = ("kept_fraction",)
     search_space = with_base({"method.threshold": grid(0.5, 0.7, 0.9)})
 
     def __init__(self, config: MIGUConfig | None = None) -> None:

@@ -162,7 +162,8 @@ class SSU(Method):
     Hooks used: ``on_source_data`` (calibration, masks), ``on_experience_start`` (bind masks to
     the live parameters, snapshot frozen values), ``on_after_backward`` (zero frozen gradients:
     clean optimizer moments and clip norm), ``on_after_step`` (restore frozen values exactly),
-    ``experience_report``, ``state_dict``/``load_state_dict``.
+    ``experience_report`` (mechanism figure: ``frozen_fraction``, the share of the targeted
+    entries frozen), ``state_dict``/``load_state_dict``.
 
     Deviations from the paper/official code:
         - Frozen entries are restored after every step (``exact_freeze``), so they stay
@@ -180,6 +181,7 @@ class SSU(Method):
     """
 
     Config = SSUConfig
+    mechanism_figures = ("frozen_fraction",)
     search_space = with_base({"method.ratio": grid(0.25, 0.5, 0.75)})
     needs_source_data = True
 

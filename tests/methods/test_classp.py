@@ -31,7 +31,7 @@ def _step(grads: list[list[float]], **options: object) -> tuple[torch.Tensor, to
 
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_paper_mode_one_step_matches_hand_computation(power: float) -> None:
-    w, acc = _step([G], lr=0.2, threshold=0.5, epsilon=1e-5, power=power)
+    w, acc = _step([G], lr=0.2, threshold=0.5, epsilon=1e-5, power=power, mode="paper")
     g_1, g_2 = -1.0, 2.0
     a_1, a_2 = abs(g_1) ** power, abs(g_2) ** power
     expected = [1.0, 2.0 - 0.2 * g_1 / (1e-5 + a_1) ** (1 / power),
@@ -56,7 +56,7 @@ def test_elements_below_threshold_are_unchanged_and_counted() -> None:
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(8, 8))
     before = w.detach().clone()
-    opt = CLASSPOptimizer([w], lr=0.1, threshold=0.3)
+    opt = CLASSPOptimizer([w], lr=0.1, threshold=0.3, mode="paper")
     w.grad = torch.randn(8, 8)
     selected = w.grad.pow(2) > 0.3
     assert 0 < int(selected.sum()) < 64
@@ -70,7 +70,7 @@ def test_elements_below_threshold_are_unchanged_and_counted() -> None:
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_repeated_identical_gradients_shrink_the_step_as_the_formula_says(power: float) -> None:
     w = nn.Parameter(torch.zeros(1))
-    opt = CLASSPOptimizer([w], lr=0.5, threshold=0.0, epsilon=1e-5, power=power)
+    opt = CLASSPOptimizer([w], lr=0.5, threshold=0.0, epsilon=1e-5, power=power, mode="paper")
     g, prev = 0.8, 0.0
     for k in range(1, 6):
         w.grad = torch.tensor([g])
@@ -82,7 +82,7 @@ def test_repeated_identical_gradients_shrink_the_step_as_the_formula_says(power:
 
 
 def test_apply_scaling_off_is_sgd_while_the_accumulator_grows() -> None:
-    w, acc = _step([G, G], lr=0.1, threshold=0.5, apply_scaling=False)
+    w, acc = _step([G, G], lr=0.1, threshold=0.5, apply_scaling=False, mode="paper")
     torch.testing.assert_close(w, torch.tensor([1.0, 2.2, 2.6, 4.0]))
     torch.testing.assert_close(acc, torch.tensor([0.0, 2.0, 4.0, 0.0]))
 
@@ -154,15 +154,27 @@ def test_lr_comes_from_the_trainer_unless_set_and_weight_decay_is_ignored() -> N
     assert "weight_decay" not in CLASSP().optimizer([p], trainer).param_groups[0]
 
 
-def test_run_reports_the_updated_fraction(tmp_path: Path) -> None:
-    res = run(tiny_config(tmp_path, "classp", **{"method.threshold": 1e-4, "eval.validation": False}))
+def test_default_is_the_official_mode_and_updates_every_element(tmp_path: Path) -> None:
+    assert CLASSPConfig().mode == "official" and CLASSPOptimizer([nn.Parameter(torch.zeros(1))]).defaults[
+        "mode"] == "official"
+    res = run(tiny_config(tmp_path, "classp", **{"eval.validation": False}))
     reports = [e["method"] for e in res["per_experience"]]
-    assert len(reports) == 3
-    for r in reports:
-        assert 0.0 < r["updated_fraction"] < 1.0 and r["steps"] > 0
+    assert len(reports) == 3 and all(r["steps"] > 0 for r in reports)
     assert [r["total_steps"] for r in reports] == [sum(x["steps"] for x in reports[: i + 1]) for i in range(3)]
-    assert reports[2]["mean_accumulator"] > reports[0]["mean_accumulator"] > 0
-    assert res["metrics"]["acc"] > 0
+    # mechanism figures, one number per experience: threshold 0.5 < 1 passes every tensor whose
+    # gradient is nonzero (all of the MLP's), and the accumulator keeps growing across experiences
+    mech = res["mechanism"]
+    assert mech["updated_fraction"] == [r["updated_fraction"] for r in reports] == [1.0, 1.0, 1.0]
+    acc = mech["mean_accumulator"]
+    assert len(acc) == 3 and 0 < acc[0] < acc[1] < acc[2]
+    assert min(res["R"][i][i] for i in range(3)) > 0.9  # it learns each experience
+
+
+def test_paper_rule_with_an_absolute_threshold_selects_elements(tmp_path: Path) -> None:
+    res = run(tiny_config(tmp_path, "classp", **{"method.mode": "paper", "method.threshold": 1e-4,
+                                                   "eval.validation": False, "scenario.n_experiences": 2}))
+    fractions = res["mechanism"]["updated_fraction"]
+    assert len(fractions) == 2 and all(0.0 < f < 1.0 for f in fractions)
 
 
 def test_config_validation() -> None:
@@ -175,7 +187,7 @@ def test_config_validation() -> None:
 
 def test_quantile_threshold_updates_the_larger_half_of_each_tensor() -> None:
     w = torch.nn.Parameter(torch.zeros(8))
-    opt = CLASSPOptimizer([w], lr=1.0, threshold_quantile=0.5)
+    opt = CLASSPOptimizer([w], lr=1.0, threshold_quantile=0.5, mode="paper")
     g = torch.tensor([0.1, -0.8, 0.3, 0.05, -0.6, 0.2, 0.7, -0.01])
     w.grad = g.clone()
     opt.step()

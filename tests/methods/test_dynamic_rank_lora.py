@@ -87,13 +87,55 @@ def test_prox_rules_code_and_paper() -> None:
     assert torch.allclose(paper, torch.tensor([0.4, -0.4, 0.05, -0.05, 0.0, 0.0]))
 
 
-def test_kappa_ramps_after_the_dense_part() -> None:
+def test_kappa_ramp_follows_the_official_loop() -> None:
+    # code: every = (100 - 50) // 5 = 10; at it = 50, 60, ... the grid index moves first (to 1),
+    # then reads linspace(0, 0.5, 5); it stays at the last value; the prox runs for it > 50
     ramp = KappaRamp(total=100, kappa_max=0.5, n=5, dense_fraction=0.5)
     ks = [ramp.after(i) for i in range(100)]
-    assert all(k is None for k in ks[:51])  # prox only for it > dense
-    assert ks[51] == 0.0 and ks[-1] == pytest.approx(0.5)
-    post = [k for k in ks[51:] if k is not None]
-    assert len(post) == 49 and post == sorted(post)  # non-decreasing after the dense part
+    assert all(k is None for k in ks[:51])
+    expected = [0.125] * 9 + [0.25] * 10 + [0.375] * 10 + [0.5] * 20  # it = 51 .. 99
+    assert ks[51:] == pytest.approx(expected)
+
+
+def test_kappa_stays_zero_with_fewer_post_dense_steps_than_kappa_values() -> None:
+    short = KappaRamp(total=98, kappa_max=0.005, n=50, dense_fraction=0.5)  # (98 - 49) // 50 == 0
+    assert {short.after(i) for i in range(50, 98)} == {0.0}
+    enough = KappaRamp(total=100, kappa_max=0.005, n=50, dense_fraction=0.5)  # one value per step
+    ks = [enough.after(i) for i in range(100)]
+    # it = 50 moves to grid[1] without a prox step (50 is not > dense); it = 51 moves to grid[2]
+    assert ks[50] is None and ks[51] == pytest.approx(2 * 0.005 / 49) and ks[98] == ks[99] == 0.005
+
+
+def test_official_defaults_prune_ranks_given_enough_steps() -> None:
+    """Defaults (r 16, κ_max 0.005, 50 values, dense 0.5) on the tiny ViT: 20 epochs x 6 batches."""
+    method = CoDyRA()
+    model = method.setup(_vit(), STREAM.info())
+    cfg = TrainerConfig(epochs=20, batch_size=8, lr=1e-3, optimizer="adamw", progress=False)
+    for i in range(2):
+        torch.manual_seed(100 + i)
+        Trainer(cfg, torch.device("cpu")).train_experience(model, method, EXPS[i], EXPS[: i + 1],
+                                                           torch.Generator().manual_seed(i))
+        report = method.experience_report()
+        assert method._ramp is not None and method._ramp.every == 1 and report["kappa_final"] == 0.005
+        assert 0.5 < report["kept_fraction"] < 1.0  # some ranks pruned after 120 steps
+        kept = method.history[i]
+        assert report["kept_fraction"] == sum(kept.values()) / (16 * len(kept))
+    assert len(method.history) == 2
+
+
+def test_loss_is_cross_entropy_over_the_current_classes_unless_all() -> None:
+    method = CoDyRA(CoDyRAConfig(rank=2))
+    model = method.setup(_vit(), STREAM.info())
+    method.on_experience_start(EXPS[1], model)  # classes (2, 3)
+    out, y, base = torch.randn(4, STREAM.num_classes), torch.tensor([2, 3, 3, 2]), torch.tensor(7.0)
+    masked = out.clone()
+    masked[:, :2] = float("-inf")  # the code: previous classes at -inf; later classes absent
+    expected = nn.functional.cross_entropy(masked[:, :4], y)
+    assert torch.allclose(method.loss(model, Batch(torch.zeros(4), y), out, base), expected)
+    assert torch.allclose(expected, nn.functional.cross_entropy(out[:, 2:4], y - 2))
+    every = CoDyRA(CoDyRAConfig(rank=2, loss_classes="all"))
+    every.on_experience_start(EXPS[1], every.setup(_vit(), STREAM.info()))
+    assert every.loss(model, Batch(torch.zeros(4), y), out, base) is base
 
 
 def test_forced_threshold_prunes_ranks_and_training_still_works() -> None:
@@ -147,6 +189,8 @@ def test_report_and_rank_plot_through_the_runner(tmp_path: Path) -> None:
                                                                 "scenario.n_experiences": 2}))
     reports = [p["method"] for p in res["per_experience"]]
     assert len(reports) == 2 and all(0 <= r["mean_rank"] <= 4 for r in reports)
+    assert res["mechanism"] == {"kept_fraction": [r["kept_fraction"] for r in reports]}
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in res["mechanism"]["kept_fraction"])
     assert set(reports[0]["ranks"]) == {f"blocks.{b}.{m}" for b in range(2) for m in
                                         ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                                          "mlp.up_proj", "mlp.down_proj")}
@@ -177,3 +221,5 @@ def test_config_is_validated() -> None:
         CoDyRAConfig(prox="hard")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="roles"):
         CoDyRAConfig(roles=("qkv",))
+    with pytest.raises(ValueError, match="loss_classes"):
+        CoDyRAConfig(loss_classes="seen")  # type: ignore[arg-type]

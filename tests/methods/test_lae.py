@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +14,9 @@ from torch import nn
 from torch.func import functional_call
 
 from clbench.config import TrainerConfig
+from clbench.runner import run
 from clbench.streams import Batch, Stream
-from clbench.testing import tiny_stream
+from clbench.testing import tiny_stream, tiny_vit_config
 from clbench.trainer import Trainer
 from clbench.vit import ViT, ViTConfig
 from methods.lae import LAE, LAEConfig, ensemble
@@ -223,6 +226,30 @@ def test_state_round_trip_resumes_identically() -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values(),
                                                  strict=True))
     assert fresh.state_dict() == method.state_dict()
+
+
+@pytest.mark.parametrize("pet", ["adapter", "lora"])
+def test_blocks_is_a_count_so_a_shallow_model_is_adapted_everywhere(pet: str) -> None:
+    def adapted(blocks: int) -> set[str]:
+        torch.manual_seed(0)
+        deep = ViT(STREAM.info(), ViTConfig(patch=2, dim=16, depth=4, heads=2))
+        model: Any = LAE(LAEConfig(pet=pet, blocks=blocks)).setup(deep, STREAM.info())  # type: ignore[arg-type]
+        return {k.split("__")[1] for k in model.lae_pet}
+
+    assert adapted(5) == {"0", "1", "2", "3"}  # the default 5 > depth 4: every block
+    assert adapted(3) == {"0", "1", "2"}
+
+
+def test_run_reports_warmup_and_ema_as_mechanism_figures(tmp_path: Path) -> None:
+    res = run(tiny_vit_config(tmp_path, "lae", **{"scenario.n_experiences": 2, "eval.validation": False,
+                                                   "method.ema_decay": 0.99}))
+    steps = [p["optimizer_steps"] for p in res["per_experience"]]
+    mech = res["mechanism"]
+    assert set(mech) == {"warmup_steps", "ema_moved_fraction"} and all(len(v) == 2 for v in mech.values())
+    # experience 0: no warm-up, no offline PET; experience 1: 60 % of the steps head-only, EMA every step
+    assert mech["warmup_steps"] == [0.0, float(math.floor(0.6 * steps[1]))] and steps[1] > 0
+    assert mech["ema_moved_fraction"] == pytest.approx([0.0, 1 - 0.99 ** steps[1]])
+    assert res["per_experience"][1]["method"]["offline_online_rel_dist"] > 0
 
 
 def test_config_is_validated() -> None:

@@ -203,6 +203,7 @@ def test_run_on_the_tiny_vit_reports_frozen_fractions(tmp_path: Path) -> None:
                                                    "trainer.weight_decay": 0.1}))
     reports = [p["method"] for p in res["per_experience"]]
     assert len(reports) == 2 and reports[0] == reports[1]  # static mask
+    assert res["mechanism"] == {"frozen_fraction": [r["frozen_fraction"] for r in reports]}
     report = reports[0]
     assert report["frozen_fraction"] == pytest.approx(0.5)
     assert 0.3 < report["frozen_fraction_model"] < 0.5 and report["calibration_samples"] > 0
