@@ -114,6 +114,7 @@ class PermutedDigits(Scenario):
 @dataclass(frozen=True)
 class RotatedDigitsFTConfig:
     angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)
+    source_fraction: float = 0.5  # as rotated_mnist_ft's: the same source, so the same foundation
     test_fraction: float = 0.2
     val_fraction: float = 0.1
 
@@ -146,6 +147,6 @@ class RotatedDigitsFT(Scenario):
         base = train_val_test(x, y, c.test_fraction, c.val_fraction)
         exps = tuple(Experience(i, 0, tuple(range(10)), *(Split(TF.rotate(s.x, a), s.y) for s in base))
                      for i, a in enumerate(c.angles))
-        source = source_and_target(MNISTData())[0]
+        source = source_and_target(MNISTData(), c.source_fraction)[0]
         return Stream("rotated_digits_ft", VERSION, "domain_incremental", exps, 10, self.__doc__ or "",
                       source=source)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.functional as TF
 
+from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, SourceData, Split, Stream
@@ -35,10 +36,14 @@ from scenarios.mnist import MNISTData, load_mnist
 VERSION = "1"
 
 
-def source_and_target(c: MNISTData) -> tuple[SourceData, tuple[Split, Split, Split]]:
-    """Disjoint upright source splits and (unrotated) target splits."""
+def source_and_target(c: MNISTData, source_fraction: float = 0.5) -> tuple[SourceData, tuple[Split, Split, Split]]:
+    """Disjoint upright source splits and (unrotated) target splits; ``source_fraction`` of
+    each class goes to the source (0.5 = the original halves)."""
+    if not 0.0 < source_fraction < 1.0:
+        raise ConfigError("scenario.source_fraction", source_fraction, "a fraction in (0, 1)")
     x, y = load_mnist(c.data, c.data_dir)
-    src_idx, tgt_idx = (torch.as_tensor(i) for i in stratified_split(y.numpy(), [0.5], seed=DATA_SEED + 7))
+    src_idx, tgt_idx = (torch.as_tensor(i) for i in stratified_split(y.numpy(), [source_fraction],
+                                                                     seed=DATA_SEED + 7))
     src = train_val_test(x[src_idx], y[src_idx], c.test_fraction, c.val_fraction)
     tgt = train_val_test(x[tgt_idx], y[tgt_idx], c.test_fraction, c.val_fraction)
     return SourceData("upright_mnist", *src), tgt
@@ -51,6 +56,7 @@ def rotate(s: Split, angle: float) -> Split:
 @dataclass(frozen=True)
 class RotatedFTConfig(MNISTData):
     angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)
+    source_fraction: float = 0.5  # share of MNIST 5k that is upright source (the rest is the stream)
 
 
 @register_scenario("rotated_mnist_ft")
@@ -63,7 +69,7 @@ class RotatedMNISTFT(Scenario):
 
     def build(self) -> Stream:
         c: RotatedFTConfig = self.config
-        source, tgt = source_and_target(c)
+        source, tgt = source_and_target(c, c.source_fraction)
         exps = tuple(Experience(i, 0, tuple(range(10)), *(rotate(s, a) for s in tgt))
                      for i, a in enumerate(c.angles))
         return Stream("rotated_mnist_ft", VERSION, "domain_incremental", exps, 10,

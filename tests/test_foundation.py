@@ -71,3 +71,31 @@ def test_source_data_only_for_methods_that_declare_it(tmp_path: Path, monkeypatc
     assert [m.step for m in hist] == [0, 1, 2]
     with pytest.raises(IncompatibleError, match="needs source data"):
         run(tiny_config(tmp_path / "nosrc", "naive"))
+
+
+def test_augmented_pretraining_is_seeded_per_image_and_changes_the_recipe(tmp_path: Path) -> None:
+    from clbench.foundation import random_affine
+
+    x = torch.rand(6, 1, 8, 8)
+    a = random_affine(x, 10.0, torch.Generator().manual_seed(0))
+    b = random_affine(x, 10.0, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    assert not torch.allclose(a[0] - x[0], a[1] - x[1])  # each image gets its own transform
+    plain = run(tiny_vit_config(tmp_path / "p", "naive"))
+    aug = run(tiny_vit_config(tmp_path / "q", "naive", **{"foundation.augment_degrees": 10.0,
+                                                            "foundation.cache_dir": str(tmp_path / "cache")}))
+    assert aug["foundation"]["key"] != plain["foundation"]["key"]
+    assert aug["foundation"]["recipe"]["augment_degrees"] == 10.0
+
+
+def test_vit_conv_stem_option_keeps_the_default_model_unchanged() -> None:
+    from clbench.streams import StreamInfo
+    from clbench.vit import ViT, ViTConfig
+
+    info = StreamInfo(name="x", scenario_type="class_incremental", n_experiences=1, num_classes=10,
+                      input_shape=(1, 28, 28), classes_per_experience=(tuple(range(10)),))
+    plain, stem = ViT(info), ViT(info, ViTConfig(stem=8))
+    assert not any(k.startswith("stem.") for k in plain.state_dict())
+    assert {k for k in stem.state_dict() if k.startswith("stem.")} == {"stem.0.weight", "stem.0.bias",
+                                                                       "stem.2.weight", "stem.2.bias"}
+    assert stem.patch_embed.in_channels == 8 and stem(torch.rand(2, 1, 28, 28)).shape == (2, 10)
