@@ -73,7 +73,8 @@ def _metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
 
 def _source_before(r: Mapping[str, Any]) -> float:
     before = (r.get("general") or {}).get("before") or {}
-    return _mean([float(v) for v in before.values()]) if before else float("nan")
+    accs = [float(v) for k, v in before.items() if k.endswith("/acc")]
+    return _mean(accs) if accs else float("nan")
 
 
 def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
@@ -94,8 +95,15 @@ def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mappin
     if foundation:
         src = _mean([_source_before(r) for r in lower])
         ret = _mean(_metric(lower, "general_retention"))
-        out += [Criterion("strong source", "general capability before the stream >= threshold", src,
-                          th["source_min"], src >= th["source_min"]),
+        floor, rule = th["source_min"], "general capability before the stream >= threshold"
+        if th.get("source_margin"):  # language models: the suite's chance level + margin
+            from clbench.general import suite_chance_level
+
+            before = (lower[0].get("general") or {}).get("before") or {}
+            tasks = sorted(k.split("/")[0] for k in before if k.endswith("/acc"))
+            floor = suite_chance_level(tasks) + th["source_margin"]
+            rule = f"general-capability mean before the stream >= its chance level + {th['source_margin']:g}"
+        out += [Criterion("strong source", rule, src, floor, src >= floor),
                 Criterion("something to retain", "general retention(lower) <= threshold", ret,
                           th["retention_max"], ret <= th["retention_max"])]
     return out

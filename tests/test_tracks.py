@@ -153,3 +153,12 @@ def test_cli_lists_tracks_one_line_each(capsys: pytest.CaptureFixture[str]) -> N
     assert len(out) == len(TRACKS)
     assert any(line.startswith("vision_cil") and "active" in line for line in out)
     assert any(line.startswith("vision ") and "retired" in line for line in out)
+
+
+def test_language_model_source_criterion_is_relative_to_the_suite_chance_level() -> None:
+    th = {**TH, "source_margin": 0.2}
+    runs = [{"metrics": {"acc": 0.3, "plasticity": 0.9, "forgetting": 0.2, "general_retention": 0.8},
+             "general": {"before": {"clbench_pydoc_cloze/acc": 0.94, "clbench_copa/acc": 0.62}}}]
+    crit = {c.name: c for c in labelled_criteria(runs, runs, th, foundation=True)}
+    assert crit["strong source"].threshold == pytest.approx((0.25 + 0.5) / 2 + 0.2)
+    assert crit["strong source"].value == pytest.approx(0.78) and crit["strong source"].passed
