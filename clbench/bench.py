@@ -107,6 +107,13 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
                      + domain_error_table(results, per_seed=False) + "\n\n</details>")
     else:
         parts.append(compare_tables(results, list(suite), seeds, (t.rank_by, *t.shown)))
+        if readme is not None and t.kind == "foundation" and results:  # ACC against retention
+            from clbench.report import pareto_png
+
+            png = health_path(t).with_name("pareto.png")
+            pareto_png(results, png, f"{track}: ACC on the stream vs retention of general capability")
+            parts.append(f"![ACC vs general retention, {track}]({png.relative_to(readme.parent.resolve())})"
+                         if png.is_relative_to(readme.parent.resolve()) else f"Pareto plot: {png}")
     if skipped:
         parts.append("\n".join(f"- {s}" for s in skipped))
     text = "\n\n".join(parts)

@@ -177,3 +177,47 @@ def tta_summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
              pct(g, "source_acc_after"), mechanism_cell(g), mean_std([x["cost"]["wall_time_s"] for x in g], 1)]
             for m, g in by_method.items()]
     return markdown_table(header, rows)
+
+
+def _sd(a: Any) -> float:
+    import numpy as np
+
+    return float(np.nanstd(a, ddof=1)) if int(np.sum(~np.isnan(a))) > 1 else 0.0
+
+
+def pareto_png(runs: Sequence[Mapping[str, Any]], path: Any, title: str, x: str = "general_retention",
+               y: str = "acc") -> Any:
+    """Scatter of two metrics per method (mean over seeds, sample-sd error bars); the methods on
+    the Pareto front (no other method at least as good on both and better on one) are joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        by_method.setdefault(r["config"]["method"], []).append(r)
+    pts = []
+    for m, g in by_method.items():
+        xs = np.array([float(r["metrics"].get(x, np.nan)) for r in g])
+        ys = np.array([float(r["metrics"].get(y, np.nan)) for r in g])
+        if np.isnan(xs).all() or np.isnan(ys).all():
+            continue
+        pts.append((m, float(np.nanmean(xs)), float(np.nanmean(ys)), _sd(xs), _sd(ys)))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for m, px, py, sx, sy in pts:
+        ax.errorbar(px, py, xerr=sx, yerr=sy, fmt="o", capsize=2)
+        ax.annotate(m, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = sorted((p for p in pts if not any(q[1] >= p[1] and q[2] >= p[2] and (q[1], q[2]) != (p[1], p[2])
+                                              for q in pts)), key=lambda p: p[1])
+    if len(front) > 1:
+        ax.plot([p[1] for p in front], [p[2] for p in front], "--", color="grey", lw=1, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(METRIC_LABELS.get(x, x))
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

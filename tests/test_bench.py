@@ -69,3 +69,14 @@ def test_compare_embeds_generated_table_in_readme(tiny_suite: None, tmp_path: Pa
     plain.write_text("no markers\n")
     with pytest.raises(ValueError, match="compare-vision:start"):
         bench.embed(plain, "compare-vision", "t")
+
+
+def test_pareto_plot_marks_the_front(tmp_path: Path) -> None:
+    from clbench.report import pareto_png
+
+    def r(m: str, acc: float, ret: float) -> dict:
+        return {"config": {"method": m}, "metrics": {"acc": acc, "general_retention": ret}}
+
+    runs = [r("a", 0.8, 0.5), r("a", 0.82, 0.52), r("b", 0.6, 0.9), r("c", 0.5, 0.4)]
+    out = pareto_png(runs, tmp_path / "p.png", "t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
