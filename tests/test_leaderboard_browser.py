@@ -18,9 +18,10 @@ from test_leaderboard import HOSTILE, VERSIONS, make_protocol_dir
 from clbench import leaderboard as lb
 
 CHROMIUM = os.environ.get("CLBENCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
-                                reason=f"headless Chromium not found at {CHROMIUM} "
-                                       "(apt-get install chromium, or set CLBENCH_CHROMIUM)")
+pytestmark = [pytest.mark.integration,  # runs Chromium processes: `make test-integration`
+              pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                                 reason=f"headless Chromium not found at {CHROMIUM} "
+                                        "(apt-get install chromium, or set CLBENCH_CHROMIUM)")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--virtual-time-budget=2000"]

@@ -16,7 +16,7 @@ import pytest
 from clbench import tuning
 from clbench.tuning import Protocol, run_protocol
 
-pytestmark = pytest.mark.slow  # starts a server: `make test-slow`
+pytestmark = pytest.mark.integration  # starts a server: `make test-integration`
 
 
 def _free_port() -> int:
@@ -35,7 +35,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a hang guard: start-up took 49 s on a loaded 2-core machine
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=2)

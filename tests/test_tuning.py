@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,15 +190,50 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# Loaded by every worker process (spawned with this directory on PYTHONPATH): a worker's first run
+# waits until the other worker has claimed a trial too, so that both take trials whatever the
+# start-up delays (a worker that starts late would otherwise find no trial left). The deadline only
+# guards against a hang; the test then fails on its assertions.
+_BARRIER = """\
+import os, time
+from pathlib import Path
+
+import clbench.runner as runner
+
+_real, _dir = runner.run, Path(os.environ["CLBENCH_TEST_BARRIER"])
+
+
+def _run(*args, **kwargs):
+    (_dir / str(os.getpid())).touch()
+    deadline = time.monotonic() + 300
+    while len(list(_dir.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _real(*args, **kwargs)
+
+
+runner.run = _run
+"""
+
+
+def _barrier_between_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "barrier_site"
+    (site / "arrived").mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(_BARRIER)
+    monkeypatch.setenv("CLBENCH_TEST_BARRIER", str(site / "arrived"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.mark.integration  # a PostgreSQL server and two spawned worker processes
+@pytest.mark.timeout(900)  # hang guard only
 def test_two_workers_against_postgresql_lose_and_duplicate_nothing(tmp_path: Path, tiny: Protocol,
-                                                                   postgres: str) -> None:
+                                                                   postgres: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import optuna
 
     big = Protocol(**{**TINY.__dict__, "n_trials": 4})
     tuning.PROTOCOLS["tiny"] = big
-    start = time.perf_counter()
+    _barrier_between_workers(tmp_path, monkeypatch)
     rec = run_protocol("ewc", "tiny", storage=postgres, workers=2, runs_dir=str(tmp_path), progress=False)
-    assert time.perf_counter() - start < 600
     storage = optuna.storages.RDBStorage(postgres)
     trials = optuna.load_study(study_name=rec["tuning"]["study"], storage=storage).get_trials()
     assert len(trials) == 4 and sorted(t.user_attrs["slot"] for t in trials) == [0, 1, 2, 3]
@@ -215,6 +249,7 @@ def test_two_workers_against_postgresql_lose_and_duplicate_nothing(tmp_path: Pat
     assert len(children) == 6 and len({c.data.tags["run_dir"] for c in children}) == 6
     workers = {t.user_attrs.get("worker") for t in trials}
     assert len(workers) == 2  # both worker processes took trials
+    assert len(list((tmp_path / "barrier_site" / "arrived").iterdir())) >= 2  # the barrier was loaded
 
 
 def test_cli_protocol_then_submit_validate_render(tmp_path: Path, tiny: Protocol,
