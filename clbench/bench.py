@@ -115,11 +115,25 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
             parts.append(f"![ACC vs general retention, {track}]({png.relative_to(readme.parent.resolve())})"
                          if png.is_relative_to(readme.parent.resolve()) else f"Pareto plot: {png}")
     if skipped:
-        parts.append("\n".join(f"- {s}" for s in skipped))
+        parts.append(skip_notes(skipped))
     text = "\n\n".join(parts)
     if readme is not None:
         embed(readme, f"compare-{track}", text)
     return text
+
+
+def skip_notes(skipped: Sequence[str]) -> str:
+    """One line per distinct reason, naming every method it applies to."""
+    by_reason: dict[str, list[str]] = {}
+    for note in skipped:
+        m = re.match(r"skipped (\S+) on (\S+): (.*)$", note, flags=re.S)
+        if not m:
+            by_reason.setdefault(note, [])
+            continue
+        reason = m.group(3).removeprefix(f"method '{m.group(1)}' ")
+        by_reason.setdefault(f"on {m.group(2)}: {reason}", []).append(m.group(1))
+    return "\n".join(f"- not run ({', '.join(ms)}) {reason}" if ms else f"- {reason}"
+                      for reason, ms in by_reason.items())
 
 
 def embed(path: Path, tag: str, text: str) -> None:

@@ -125,9 +125,17 @@ def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], 
         for r in rs:
             by_method.setdefault(r["config"]["method"], []).append(r)
         header = ["method", *(h for _, h in cols), "mechanism", "time (s)"]
+        rank = cols[0][0]  # rows in the order of the ranking metric (higher is better)
+
+        def mean_of(group: Sequence[Mapping[str, Any]], key: str = rank) -> float:
+            vals = [float(g["metrics"].get(key, float("nan"))) for g in group]
+            vals = [v for v in vals if not math.isnan(v)]
+            return sum(vals) / len(vals) if vals else float("-inf")
+
+        ordered = sorted(by_method.items(), key=lambda kv: -mean_of(kv[1]))
         rows = [[m, *(mean_std([g["metrics"].get(k, float("nan")) for g in group]) for k, _ in cols),
                  mechanism_cell(group), mean_std([g["cost"]["wall_time_s"] for g in group], 1)]
-                for m, group in by_method.items()]
+                for m, group in ordered]
         cfg = rs[0]["config"]
         t = cfg["trainer"]
         settings = (f"model {rs[0]['model']['name']}, {t['optimizer']} lr {t['lr']}, {t['epochs']} epochs, "
@@ -173,9 +181,12 @@ def tta_summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
     def pct(group: Sequence[Mapping[str, Any]], key: str) -> str:
         return mean_std([100 * float(g["metrics"].get(key, float("nan"))) for g in group], 1)
 
+    def err(g: Sequence[Mapping[str, Any]]) -> float:
+        return sum(float(x["metrics"]["mean_error"]) for x in g) / len(g)
+
     rows = [[m, pct(g, "mean_error"), pct(g, "mean_error_first_pass"), pct(g, "mean_error_last_pass"),
              pct(g, "source_acc_after"), mechanism_cell(g), mean_std([x["cost"]["wall_time_s"] for x in g], 1)]
-            for m, g in by_method.items()]
+            for m, g in sorted(by_method.items(), key=lambda kv: err(kv[1]))]
     return markdown_table(header, rows)
 
 
