@@ -12,7 +12,8 @@ reference learners and thresholds of its health check. The quick suite (``make b
     schema_version: 1
     name: vision_cil                 # = the folder name
     title: one line
-    status: active | dropped | retired | accelerator
+    status: active | pending | dropped | retired | accelerator
+    #   pending: declared, not shipped until its health check has run and passed;
     #   dropped: failed its health check and never shipped (health.json keeps the figures);
     #   accelerator: sized for a GPU (a CPU variant may exist)
     kind: labelled | foundation | test_time
@@ -46,7 +47,7 @@ import yaml
 from clbench.errors import ClbenchError, ConfigError
 
 TRACK_SCHEMA_VERSION = 1
-STATUSES = ("active", "dropped", "retired", "accelerator")
+STATUSES = ("active", "pending", "dropped", "retired", "accelerator")
 KINDS = ("labelled", "foundation", "test_time")
 # health thresholds per kind (the criteria); a track may only make them stricter
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
