@@ -9,17 +9,25 @@ loop never re-runs the model afterwards. Labels are used here only to count erro
 
 Hook order (tested in ``tests/test_contract.py``)::
 
-    setup, on_source_data (only if declared), predict (pre-adaptation row R_pretrain),
+    setup, [label_preserving set on AugmentsInputs methods], on_source_data (only if declared),
+    predict (pre-adaptation row R_pretrain),
     for each domain: on_experience_start(label-free experience) -> adapt per batch ->
     on_experience_end(label-free experience) -> experience_report -> predict (source test split)
 
 The experiences handed to hooks carry the index, task id and class set but empty splits, so the
 domain boundary is known (needed by per-domain resets) while no data or label is.
 
+Streams declare which input transforms keep labels in ``stream.meta["label_preserving"]``
+(e.g. ``{"hflip": False}`` for digits); undeclared transforms are taken to keep them (natural
+images). After ``setup`` the loop hands the declaration to methods that augment their inputs
+(subclasses of :class:`AugmentsInputs`), so every such method leaves out the same transforms.
+
 Results (schema 1): ``R`` is one row of online accuracies, one column per domain (1 x D);
 ``R_pretrain`` the method's ``predict`` accuracy on each domain before any adaptation (for
 batch-statistics methods this already uses test-batch statistics). ``metrics`` holds
-``error_<domain>``, ``mean_error``, ``acc`` (= 1 - mean_error), ``mean_error_pretrain``, and, when
+``error_<domain>``, ``mean_error``, ``acc`` (= 1 - mean_error), ``mean_error_pretrain``,
+``mean_error_first_pass``/``mean_error_last_pass`` (streams that repeat their domains name pass k's
+domains ``<domain>@k``; see :func:`domain_pass`), and, when
 the scenario has a source split, ``source_acc_before``/``source_acc_after``/``source_forgetting``
 (source test accuracy through ``predict`` before and after the stream). The matrix metrics of
 training streams (BWT, FWT, forgetting, plasticity) are undefined for one online pass and are
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -65,16 +74,29 @@ def domain_names(meta: dict[str, Any], n: int) -> list[str]:
     return names if len(names) == n else [f"domain_{j}" for j in range(n)]
 
 
+def domain_pass(name: str) -> int:
+    """The pass a domain belongs to: ``k`` for ``<domain>@k``, else 1."""
+    head, sep, tail = name.rpartition("@")
+    return int(tail) if sep and head and tail.isdigit() and int(tail) >= 1 else 1
+
+
 def tta_metrics(row: list[float], pretrain: list[float], domains: list[str],
                 before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Per-domain error rates, their mean, and source accuracy before/after the stream.
+    """Per-domain error rates, their mean, per-pass means, and source accuracy before/after.
 
-    ``error_d = 1 - acc_d``; ``mean_error = (1/D) Σ_d error_d``; ``source_forgetting =
-    source_acc_before - source_acc_after`` (first ``*/acc`` general score, the source test split).
+    ``error_d = 1 - acc_d``; ``mean_error = (1/D) Σ_d error_d``; ``mean_error_first_pass`` and
+    ``mean_error_last_pass`` = the mean over the domains of the first and of the last pass (equal
+    to ``mean_error`` for a single pass; last − first > 0 means the method drifted);
+    ``source_forgetting = source_acc_before - source_acc_after`` (first ``*/acc`` general score,
+    the source test split).
     """
     errors = [1.0 - a for a in row]
     m = {f"error_{d}": e for d, e in zip(domains, errors, strict=True)}
     m["mean_error"] = float(np.mean(errors)) if errors else NAN
+    passes = [domain_pass(d) for d in domains]
+    for name, k in (("first", min(passes, default=1)), ("last", max(passes, default=1))):
+        chosen = [e for e, p in zip(errors, passes, strict=True) if p == k]
+        m[f"mean_error_{name}_pass"] = float(np.mean(chosen)) if chosen else NAN
     m["acc"] = float(np.mean(row)) if row else NAN
     m["mean_error_pretrain"] = 1.0 - float(np.mean(pretrain)) if pretrain else NAN
     key = next((k for k in after if k.endswith("/acc")), None)
@@ -86,6 +108,32 @@ def tta_metrics(row: list[float], pretrain: list[float], domains: list[str],
     return m
 
 
+LABEL_PRESERVING = "label_preserving"  # stream.meta key: {transform name: keeps labels}
+
+
+def label_preserving(meta: dict[str, Any]) -> dict[str, bool]:
+    """Which input transforms keep labels on a stream (``stream.meta["label_preserving"]``).
+
+    Undeclared transforms are taken to keep labels (natural images); ``hflip`` is always present.
+    """
+    declared = {str(k): bool(v) for k, v in dict(meta.get(LABEL_PRESERVING) or {}).items()}
+    return {"hflip": True, **declared}
+
+
+class AugmentsInputs:
+    """Mixin of test-time methods that augment their inputs.
+
+    After ``setup`` the test-time loop sets :attr:`label_preserving` from the stream's declaration
+    (:func:`label_preserving`); a method applies a transform only where it is ``True`` there.
+    """
+
+    label_preserving: dict[str, bool]
+
+    def allows(self, transform: str) -> bool:
+        """Whether the stream declares ``transform`` label-preserving (default: yes)."""
+        return getattr(self, "label_preserving", {}).get(transform, True)
+
+
 class TestTimeRun(_Run):
     """A run on a ``test_time`` stream: one online pass, checkpoints at domain boundaries."""
 
@@ -94,6 +142,8 @@ class TestTimeRun(_Run):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.cfg
+        if isinstance(self.method, AugmentsInputs):
+            self.method.label_preserving = label_preserving(self.stream.meta)
         self.batch_size = int(self.stream.meta.get("batch_size") or cfg.eval.batch_size)
         self.evaluator = Evaluator(self.device, self.batch_size, None, cfg.trainer.precision,
                                    cfg.trainer.progress, self.evaluator.objective)
@@ -237,6 +287,17 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     """``θ' ← α θ' + (1 − α) θ`` for every parameter pair (buffers untouched)."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+
+
+@torch.no_grad()
+def relative_drift(params: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
+    """``‖θ − θ_ref‖₂ / ‖θ_ref‖₂`` over the named tensors present in both (0 = unchanged)."""
+    keys = [k for k in params if k in reference]
+    if not keys:
+        return NAN
+    diff = sum(float((params[k].detach().float().cpu() - reference[k].float().cpu()).pow(2).sum()) for k in keys)
+    ref = sum(float(reference[k].float().cpu().pow(2).sum()) for k in keys)
+    return (diff / max(ref, 1e-12)) ** 0.5
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ from clbench.tta import (
     follow,
     frozen_copy,
     make_optimizer,
+    relative_drift,
     reset_due,
     use_batch_statistics,
     weight_bias_parameters,
@@ -86,6 +87,13 @@ class PSMT(Method):
     Paper: Tian & Lyu, "Parameter-Selective Continual Test-Time Adaptation", ACCV 2024,
     arXiv:2407.02253. Official code: JiaxuTian/PSMT @2c74335 (``classification/methods/psmt.py``).
 
+    Configuration (as the released ``configure_model``): the model is put in **eval** mode
+    (``model.eval()``, "to avoid stochastic depth in swin"), every weight/bias is trainable,
+    BatchNorm2d drops its running statistics so it normalises with each batch's statistics in
+    eval mode too, and BatchNorm1d layers are switched back to train mode. For a BatchNorm CNN
+    this is the same computation as train mode; it differs for dropout/stochastic depth, which
+    stay off. The teacher is a copy of the configured model.
+
     Mechanism (``variant=official``, the released code): before the stream a Fisher diagonal
     ``F`` is estimated on source train images (pseudo-label CE, per-batch squared gradients
     averaged over batches). Student θ (all weights/biases, BatchNorm on batch statistics), EMA
@@ -100,7 +108,13 @@ class PSMT(Method):
     frozen); no restore; prediction ``t``.
 
     Hooks used: ``setup``, ``on_source_data`` (Fisher), ``on_experience_start`` (per-domain
-    reset), ``adapt``, ``predict`` (teacher + student, or teacher), ``state_dict``.
+    counters and reset), ``adapt``, ``predict`` (teacher + student, or teacher),
+    ``on_experience_end``, ``experience_report``, ``state_dict``.
+
+    Mechanism figures (per domain): ``mask_fraction`` (mean over the domain's steps of the
+    fraction of entries the mask selected: restored to source in the official variant, frozen
+    in the teacher in the paper variant) and ``param_drift`` (‖θ − θ_source‖ / ‖θ_source‖ of the
+    student at the domain's end).
 
     Deviations from the paper/official code: the official student branch runs the same clean
     input twice (its augmentation is overwritten), so ``0.5·SCE(s,t) + 0.5·SCE(s2,t)`` is computed
@@ -108,7 +122,9 @@ class PSMT(Method):
     the unused anchor are omitted. The Fisher uses a seeded shuffle of the source train split
     (the official loader order is not specified). The paper variant's Fisher is the same source
     Fisher (the paper's estimator was not retrieved), and its mask fraction reuses
-    ``mask_quantile``. Needs source data (``needs_source_data``), as the released code.
+    ``mask_quantile``. Needs source data (``needs_source_data``), as the released code. The
+    released code's augmentation calls are overwritten or commented out, so PSMT applies no
+    input transform here and the stream's label-preserving declaration does not concern it.
     """
 
     Config = PSMTConfig
@@ -116,6 +132,7 @@ class PSMT(Method):
     adapts_at_test_time: ClassVar[bool] = True
     needs_source_data: ClassVar[bool] = True
     objectives: ClassVar[frozenset[str]] = frozenset({"classification"})
+    mechanism_figures: ClassVar[tuple[str, ...]] = ("mask_fraction", "param_drift")
 
     def __init__(self, config: PSMTConfig | None = None) -> None:
         super().__init__(config)
@@ -127,11 +144,22 @@ class PSMT(Method):
         self.start: ResetPoint | None = None
         self.steps_taken = 0
         self.last_mask_fraction = float("nan")
+        self.domain_masks: list[float] = []
+        self.drift = float("nan")
+
+    @staticmethod
+    def configure(model: nn.Module) -> None:
+        """The released ``configure_model``: eval mode, BatchNorm2d on batch statistics,
+        BatchNorm1d in train mode, every parameter trainable."""
+        model.eval()
+        use_batch_statistics(model)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.train()
 
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
         c = self.config
-        model.train()
-        use_batch_statistics(model)
+        self.configure(model)
         model.requires_grad_(True)
         params = list(weight_bias_parameters(model).values())
         self.opt = make_optimizer(params, c.optimizer, c.lr, c.momentum, c.weight_decay, c.nesterov)
@@ -164,6 +192,7 @@ class PSMT(Method):
         self.fisher = {k: v / max(batches, 1) for k, v in fisher.items()}
 
     def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
+        self.domain_masks = []
         if reset_due(self.config.reset, exp):
             self._reset(model)
 
@@ -183,11 +212,12 @@ class PSMT(Method):
     def adapt(self, model: nn.Module, batch: Batch) -> Tensor:
         if reset_due(self.config.reset, None):
             self._reset(model)
-        model.train()
+        self.configure(model)  # the loop's source evaluation between domains resets the modes
         for _ in range(self.config.steps):
             out = self._official_step(model, batch.x) if self.config.variant == "official" \
                 else self._paper_step(model, batch.x)
             self.steps_taken += 1
+            self.domain_masks.append(self.last_mask_fraction)
         return out
 
     def _teacher(self, x: Tensor) -> nn.Module:
@@ -250,8 +280,14 @@ class PSMT(Method):
         t = self._teacher(batch.x)(batch.x)
         return t + model(batch.x) if self.config.variant == "official" else t
 
+    def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
+        self.drift = relative_drift(weight_bias_parameters(model), self.source)
+
     def experience_report(self) -> dict[str, Any]:
-        return {"adapt_steps": self.steps_taken, "mask_fraction": self.last_mask_fraction}
+        masks = self.domain_masks
+        return {"adapt_steps": self.steps_taken,
+                "mask_fraction": sum(masks) / len(masks) if masks else self.last_mask_fraction,
+                "param_drift": self.drift}
 
     def state_dict(self) -> dict[str, Any]:
         if self.teacher is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 
 from clbench.errors import IncompatibleError
@@ -15,6 +16,7 @@ from clbench.tta import (
     ResetPoint,
     make_optimizer,
     norm_modules,
+    relative_drift,
     reset_due,
     softmax_entropy,
     use_batch_statistics,
@@ -69,8 +71,13 @@ class Tent(Method):
     LayerNorm γ/β adapt (the ViT practice of the PSMT/ViDA code bases).
 
     Hooks used: ``setup`` (configure, own optimizer, reset point), ``on_experience_start``
-    (per-domain reset), ``adapt`` (forward, entropy step), ``predict`` (forward without update),
+    (per-domain counters and reset), ``adapt`` (forward, entropy step), ``predict`` (forward
+    without update), ``on_experience_end``/``experience_report`` (mechanism figures),
     ``state_dict``/``load_state_dict`` (optimizer state).
+
+    Mechanism figures (per domain): ``entropy`` (mean prediction entropy of the domain's
+    pre-update forwards, the minimised loss; a fall towards 0 with rising error is collapse) and
+    ``param_drift`` (‖γβ − γβ_source‖ / ‖γβ_source‖ at the domain's end).
 
     Deviations from the paper/official code: defaults are the official CIFAR CTTA settings
     (Adam 1e-3, 1 step, continual: no reset); the original paper resets per corruption
@@ -84,12 +91,17 @@ class Tent(Method):
     scenario_types: ClassVar[frozenset[str]] = frozenset({"test_time"})
     adapts_at_test_time: ClassVar[bool] = True
     objectives: ClassVar[frozenset[str]] = frozenset({"classification"})
+    mechanism_figures: ClassVar[tuple[str, ...]] = ("entropy", "param_drift")
 
     def __init__(self, config: TentConfig | None = None) -> None:
         super().__init__(config)
         self.opt: Any = None
         self.start: ResetPoint | None = None
         self.steps_taken = 0
+        self.params: dict[str, nn.Parameter] = {}
+        self.source: dict[str, Tensor] = {}
+        self.entropies: list[float] = []
+        self.drift = float("nan")
 
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
         c = self.config
@@ -102,11 +114,14 @@ class Tent(Method):
                                     f"parameters (norm={c.norm}); this model has none")
         for p in params:
             p.requires_grad_(True)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.source = {n: p.detach().clone() for n, p in self.params.items()}
         self.opt = make_optimizer(params, c.optimizer, c.lr, c.momentum, c.weight_decay, c.nesterov)
         self.start = ResetPoint(model, self.opt)
         return model
 
     def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
+        self.entropies = []
         if reset_due(self.config.reset, exp) and self.start is not None:
             self.start.restore()
 
@@ -117,14 +132,21 @@ class Tent(Method):
         for _ in range(self.config.steps):
             outputs = model(batch.x)
             loss = softmax_entropy(outputs).mean(0)
+            self.entropies.append(float(loss.detach()))
             loss.backward()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.steps_taken += 1
         return outputs.detach()
 
+    @torch.no_grad()
+    def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
+        self.drift = relative_drift(self.params, self.source)
+
     def experience_report(self) -> dict[str, Any]:
-        return {"adapt_steps": self.steps_taken}
+        e = self.entropies
+        return {"adapt_steps": self.steps_taken, "entropy": sum(e) / len(e) if e else float("nan"),
+                "param_drift": self.drift}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict() if self.opt is not None else None,

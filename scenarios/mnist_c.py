@@ -6,9 +6,22 @@ disjoint **target** half (2,500 digits, shuffled once with a fixed data seed) is
 each of the 15 corruptions of CIFAR10-C/ImageNet-C (Hendrycks & Dietterich, ICLR 2019,
 arXiv:1903.12261) in the standard CTTA order, at ``severity`` 5 by default. Each corruption is
 one domain (its data is the experience's ``test`` split; train/val are empty). Domains are
-streamed in batches of ``batch_size`` (100: 25 adaptation steps per domain). The source val/test
-splits are shuffled once (fixed seed) so that evaluating batch-statistics methods on the source
-test split (forgetting of the source) does not see single-class batches.
+streamed in batches of ``batch_size``: ``n_examples / batch_size`` adaptation steps per domain.
+The source val/test splits are shuffled once (fixed seed) so that evaluating batch-statistics
+methods on the source test split (forgetting of the source) does not see single-class batches.
+
+``passes`` > 1 repeats the whole 15-corruption sequence with the same images (the recurring
+setting of Hoang et al., "Persistent Test-time Adaptation in Recurring Testing Scenarios",
+NeurIPS 2024, arXiv:2311.18193): a long stream in which error accumulation and collapse show as
+a later pass doing worse than the first, while a stateless method scores every pass the same.
+Domains of pass 1 are named ``<corruption>``, those of pass k ``<corruption>@k`` (see
+``clbench.tta.domain_pass``); the model is never reset between passes.
+
+Label-preserving augmentations (``stream.meta["label_preserving"]``): horizontal flips are
+declared **not** label-preserving here (a mirrored 2, 3, 4, 5, 7 or 9 is not that digit), so
+test-time methods that augment their inputs leave flips out on this stream (the test-time loop
+hands the declaration to them; see ``clbench.tta.AugmentsInputs``). This is a property of the
+data, declared before any evaluation, not a tuned setting.
 
 The corruptions re-implement Hendrycks' ``make_cifar_c.py`` for 28x28 grayscale tensors with
 torch/torchvision/numpy. Severity parameters are the CIFAR ones (recalled from the reference
@@ -21,7 +34,9 @@ brightness on grayscale adds to the value channel, which is the pixel itself. Ra
 from one ``torch.Generator``/``numpy`` RNG per corruption seeded by ``corruption_seed``, so the
 stream (and its content hash) is identical for every run seed.
 
-VERSION history: 1 = initial.
+VERSION history: 1 = initial. 2 = ``passes`` option (default 1: the same experiences as
+version 1) and the ``label_preserving`` declaration (flips are not), which changes what
+augmenting methods do on this stream.
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from scenarios._common import DATA_SEED
 from scenarios.mnist import MNISTData
 from scenarios.mnist_ft import source_and_target
 
-VERSION = "1"
+VERSION = "2"
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -313,6 +328,8 @@ class MNISTCConfig(MNISTData):
         corruption_seed: seed of the corruptions' randomness (part of the data, not the run).
         batch_size: test-time batch size of the online stream.
         n_examples: target images per domain (0 = all 2,500).
+        passes: times the whole corruption sequence is streamed (same images, no reset between
+            passes); domains of pass k > 1 are named ``<corruption>@k``.
     """
 
     severity: int = 5
@@ -320,6 +337,7 @@ class MNISTCConfig(MNISTData):
     corruption_seed: int = 0
     batch_size: int = 100
     n_examples: int = 0
+    passes: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.severity <= 5:
@@ -329,6 +347,8 @@ class MNISTCConfig(MNISTData):
             raise ConfigError("scenario.corruptions", bad, CORRUPTIONS)
         if self.batch_size < 1 or self.n_examples < 0:
             raise ConfigError("scenario.batch_size", self.batch_size, "batch_size >= 1, n_examples >= 0")
+        if self.passes < 1:
+            raise ConfigError("scenario.passes", self.passes, "an integer >= 1")
 
 
 @register_scenario("mnist_c_stream")
@@ -345,9 +365,16 @@ class MNISTCStream(Scenario):
         source = _source(c)
         y = _target(c).y
         empty = Split(_target(c).x[:0], y[:0])
-        exps = tuple(Experience(i, 0, tuple(range(10)), empty, empty, Split(_corrupted(c, name), y))
-                     for i, name in enumerate(c.corruptions))
-        meta = {"domains": list(c.corruptions), "severity": c.severity, "batch_size": c.batch_size,
-                "corruption_seed": c.corruption_seed}
+        names = domain_names(c.corruptions, c.passes)
+        exps = tuple(Experience(i, 0, tuple(range(10)), empty, empty, Split(_corrupted(c, name.split("@")[0]), y))
+                     for i, name in enumerate(names))
+        meta = {"domains": names, "severity": c.severity, "batch_size": c.batch_size,
+                "corruption_seed": c.corruption_seed, "passes": c.passes,
+                "label_preserving": {"hflip": False}}
         return Stream("mnist_c_stream", VERSION, "test_time", exps, 10, self.__doc__ or "",
                       source=source, meta=meta)
+
+
+def domain_names(corruptions: tuple[str, ...], passes: int) -> list[str]:
+    """``<corruption>`` for pass 1, ``<corruption>@k`` for pass k, in stream order."""
+    return [name if k == 1 else f"{name}@{k}" for k in range(1, passes + 1) for name in corruptions]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -17,9 +18,9 @@ from clbench.protocol import Method
 from clbench.registry import METHODS, SCENARIOS
 from clbench.report import domain_error_table
 from clbench.runner import run
-from clbench.streams import Batch, Experience, StreamInfo
-from clbench.testing import tiny_config
-from clbench.tta import tta_metrics
+from clbench.streams import Batch, Experience, Stream, StreamInfo
+from clbench.testing import TinyScenario, tiny_config
+from clbench.tta import AugmentsInputs, domain_pass, label_preserving, relative_drift, tta_metrics
 from scenarios.mnist import load_mnist
 from scenarios.mnist_c import CORRUPTIONS, MNISTCConfig, MNISTCStream, corrupt
 
@@ -103,6 +104,20 @@ def test_runs_are_deterministic_per_seed(tmp_path: Path) -> None:
     assert a["R"] == b["R"] and a["R_pretrain"] == b["R_pretrain"]
 
 
+def test_cotta_calibrates_its_anchor_on_source_data_and_reports_its_mechanism(tmp_path: Path) -> None:
+    options = {**TTA, "scenario.source": True, "foundation.epochs": 2, "method.n_augment": 2,
+               "foundation.cache_dir": str(tmp_path / "cache")}
+    res = run(tiny_config(tmp_path, "cotta", **options))
+    reports = [p["method"] for p in res["per_experience"]]
+    threshold = reports[0]["anchor_threshold"]
+    assert 0.0 < threshold < 1.0 and threshold != 0.92 and all(r["anchor_threshold"] == threshold for r in reports)
+    assert set(res["mechanism"]) == {"augmented_fraction", "anchor_confidence", "restored_elements", "param_drift"}
+    assert all(0.0 <= f <= 1.0 for f in res["mechanism"]["augmented_fraction"])
+    assert all(n > 0 for n in res["mechanism"]["restored_elements"])
+    fixed = run(tiny_config(tmp_path / "fixed", "cotta", **options, **{"method.anchor_threshold": 0.92}))
+    assert fixed["per_experience"][0]["method"]["anchor_threshold"] == 0.92
+
+
 def test_protocol_refuses_mismatched_pairs(tmp_path: Path) -> None:
     with pytest.raises(IncompatibleError, match="adapts_at_test_time"):
         run(tiny_config(tmp_path, "naive", **TTA))
@@ -118,14 +133,66 @@ def test_tta_metrics_formulas() -> None:
     assert m["source_forgetting"] == pytest.approx(0.05)
 
 
+def test_tta_metrics_report_the_first_and_the_last_pass() -> None:
+    assert [domain_pass(d) for d in ("fog", "fog@2", "fog@12", "a@b", "@3", "fog@0")] == [1, 2, 12, 1, 1, 1]
+    domains = ["a", "b", "a@2", "b@2", "a@3", "b@3"]
+    m = tta_metrics([0.9, 0.7, 0.8, 0.6, 0.5, 0.3], [0.5] * 6, domains, {}, {})
+    assert m["mean_error_first_pass"] == pytest.approx(0.2)  # (0.1 + 0.3) / 2
+    assert m["mean_error_last_pass"] == pytest.approx(0.6)  # (0.5 + 0.7) / 2: the method drifted
+    assert m["mean_error"] == pytest.approx(np.mean([0.1, 0.3, 0.2, 0.4, 0.5, 0.7]))
+    one = tta_metrics([0.9, 0.5], [0.8, 0.4], ["a", "b"], {}, {})
+    assert one["mean_error_first_pass"] == one["mean_error_last_pass"] == pytest.approx(one["mean_error"])
+
+
+def test_relative_drift_is_zero_at_the_reference_and_scales() -> None:
+    ref = {"w": torch.ones(4), "b": torch.zeros(2)}
+    assert relative_drift(ref, ref) == 0.0
+    assert relative_drift({"w": torch.ones(4) * 1.5, "b": torch.zeros(2)}, ref) == pytest.approx(0.5)
+
+
+class FlipAware(Method, AugmentsInputs):
+    """Records the label-preserving declaration it holds when adapting."""
+
+    scenario_types: ClassVar[frozenset[str]] = frozenset({"test_time"})
+    adapts_at_test_time: ClassVar[bool] = True
+    seen: ClassVar[list[bool]] = []
+
+    def adapt(self, model: nn.Module, batch: Batch) -> Tensor:
+        self.seen.append(self.allows("hflip"))
+        return model(batch.x)
+
+
+class DigitsLike(TinyScenario):
+    """The tiny stream declaring, as digit streams do, that horizontal flips change labels."""
+
+    def build(self) -> Stream:
+        return dataclasses.replace(super().build(), meta={"label_preserving": {"hflip": False}})
+
+
+def test_the_loop_hands_the_label_preserving_declaration_to_augmenting_methods(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert label_preserving({}) == {"hflip": True}  # undeclared: natural images
+    assert label_preserving({"label_preserving": {"hflip": False}}) == {"hflip": False}
+    monkeypatch.setitem(METHODS._items, "flip_aware", FlipAware)
+    FlipAware.seen = []
+    run(tiny_config(tmp_path / "a", "flip_aware", **TTA))
+    assert FlipAware.seen and all(FlipAware.seen)
+    monkeypatch.setitem(SCENARIOS._items, "digits_like", DigitsLike)
+    FlipAware.seen = []
+    run(tiny_config(tmp_path / "b", "flip_aware", **{**TTA, "scenario": "digits_like"}))
+    assert FlipAware.seen and not any(FlipAware.seen)
+    stream = MNISTCStream(MNISTCConfig(corruptions=("fog",), n_examples=20)).build()
+    assert label_preserving(stream.meta) == {"hflip": False}  # digits: a mirrored 2 is no 2
+
+
 def test_bench_defaults_to_the_tta_track_for_test_time_methods_and_prints_domains() -> None:
-    assert default_track("tent") == "tta" and default_track("naive") == "vision"
+    assert default_track("tent") == "tta" and default_track("naive") != "tta"
     runs = [{"config": {"method": "tent", "seed": s}, "test_time": {"domains": ["gaussian_noise", "fog"]},
              "metrics": {"error_gaussian_noise": 0.1 * s, "error_fog": 0.2, "mean_error": 0.15,
                          "source_acc_after": 0.9}} for s in (0, 1)]
     table = domain_error_table(runs)
     assert "| method | seed | gaussian | fog | mean | source acc after |" in table
-    assert "5.0 ± 5.0" in table and "90.0" in table
+    assert "5.0 ± 7.1" in table and "90.0" in table  # sample sd (ddof=1) over seeds
 
 
 # ---- MNIST-C corruptions and stream ---------------------------------------------------------
@@ -170,6 +237,20 @@ def test_mnist_c_stream_builds_a_test_time_stream_with_source() -> None:
     assert torch.equal(stream.experiences[0].test.y, stream.experiences[1].test.y)  # same digits
     assert len(set(stream.experiences[0].test.y[:20].tolist())) > 3  # shuffled, not class-sorted
     assert SCENARIOS.get("mnist_c_stream").default_model == "cnn_bn"
+
+
+def test_mnist_c_passes_repeat_the_sequence_on_the_same_images() -> None:
+    stream = MNISTCStream(MNISTCConfig(corruptions=("fog", "contrast"), n_examples=40, passes=3)).build()
+    assert stream.meta["domains"] == ["fog", "contrast", "fog@2", "contrast@2", "fog@3", "contrast@3"]
+    assert len(stream) == 6 and [e.index for e in stream.experiences] == list(range(6))
+    assert [domain_pass(d) for d in stream.meta["domains"]] == [1, 1, 2, 2, 3, 3]
+    for a, b in ((0, 2), (0, 4), (1, 5)):
+        assert torch.equal(stream.experiences[a].test.x, stream.experiences[b].test.x)
+    assert not torch.equal(stream.experiences[0].test.x, stream.experiences[1].test.x)
+    one = MNISTCStream(MNISTCConfig(corruptions=("fog", "contrast"), n_examples=40)).build()
+    assert one.meta["domains"] == ["fog", "contrast"] and one.meta["passes"] == 1
+    with pytest.raises(ConfigError, match="passes"):
+        MNISTCConfig(passes=0)
 
 
 # ---- real-data loaders ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""CoTTA: EMA teacher formula, stochastic restore, anchor-gated augmentation, teacher output."""
+"""CoTTA: EMA teacher, stochastic restore, anchor gate and its calibration, flips, mechanism figures."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from clbench.models import CNNBN, CNNConfig
-from clbench.streams import Batch, StreamInfo
+from clbench.streams import Batch, Experience, Split, StreamInfo
 from clbench.tta import soft_cross_entropy, weight_bias_parameters
-from methods.cotta import CoTTA, CoTTAConfig, cotta_augment
+from methods.cotta import PAPER_THRESHOLD, CoTTA, CoTTAConfig, cotta_augment
 
 INFO = StreamInfo("t", "test_time", 1, 4, (1, 8, 8), ((0, 1, 2, 3),))
 
@@ -97,3 +97,74 @@ def test_state_round_trip_restores_teacher_and_optimizer() -> None:
                                                   method.teacher.state_dict().values(), strict=True))
     assert other.steps_taken == 1
     assert CoTTA().state_dict() == {}
+
+
+def _source(n: int = 40) -> Split:
+    return Split(torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.zeros(n, dtype=torch.long))
+
+
+def test_default_threshold_is_calibrated_on_source_data_as_a_confidence_quantile() -> None:
+    method, model = _setup(anchor_quantile=0.05, calibration_batch_size=10)
+    assert method.needs_source_data and not CoTTA.needs_source_data  # per instance: no refusal without source
+    source = _source()
+    method.on_source_data(model, source)
+    assert method.anchor is not None
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    x = source.x[order]
+    with torch.no_grad():
+        conf = torch.cat([method.anchor(x[i : i + 10]).softmax(1).max(1)[0] for i in range(0, 40, 10)])
+    assert method.anchor_threshold() == pytest.approx(float(torch.quantile(conf.double(), 0.05)))
+    assert method.experience_report()["anchor_threshold"] == pytest.approx(method.anchor_threshold())
+
+
+def test_fixed_threshold_ignores_source_data_and_no_source_falls_back_to_the_paper_value() -> None:
+    method, model = _setup(anchor_threshold=0.92)
+    assert not method.needs_source_data
+    method.on_source_data(model, _source())
+    assert method.anchor_threshold() == 0.92
+    fallback, _ = _setup()  # calibration requested, but the stream has no source split
+    assert fallback.anchor_threshold() == PAPER_THRESHOLD == 0.92
+
+
+def test_flips_follow_the_streams_label_preserving_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    flips: list[bool] = []
+
+    def spy(x: torch.Tensor, hflip: bool = True, noise_std: float = 0.005) -> torch.Tensor:
+        flips.append(hflip)
+        return x
+
+    monkeypatch.setattr("methods.cotta.cotta_augment", spy)
+    method, model = _setup(anchor_threshold=1.01, n_augment=2)
+    method.adapt(model, _batch())
+    method.label_preserving = {"hflip": False}  # what the test-time loop sets for digit streams
+    method.adapt(model, _batch())
+    assert flips == [True, True, False, False]
+    assert method.experience_report()["hflip"] is False
+
+
+def test_experience_report_counts_augmented_steps_and_restores_per_domain() -> None:
+    method, model = _setup(anchor_threshold=1.01, n_augment=2, restore_p=0.2)
+    exp = Experience(0, 0, (0, 1, 2, 3), *(Split(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)),) * 3)
+    method.on_experience_start(exp, model)
+    for seed in (1, 2, 3):
+        method.adapt(model, _batch(seed))
+    method.on_experience_end(exp, model)
+    r = method.experience_report()
+    assert set(CoTTA.mechanism_figures) <= set(r)
+    assert r["augmented_fraction"] == 1.0 and r["augmented_steps"] == 3 and r["adapt_steps"] == 3
+    n = sum(p.numel() for p in weight_bias_parameters(model).values())
+    assert r["restored_elements"] > 0 and 0.1 < r["restored_fraction"] < 0.3
+    assert r["restored_fraction"] == pytest.approx(r["restored_elements"] / (3 * n))
+    assert 0.0 < r["anchor_confidence"] <= 1.0 and r["param_drift"] > 0.0
+    method.on_experience_start(exp, model)  # a new domain starts its own counts
+    method.adapt(model, _batch(4))
+    assert method.experience_report()["augmented_steps"] == 4
+    assert method.domain["steps"] == 1
+
+
+def test_threshold_survives_the_state_round_trip() -> None:
+    method, model = _setup(calibration_batch_size=10)
+    method.on_source_data(model, _source())
+    other, _ = _setup()
+    other.load_state_dict(method.state_dict())
+    assert other.anchor_threshold() == method.anchor_threshold() != PAPER_THRESHOLD

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from clbench.models import CNNBN, CNNConfig
-from clbench.streams import Batch, Split, StreamInfo
+from clbench.streams import Batch, Experience, Split, StreamInfo
 from clbench.tta import weight_bias_parameters
 from methods.psmt import PSMT, PSMTConfig, linear_quantile, symmetric_cross_entropy
 
@@ -94,3 +94,35 @@ def test_needs_source_data_and_state_round_trip() -> None:
     other.load_state_dict(method.state_dict())
     assert all(torch.equal(other.fisher[k], v) for k, v in method.fisher.items())
     assert other.steps_taken == 1 and PSMT().state_dict() == {}
+
+
+def test_configured_like_the_released_code_eval_mode_with_batch_statistics() -> None:
+    method, model = _setup()
+    assert not model.training  # released configure_model: model.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.running_mean is None and not m.track_running_stats for m in bns)
+    x = _batch().x
+    with torch.no_grad():  # eval mode still normalises with the batch's statistics
+        assert not torch.allclose(model(x[:8]), model(x)[:8], atol=1e-5)
+    model.train()  # the evaluator may leave another mode behind; adapt configures again
+    method.adapt(model, _batch())
+    assert not model.training
+    mlp = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    PSMT.configure(mlp)
+    assert not mlp.training and mlp[1].training  # BatchNorm1d stays in train mode (released code)
+
+
+def test_experience_report_averages_the_mask_fraction_over_the_domain() -> None:
+    method, model = _setup(mask_quantile=0.1)
+    empty = Split(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    exp = Experience(0, 0, (0, 1, 2, 3), empty, empty, empty)
+    method.on_experience_start(exp, model)
+    fractions = []
+    for seed in (1, 2, 3):
+        method.adapt(model, _batch(seed))
+        fractions.append(method.last_mask_fraction)
+    method.on_experience_end(exp, model)
+    r = method.experience_report()
+    assert set(PSMT.mechanism_figures) <= set(r)
+    assert r["mask_fraction"] == pytest.approx(sum(fractions) / 3) and 0.0 < r["mask_fraction"] <= 0.11
+    assert r["param_drift"] > 0.0 and r["adapt_steps"] == 3

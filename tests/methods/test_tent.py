@@ -93,3 +93,22 @@ def test_state_round_trip_and_config_validation() -> None:
     assert other.steps_taken == 1 and other.opt.state_dict()["state"].keys() == tent.opt.state_dict()["state"].keys()
     with pytest.raises(ValueError):
         TentConfig(lr=0.0)
+
+
+def test_experience_report_shows_the_entropy_minimised_and_the_drift() -> None:
+    tent = Tent(TentConfig(lr=0.05))
+    model = tent.setup(_cnn(), INFO)
+    reference = copy.deepcopy(model)
+    tent.on_experience_start(_exp(0), model)
+    tent.on_experience_end(_exp(0), model)
+    assert tent.experience_report()["param_drift"] == 0.0  # nothing adapted yet
+    tent.on_experience_start(_exp(0), model)
+    tent.adapt(model, _batch(1))
+    tent.adapt(model, _batch(2))
+    tent.on_experience_end(_exp(0), model)
+    r = tent.experience_report()
+    assert set(Tent.mechanism_figures) <= set(r)
+    with torch.no_grad():
+        first = float(softmax_entropy(reference(_batch(1).x)).mean())
+    assert first == pytest.approx(tent.entropies[0], rel=1e-5)  # the pre-update forward's entropy
+    assert r["entropy"] == pytest.approx(sum(tent.entropies) / 2) and r["param_drift"] > 0.0
