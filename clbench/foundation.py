@@ -59,6 +59,13 @@ def obtain_foundation(model: nn.Module, model_name: str, model_options: dict[str
     if path.is_file() and meta_path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return {**json.loads(meta_path.read_text()), "cached": True}
+    # the foundation is a function of its recipe only: start from weights initialised under the
+    # foundation seed, not under the seed of whichever run happens to pretrain it first
+    from clbench.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    fresh, _ = build_model(model_name, stream.info(), model_options)
+    model.load_state_dict(fresh.state_dict())
     meta = pretrain(model, stream, cfg, device, progress)
     meta.update(key=key, path=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)

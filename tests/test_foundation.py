@@ -99,3 +99,10 @@ def test_vit_conv_stem_option_keeps_the_default_model_unchanged() -> None:
     assert {k for k in stem.state_dict() if k.startswith("stem.")} == {"stem.0.weight", "stem.0.bias",
                                                                        "stem.2.weight", "stem.2.bias"}
     assert stem.patch_embed.in_channels == 8 and stem(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_foundation_does_not_depend_on_the_seed_of_the_run_that_pretrains_it(tmp_path: Path) -> None:
+    a = run(tiny_vit_config(tmp_path / "a", "naive", seed=0))
+    b = run(tiny_vit_config(tmp_path / "b", "naive", seed=3))  # its own cache (tmp/b/cache)
+    assert a["foundation"]["key"] == b["foundation"]["key"] and a["foundation"]["cached"] is False
+    assert b["foundation"]["cached"] is False and a["model"]["init_hash"] == b["model"]["init_hash"]
