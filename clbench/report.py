@@ -152,7 +152,8 @@ def domain_error_table(runs: Sequence[Mapping[str, Any]], per_seed: bool = True)
     (sample sd over seeds).
     """
     domains = list(runs[0]["test_time"]["domains"])
-    header = ["method", "seed", *(d.split("_")[0] for d in domains), "mean", "source acc after"]
+    header = ["method", "seed", *(d.split("_")[0] + (f" p{d.rpartition('_pass')[2]}" if "_pass" in d else "")
+                                  for d in domains), "mean", "source acc after"]
     rows: list[list[Any]] = []
     by_method: dict[str, list[Mapping[str, Any]]] = {}
     for r in runs:

@@ -27,7 +27,7 @@ Results (schema 1): ``R`` is one row of online accuracies, one column per domain
 batch-statistics methods this already uses test-batch statistics). ``metrics`` holds
 ``error_<domain>``, ``mean_error``, ``acc`` (= 1 - mean_error), ``mean_error_pretrain``,
 ``mean_error_first_pass``/``mean_error_last_pass`` (streams that repeat their domains name pass k's
-domains ``<domain>@k``; see :func:`domain_pass`), and, when
+domains ``<domain>_pass<k>``; see :func:`domain_pass`), and, when
 the scenario has a source split, ``source_acc_before``/``source_acc_after``/``source_forgetting``
 (source test accuracy through ``predict`` before and after the stream). The matrix metrics of
 training streams (BWT, FWT, forgetting, plasticity) are undefined for one online pass and are
@@ -75,8 +75,9 @@ def domain_names(meta: dict[str, Any], n: int) -> list[str]:
 
 
 def domain_pass(name: str) -> int:
-    """The pass a domain belongs to: ``k`` for ``<domain>@k``, else 1."""
-    head, sep, tail = name.rpartition("@")
+    """The pass a domain belongs to: ``k`` for ``<domain>_pass<k>``, else 1 (MLflow metric names
+    allow ``[A-Za-z0-9_-. /]`` only, so no other separator)."""
+    head, sep, tail = name.rpartition("_pass")
     return int(tail) if sep and head and tail.isdigit() and int(tail) >= 1 else 1
 
 

@@ -14,7 +14,7 @@ methods on the source test split (forgetting of the source) does not see single-
 setting of Hoang et al., "Persistent Test-time Adaptation in Recurring Testing Scenarios",
 NeurIPS 2024, arXiv:2311.18193): a long stream in which error accumulation and collapse show as
 a later pass doing worse than the first, while a stateless method scores every pass the same.
-Domains of pass 1 are named ``<corruption>``, those of pass k ``<corruption>@k`` (see
+Domains of pass 1 are named ``<corruption>``, those of pass k ``<corruption>_pass<k>`` (see
 ``clbench.tta.domain_pass``); the model is never reset between passes.
 
 Label-preserving augmentations (``stream.meta["label_preserving"]``): horizontal flips are
@@ -329,7 +329,7 @@ class MNISTCConfig(MNISTData):
         batch_size: test-time batch size of the online stream.
         n_examples: target images per domain (0 = all 2,500).
         passes: times the whole corruption sequence is streamed (same images, no reset between
-            passes); domains of pass k > 1 are named ``<corruption>@k``.
+            passes); domains of pass k > 1 are named ``<corruption>_pass<k>``.
     """
 
     severity: int = 5
@@ -366,7 +366,7 @@ class MNISTCStream(Scenario):
         y = _target(c).y
         empty = Split(_target(c).x[:0], y[:0])
         names = domain_names(c.corruptions, c.passes)
-        exps = tuple(Experience(i, 0, tuple(range(10)), empty, empty, Split(_corrupted(c, name.split("@")[0]), y))
+        exps = tuple(Experience(i, 0, tuple(range(10)), empty, empty, Split(_corrupted(c, name.split("_pass")[0]), y))
                      for i, name in enumerate(names))
         meta = {"domains": names, "severity": c.severity, "batch_size": c.batch_size,
                 "corruption_seed": c.corruption_seed, "passes": c.passes,
@@ -376,5 +376,5 @@ class MNISTCStream(Scenario):
 
 
 def domain_names(corruptions: tuple[str, ...], passes: int) -> list[str]:
-    """``<corruption>`` for pass 1, ``<corruption>@k`` for pass k, in stream order."""
-    return [name if k == 1 else f"{name}@{k}" for k in range(1, passes + 1) for name in corruptions]
+    """``<corruption>`` for pass 1, ``<corruption>_pass<k>`` for pass k, in stream order."""
+    return [name if k == 1 else f"{name}_pass{k}" for k in range(1, passes + 1) for name in corruptions]
