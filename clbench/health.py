@@ -30,6 +30,7 @@ standard deviation, ddof=1):
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -59,12 +60,20 @@ class Criterion:
                 "pass" if self.passed else "FAIL"]
 
 
+def _finite(vals: Sequence[float]) -> list[float]:
+    return [float(v) for v in vals if math.isfinite(v)]
+
+
 def _mean(vals: Sequence[float]) -> float:
-    return float(statistics.fmean(vals)) if vals else float("nan")
+    """Mean of the finite values (NaN when there are none)."""
+    v = _finite(vals)
+    return float(statistics.fmean(v)) if v else float("nan")
 
 
 def _sd(vals: Sequence[float]) -> float:
-    return float(statistics.stdev(vals)) if len(vals) > 1 else float("nan")
+    """Sample standard deviation (ddof=1) of the finite values (NaN for fewer than two)."""
+    v = _finite(vals)
+    return float(statistics.stdev(v)) if len(v) > 1 else float("nan")
 
 
 def _metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:

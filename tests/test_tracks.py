@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,12 @@ def test_language_model_source_criterion_is_relative_to_the_suite_chance_level()
     crit = {c.name: c for c in labelled_criteria(runs, runs, th, foundation=True)}
     assert crit["strong source"].threshold == pytest.approx((0.25 + 0.5) / 2 + 0.2)
     assert crit["strong source"].value == pytest.approx(0.78) and crit["strong source"].passed
+
+
+def test_figures_ignore_metrics_a_stream_does_not_define() -> None:
+    from clbench.health import _figures
+
+    runs = [{"metrics": {"mean_error": e, "bwt": float("nan")}, "cost": {"wall_time_s": 1.0}} for e in (0.3, 0.5)]
+    fig = _figures(runs, ("mean_error", "bwt"))
+    assert fig["mean_error"]["mean"] == pytest.approx(0.4) and fig["mean_error"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert math.isnan(fig["bwt"]["mean"]) and math.isnan(fig["bwt"]["sd"])
