@@ -256,7 +256,7 @@ def _inflate(e: dict[str, Any]) -> None:
         (_change_fixed, True, "config trainer.epochs=50 deviates from the protocol's fixed"),
         (_hand_set, True, "set by hand outside the protocol's fixed settings and trial budget: trainer.momentum"),
         (_outside_space, True, "hyperparameters outside the declared search space: trainer.warmup"),
-        (_unknown_track, True, "unknown track 'no_such_track'; known: lm_standard_cl, vision"),
+        (_unknown_track, True, "unknown track 'no_such_track'; known: " + ", ".join(sorted(PROTOCOLS))),
         (_test_split, True, "objective computed on split 'test'"),
         (_fewer_seeds, True, "evaluation seeds [0] differ from the protocol's [0, 1, 2]"),
         (_inflate, True, "metrics acc do not follow from its R"),
