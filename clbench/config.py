@@ -31,6 +31,9 @@ class TrainerConfig:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 0.01
+    # learning rate of the model's output head (its ``head`` submodule, or the parameters its
+    # ``head_parameter_names()`` lists); 0 = ``lr`` (one parameter group)
+    head_lr: float = 0.0
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -43,7 +46,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
-        _non_negative(self, "trainer", ("lr", "momentum", "weight_decay", "grad_clip"))
+        _non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip"))
 
 
 @dataclass(frozen=True)

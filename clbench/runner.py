@@ -30,6 +30,7 @@ from clbench.evaluation import Evaluator
 from clbench.foundation import obtain_foundation
 from clbench.models import build_model, count_params, model_family
 from clbench.objectives import objective_for
+from clbench.probes import probe_scores
 from clbench.protocol import Method, Scenario, check_compatible, check_inputs
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
@@ -221,6 +222,7 @@ class _Run:
         source = self.stream.source
         if source is not None and source.probe:
             scores[f"{source.name}/acc"] = self.evaluator.split_accuracy(self.model, self.method, source.test)
+        scores.update(probe_scores(self.model, self.stream.probes, self.device))  # frozen-embedding probes
         handle = getattr(self.model, "lm_eval_handle", None)
         if handle is not None and self.cfg.eval.lm_eval_tasks:
             from clbench.general import lm_eval_scores

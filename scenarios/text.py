@@ -1,12 +1,14 @@
 """Text-classification CL streams (Standard CL / Long Sequence) over token-id tensors.
 
-Each task of the chosen order becomes one experience of a **task-incremental** stream: the
-global label space is the concatenation of the tasks' label sets, the task id is given at train
-and test time, and logits are masked to the task's own labels (classification with an encoder +
-head, accuracy). Data come from :mod:`scenarios.text_data` (LFPT5 few-shot copy by default, or
-O-LoRA's copy); tasks missing from a local copy are reported in ``meta["missing"]`` and as a
-warning, never silently dropped. Inputs are tokenized with ``scenario.tokenizer`` (it must be the
-model's tokenizer; the runner checks).
+Each task of the chosen order becomes one experience. The global label space is the concatenation
+of the tasks' label sets (a label string shared by two tasks, e.g. "science" in Yahoo and AG News,
+gives two distinct classes). ``scenario.setting``: ``task_incremental`` (default): the task id is
+given at train and test time and logits are masked to the task's own labels;
+``class_incremental``: one head over every class of the stream, no task id (every experience has
+task id 0), nothing masked, classification mode only. Data come from :mod:`scenarios.text_data`
+(LFPT5 few-shot copy by default, or O-LoRA's copy); tasks missing from a local copy are reported
+in ``meta["missing"]`` and as a warning, never silently dropped. Inputs are tokenized with
+``scenario.tokenizer`` (it must be the model's tokenizer; the runner checks).
 
 Every stream also carries calibration-only source data (``SourceData(probe=False)``): 256
 passages of CPython's documentation (``pydoc_data``, always installed), tokenized like the task
@@ -15,8 +17,17 @@ model knows) use it; no general-capability score is computed on it and no other 
 Examples whose label is outside their task's label set (MNLI's "-") are left out and counted per
 task and split in ``meta["dropped_off_label"]`` (stored in results.json).
 
+``meta["label_names"]`` verbalises each global class as a short text (``LABEL_TEMPLATES``; e.g.
+"A question about science." vs "A news article about science."), for label-embedding heads.
+``scenario.probe_tasks`` (default none) attaches general-capability probes
+(:class:`~clbench.streams.ProbeTask`): O-LoRA tasks outside the stream, ``probe_support``
+examples per class and ``probe_query`` query examples each, scored by nearest class centroid on
+the model's frozen embeddings before and after every experience (:mod:`clbench.probes`).
+
 VERSION history: 1 = initial; 2 = calibration source added, dropped examples counted (the
-labelled experiences are unchanged).
+labelled experiences are unchanged). Unchanged since by ``setting`` (its default is the stream
+as before; the class-incremental variant differs in task ids and type, hence in content hash),
+``label_names`` (meta only) and probes (none by default; hashed when present).
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from clbench.errors import ConfigError, DataUnavailableError
 from clbench.hf import MINILM_ID
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
-from clbench.streams import Experience, SourceData, Split, Stream
+from clbench.streams import Experience, ProbeTask, SourceData, Split, Stream
 from scenarios._common import DATA_SEED
 from scenarios.text_data import (
     TextExample,
@@ -60,11 +71,27 @@ class TextCLConfig:
     max_train_per_task: int = 0  # 0 = all (else a seeded random subset, same for every run)
     max_test_per_task: int = 0
     mode: Literal["classification", "generation"] = "classification"
+    setting: Literal["task_incremental", "class_incremental"] = "task_incremental"
+    # general-capability probes: O-LoRA task names disjoint from the stream's (e.g. sst2, imdb)
+    probe_tasks: tuple[str, ...] = ()
+    probe_support: int = 64  # support examples per class (the class centroids)
+    probe_query: int = 200  # query examples per probe task
+
+    def __post_init__(self) -> None:
+        if self.setting == "class_incremental" and self.mode != "classification":
+            raise ConfigError("scenario.setting", self.setting,
+                              "task_incremental (class_incremental needs mode=classification)")
+        if self.probe_tasks and self.mode != "classification":
+            raise ConfigError("scenario.probe_tasks", ",".join(self.probe_tasks),
+                              "() (probes embed classification inputs: mode=classification)")
+        if self.probe_support < 1 or self.probe_query < 1:
+            raise ConfigError("scenario.probe_support/probe_query",
+                              (self.probe_support, self.probe_query), "positive integers")
 
 
 @register_scenario("text_cl")
 class TextCL(Scenario):
-    """Text classification CL (O-LoRA/LFPT5 Standard CL orders 1-3, Long Sequence 4-6), task-incremental."""
+    """Text classification CL (LFPT5/O-LoRA Standard CL 1-3, Long Sequence 4-6), task- or class-IL."""
 
     Config = TextCLConfig
     VERSION = VERSION
@@ -157,6 +184,7 @@ def _verbaliser(tasks: list[TextTask], tokenizer_id: str) -> dict[str, Any]:
 def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) -> Stream:
     """Tokenize each task's splits; labels get global ids in task order."""
     exps, offset, dropped = [], 0, {}
+    class_il = c.setting == "class_incremental"
     for i, task in enumerate(tasks):
         open_class = None if task.labels else offset
         dropped[task.name] = {split: 0 if open_class is not None else
@@ -164,19 +192,76 @@ def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) 
                               for split in ("train", "val", "test")}
         ids = {label: offset + k for k, label in enumerate(task.labels)}
         classes = tuple(ids.values()) if open_class is None else (open_class,)
-        exps.append(Experience(i, i, classes, _split(task.train, ids, c, c.max_train_per_task, task, open_class),
+        exps.append(Experience(i, 0 if class_il else i, classes,
+                               _split(task.train, ids, c, c.max_train_per_task, task, open_class),
                                _split(task.val, ids, c, c.max_train_per_task, task, open_class),
                                _split(task.test, ids, c, c.max_test_per_task, task, open_class)))
         offset += len(classes)
     meta: dict[str, Any] = {"tokenizer": c.tokenizer, "tasks": [t.name for t in tasks],
                             "missing": list(missing), "labels": [list(t.labels) for t in tasks],
-                            "dropped_off_label": dropped}
+                            "dropped_off_label": dropped, "label_names": label_names(tasks)}
+    probes, probe_missing = _probes(c, [t.name for t in tasks])
+    if c.probe_tasks:
+        meta.update(probe_tasks=[p.name for p in probes], probe_missing=probe_missing)
     if c.mode == "generation" and any(not t.labels for t in tasks):
         meta.update(objective="causal_lm_generate", **_generation_meta(tasks, c))
     elif c.mode == "generation":
         meta.update(objective="causal_lm", **_verbaliser(tasks, c.tokenizer))
-    return Stream("text_cl", VERSION, "task_incremental", tuple(exps), offset,
-                  "text classification CL", source=calibration_source(c), meta=meta)
+    return Stream("text_cl", VERSION, c.setting, tuple(exps), offset, "text classification CL",
+                  source=calibration_source(c), meta=meta, probes=probes)
+
+
+#: How a class reads as text: per-task templates, else per-family, else the label alone
+#: (``{}``: the label; ``{a}``: the label after "a"/"an").
+LABEL_TEMPLATES: dict[str, str] = {
+    "dbpedia": "An encyclopedia article about {a}.", "amazon": "A product review: {}.",
+    "yahoo": "A question about {}.", "agnews": "A news article about {}.",
+    "yelp": "A {} restaurant review.", "imdb": "A {} movie review.", "sst2": "A {} movie review.",
+    "TC": "A text about {}.", "SC": "A {} review.",
+}
+#: LFPT5's glued/misspelt label strings as words ("thlete" is LFPT5's own typo for athlete).
+LABEL_WORDS: dict[str, str] = {
+    "thlete": "athlete", "educationalinstitution": "educational institution",
+    "meanoftransportation": "means of transportation", "naturalplace": "natural place",
+    "officeholder": "office holder", "writtenwork": "written work", "middle": "average",
+}
+
+
+def label_names(tasks: list[TextTask]) -> list[str]:
+    """One verbalised text per global class (open-ended tasks: the task name)."""
+    out = []
+    for t in tasks:
+        template = LABEL_TEMPLATES.get(t.name, LABEL_TEMPLATES.get(t.family, "{}"))
+        words = [LABEL_WORDS.get(lab, lab).lower() for lab in t.labels]
+        out += [template.format(w, a=("an " if w[:1] in "aeiou" else "a ") + w) for w in words] or [t.name]
+    return out
+
+
+def _probes(c: TextCLConfig, stream_tasks: list[str]) -> tuple[tuple[ProbeTask, ...], list[str]]:
+    """The general-capability probe tasks (tokenized like the stream) and the missing ones."""
+    from clbench.text_models import tokenize
+    from scenarios.text_data import load_probe_task
+
+    clash = sorted({t.lower().replace("-", "") for t in c.probe_tasks} & set(stream_tasks))
+    if clash:
+        raise ConfigError("scenario.probe_tasks", ",".join(c.probe_tasks),
+                          f"tasks outside the stream (not {', '.join(clash)})")
+    probes, missing = [], []
+    for name in c.probe_tasks:
+        try:
+            task, gaps = load_probe_task(c.data_dir or None, name, c.probe_support, c.probe_query)
+        except DataUnavailableError as exc:
+            task, gaps = None, [f"{name} ({exc})"]
+        missing += gaps
+        if task is not None:
+            ids = {label: k for k, label in enumerate(task.labels)}
+            probes.append(ProbeTask(task.name, *(
+                Split(tokenize([e.text for e in ex], c.tokenizer, c.max_length),
+                      torch.tensor([ids[e.label] for e in ex], dtype=torch.long))
+                for ex in (task.train, task.test))))
+    if missing:
+        warnings.warn(f"text_cl probes missing from the local copy: {'; '.join(missing)}", stacklevel=3)
+    return tuple(probes), missing
 
 
 def _generation_meta(tasks: list[TextTask], c: TextCLConfig) -> dict[str, Any]:

@@ -390,6 +390,45 @@ def _parse_records(sums: _Checksums, path: Path, files: dict[str, str], text_key
     return tuple(TextExample(r[text_key], r[label_key]) for r in rows)
 
 
+def load_probe_task(root: PathLike | None, task: str, per_class: int, n_query: int, *,
+                    seed: int = DATA_SEED) -> tuple[TextTask | None, list[str]]:
+    """A small labelled probe of one O-LoRA task: ``train`` = support, ``test`` = query.
+
+    Support: ``per_class`` distinct training texts per label, ranked by
+    ``sha256(seed, label, text)``. Query: ``n_query`` texts of ``test.json``, or, where the copy
+    lacks it (IMDB, Yelp), of the training texts not in the support set, ranked the same way
+    (label ``"query"``). Off-label examples are left out. Deterministic and order-independent.
+
+    Returns:
+        (the probe or None, missing entries in ``load_olora``'s format).
+    """
+    base = _find_base(root, "o-lora-cl-benchmark", "CL_Benchmark",
+                      "CL_Benchmark/<family>/<task>/train.json + labels.json")
+    sums = _Checksums(base)
+    name, rel = _olora_folder(task)
+    folder = base / "CL_Benchmark" / rel
+    gaps = [f"{name}:{f}" for f in ("train.json", "labels.json") if not (folder / f).is_file()]
+    if gaps:
+        return None, gaps
+    files: dict[str, str] = {}
+    labels = tuple(json.loads(sums.read(folder / "labels.json", files)))
+    rows = _parse_records(sums, folder / "train.json", files, "sentence", "label")
+    train = [e for e in rows if e.label in labels]
+    support = [e for lab in labels
+               for e in sorted({x.text: x for x in train if x.label == lab}.values(),
+                               key=lambda x: _rank(seed, x.label, x.text))[:per_class]]
+    if (folder / "test.json").is_file():
+        pool, source = [e for e in _parse_records(sums, folder / "test.json", files, "sentence", "label")
+                        if e.label in labels], "test.json"
+    else:
+        taken = {e.text for e in support}
+        pool, source = [e for e in train if e.text not in taken], "train.json minus the support texts"
+    query = sorted(pool, key=lambda x: _rank(seed, "query", x.text))[:n_query]
+    prov = {"source": "olora", "repository": OLORA_REPO, "folder": f"CL_Benchmark/{rel}",
+            "query_source": source, **sums.provenance(files)}
+    return TextTask(name, rel.split("/")[0], labels, "", tuple(support), (), tuple(query), prov), []
+
+
 def olora_prompt(task: TextTask, example: TextExample) -> str:
     """The O-LoRA input text of ``example`` (the model must generate ``example.label``).
 

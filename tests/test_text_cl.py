@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from clbench.config import build_dataclass
-from clbench.errors import IncompatibleError
+from clbench.errors import ConfigError, IncompatibleError
 from clbench.registry import METHODS, SCENARIOS
 from clbench.runner import run
 from clbench.testing import tiny_config
@@ -110,3 +112,107 @@ def test_capped_splits_are_a_random_subset_not_a_prefix() -> None:
     assert len(labels) == 9 and len(set(labels)) > 1  # a prefix of the label-sorted file would be one class
     again = tasks_to_stream(tasks, TextCLConfig(max_length=8, max_train_per_task=9), [])
     assert torch.equal(again.experiences[0].train.x, s.experiences[0].train.x)
+
+
+def test_class_incremental_setting_one_label_space_no_task_ids() -> None:
+    # "science" in two tasks stays two classes; only task ids and the type differ from task-IL
+    tasks = [_task("topics", ["sports", "science"], 4), _task("news", ["science", "world", "sports"], 2)]
+    til = tasks_to_stream(tasks, TextCLConfig(max_length=12), [])
+    cil = tasks_to_stream(tasks, TextCLConfig(max_length=12, setting="class_incremental"), [])
+    default = tasks_to_stream(tasks, TextCLConfig(max_length=12, setting="task_incremental"), [])
+    assert til.content_hash() == default.content_hash()
+    assert til.scenario_type == "task_incremental" and [e.task_id for e in til.experiences] == [0, 1]
+    assert cil.scenario_type == "class_incremental" and [e.task_id for e in cil.experiences] == [0, 0]
+    assert cil.num_classes == 5 and [e.classes for e in cil.experiences] == [(0, 1), (2, 3, 4)]
+    for a, b in zip(til.experiences, cil.experiences, strict=True):
+        assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    assert cil.info().label_names == ("A text about sports.", "A text about science.", "A text about science.",
+                                      "A text about world.", "A text about sports.")
+    assert til.content_hash() != cil.content_hash()
+    with pytest.raises(ConfigError, match="mode=classification"):
+        TextCLConfig(setting="class_incremental", mode="generation")
+
+
+def test_class_incremental_run_never_masks_to_the_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # two tasks with the same texts and label strings: with one head and no task id, the model
+    # trained on the second task last answers its classes for the first task's test inputs
+    tasks = [_task("first", ["sports", "science"], 8), _task("second", ["sports", "science"], 8)]
+
+    class Twin(SCENARIOS.get("text_cl")):  # type: ignore[misc]
+        def build(self):  # type: ignore[no-untyped-def]
+            return tasks_to_stream(tasks, TextCLConfig(max_length=16, setting=self.config.setting), [])
+
+    monkeypatch.setitem(SCENARIOS._items, "text_twin", Twin)
+    opts = {"scenario": "text_twin", "model": "hf_encoder", "model.tiny": True, "trainer.epochs": 3,
+            "trainer.optimizer": "adamw", "trainer.lr": 0.001, "scenario.setting": "class_incremental"}
+    res = run(tiny_config(tmp_path, "naive", **opts))
+    assert res["scenario"]["type"] == "class_incremental"
+    assert res["R"][1][1] >= 0.5 and res["R"][1][0] <= 0.2
+
+
+@pytest.mark.skipif(not (shared_data_dir() / "lfpt5-fewshot-textcls").is_dir(),
+                    reason="../shared/data/lfpt5-fewshot-textcls is absent (only beside the checkout)")
+def test_real_order1_class_incremental_has_33_distinct_classes() -> None:
+    cls = SCENARIOS.get("text_cl")
+    s = cls(build_dataclass(cls.Config, {"max_length": 16, "setting": "class_incremental"}, "scenario")).build()
+    classes = [c for e in s.experiences for c in e.classes]
+    assert s.num_classes == 33 and sorted(classes) == list(range(33))  # disjoint, one space
+    assert {e.task_id for e in s.experiences} == {0}
+    labels = [lab for task in s.meta["labels"] for lab in task]
+    assert {"science", "sports", "business"} <= {lab for lab in labels if labels.count(lab) == 2}  # yahoo & agnews
+    assert len(set(s.meta["label_names"])) == 33  # verbalised per task: shared strings read apart
+    for e in s.experiences:
+        assert set(e.test.y.unique().tolist()) == set(e.classes)
+
+
+def _olora_probe_dir(root: Path) -> Path:
+    sst = root / "CL_Benchmark" / "SC" / "SST-2"
+    imdb = root / "CL_Benchmark" / "SC" / "IMDB"
+    for folder in (sst, imdb):
+        folder.mkdir(parents=True)
+        (folder / "labels.json").write_text(json.dumps(["Good", "Bad"]))
+        rows = [{"sentence": f"{folder.name} {lab} text {i}", "label": lab} for lab in ("Good", "Bad") for i in range(20)]
+        (folder / "train.json").write_text(json.dumps(rows + [{"sentence": "odd", "label": "-"}]))
+    (sst / "test.json").write_text(json.dumps([{"sentence": f"test {i}", "label": "Good"} for i in range(9)]))
+    return root
+
+
+def test_probe_tasks_support_and_query(tmp_path: Path) -> None:
+    from scenarios.text_data import load_probe_task
+
+    root = _olora_probe_dir(tmp_path)
+    sst, missing = load_probe_task(root, "sst2", 5, 7)
+    assert sst is not None and not missing
+    assert [e.label for e in sst.train] == ["Good"] * 5 + ["Bad"] * 5
+    assert len(sst.test) == 7 and all(e.text.startswith("test") for e in sst.test)  # from test.json
+    imdb, _ = load_probe_task(root, "imdb", 5, 100)  # no test.json: the rest of train
+    assert imdb is not None and len(imdb.test) == 30 and "odd" not in {e.text for e in imdb.test}
+    assert not {e.text for e in imdb.train} & {e.text for e in imdb.test}
+    assert load_probe_task(root, "rte", 5, 7) == (None, ["rte:train.json", "rte:labels.json"])
+
+
+def test_stream_carries_probes_and_the_runner_scores_them(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _olora_probe_dir(tmp_path / "data")
+    tasks = [_task("topics", ["sports", "science"], 6), _task("sentiment", ["good", "bad"], 6)]
+    cfg = TextCLConfig(max_length=12, data_dir=str(root), probe_tasks=("sst2", "imdb"), probe_support=4,
+                       probe_query=6)
+    s = tasks_to_stream(tasks, cfg, [])
+    assert [p.name for p in s.probes] == ["sst2", "imdb"] and s.meta["probe_missing"] == []
+    assert s.probes[0].support.x.shape == (8, 12) and s.probes[0].support.y.tolist() == [0] * 4 + [1] * 4
+    assert s.content_hash() != tasks_to_stream(tasks, TextCLConfig(max_length=12), []).content_hash()
+    with pytest.warns(UserWarning, match="rte"):
+        assert tasks_to_stream(tasks, replace(cfg, probe_tasks=("rte",)), []).meta["probe_missing"]
+    with pytest.raises(ConfigError, match="outside the stream"):
+        tasks_to_stream(tasks, replace(cfg, probe_tasks=("topics",)), [])
+
+    class Probed(SCENARIOS.get("text_cl")):  # type: ignore[misc]
+        def build(self):  # type: ignore[no-untyped-def]
+            return s
+
+    monkeypatch.setitem(SCENARIOS._items, "text_probed", Probed)
+    res = run(tiny_config(tmp_path / "runs", "naive", scenario="text_probed", model="hf_encoder",
+                          **{"model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.001}))
+    before, after = res["general"]["before"], res["general"]["after"]
+    assert set(before) == {"probe_sst2/acc", "probe_imdb/acc"} and len(after) == 2
+    assert all(0.0 <= v <= 1.0 for v in before.values()) and "general_retention" in res["metrics"]

@@ -5,17 +5,20 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from clbench.config import TrainerConfig
+from clbench.errors import ConfigError
 from clbench.evaluation import Evaluator
 from clbench.models import MLP, MLPConfig
+from clbench.param_groups import param_groups
 from clbench.protocol import Method
 from clbench.runner import run
 from clbench.streams import Batch
 from clbench.testing import params_equal, tiny_config, tiny_stream
-from clbench.trainer import Trainer, task_class_mask
+from clbench.trainer import Trainer, build_optimizer, task_class_mask
 
 
 def _model(seed: int = 0) -> MLP:
@@ -115,3 +118,43 @@ def test_task_incremental_masks_logits_to_task_classes() -> None:
     assert seen_tasks[-1] is not None and bool((seen_tasks[-1] == 0).all())
     assert blind.row(Constant(), Spy(), [exp0])[0] == 0.0
     assert seen_tasks[-1] is None  # task ids hidden outside task-incremental streams
+
+
+def test_head_lr_gives_the_head_its_own_param_group() -> None:
+    model = _model()
+    params = list(model.parameters())
+    cfg = TrainerConfig(lr=0.01, head_lr=0.5, optimizer="adamw", weight_decay=0.01)
+    opt = build_optimizer(param_groups(model, params, cfg), cfg)
+    body, head = opt.param_groups
+    assert (body["lr"], head["lr"]) == (0.01, 0.5) and head["weight_decay"] == body["weight_decay"] == 0.01
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+    assert len(body["params"]) + len(head["params"]) == len(params)
+    # default: one group at trainer.lr, the parameter list untouched
+    plain = TrainerConfig(lr=0.01)
+    assert param_groups(model, params, plain) is params
+    assert len(build_optimizer(param_groups(model, params, plain), plain).param_groups) == 1
+    # a model naming its head explicitly; a model without a head is refused
+    model.head_parameter_names = lambda: ["features.1.bias"]  # type: ignore[assignment]
+    groups = param_groups(model, params, cfg)
+    assert [len(g["params"]) for g in groups] == [len(params) - 1, 1]  # type: ignore[index]
+    with pytest.raises(ConfigError, match="trainer.head_lr"):
+        param_groups(torch.nn.Sequential(torch.nn.Linear(2, 2)), params, cfg)
+    with pytest.raises(ConfigError, match="trainer.head_lr"):
+        TrainerConfig(head_lr=-1.0)
+
+
+def test_head_lr_trains_only_the_head_when_lr_is_zero() -> None:
+    exp = tiny_stream().experiences[0]
+    model = _model()
+    before = copy.deepcopy(model)
+    _trainer(lr=0.0, head_lr=0.1, momentum=0.0).train_experience(model, Method(), exp, [exp],
+                                                                 torch.Generator().manual_seed(0))
+    assert params_equal(model.features, before.features)
+    assert not torch.equal(model.head.weight, before.head.weight)
+
+    class OwnOptimizer(Method):  # a method that is an optimizer keeps its own groups
+        def optimizer(self, params, cfg):  # type: ignore[no-untyped-def]
+            return torch.optim.SGD(params, lr=0.0)
+
+    _trainer(lr=0.0, head_lr=0.1).train_experience(before, OwnOptimizer(), exp, [exp], torch.Generator())
+    assert params_equal(before, _model())  # lr 0 everywhere: head_lr did not reach its optimizer
