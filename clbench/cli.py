@@ -109,7 +109,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_tracks(args: argparse.Namespace) -> int:
     from clbench.tracks import all_tracks, health_status
 
-    tracks = sorted(all_tracks().values(), key=lambda t: (t.status == "retired", t.name))
+    order = ("active", "pending", "accelerator", "dropped", "retired")
+    tracks = sorted(all_tracks().values(), key=lambda t: (order.index(t.status), t.name))
     for t in tracks:
         print(f"{t.one_line()}  [health: {health_status(t)}]")
     return 0
