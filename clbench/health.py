@@ -18,8 +18,8 @@ standard deviation, ddof=1):
     - *resolution*: ACC(U) - ACC(L) >= resolution x sd(ACC(L))
 - foundation tracks also
     - *strong source*: the general-capability score before the stream >= source_min (vision:
-      source test accuracy; language models: the suite's mean >= its chance level + 0.2, declared
-      as ``source_min`` relative to chance with ``source_is_margin: true``)
+      source test accuracy; language models: the mean of the ``<task>/acc`` scores >= the suite's
+      chance level + ``source_margin``, which replaces ``source_min`` when a track declares it)
     - *something to retain*: general retention(L) <= retention_max
 - test-time tracks
     - *strong source*: source clean accuracy before the stream >= source_min
