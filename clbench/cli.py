@@ -124,6 +124,12 @@ def cmd_track(args: argparse.Namespace) -> int:
     rec = check_track(track, seeds=args.seeds, resume=not args.no_resume)
     print(health_table(rec))
     print(f"\nwrote {health_path(track)} (and health.md)")
+    if args.readme:
+        from clbench.bench import embed
+
+        embed(Path(args.readme), f"health-{track.name}", health_path(track).with_suffix(".md").read_text().strip(),
+              by=f"clbench track check {track.name}")
+        print(f"wrote the health table into {args.readme}")
     return 0 if rec["passed"] else 1
 
 
@@ -236,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     tc.add_argument("track", help="a track name (see `clbench tracks`)")
     tc.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the track's seeds")
     tc.add_argument("--no-resume", action="store_true", help="retrain runs that already finished")
+    tc.add_argument("--readme", default=None,
+                    help="also write the health table into this file's <!-- health-<track>:start/end --> block")
     tc.set_defaults(fn=cmd_track)
     return p
 

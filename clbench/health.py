@@ -30,8 +30,6 @@ standard deviation, ddof=1):
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from typing import Any
 
 from clbench.checkpoint import atomic_write_json
 from clbench.report import markdown_table
+from clbench.stats import mean, sample_sd
 from clbench.tracks import Track, health_path
 
 HEALTH_SCHEMA_VERSION = 1
@@ -60,22 +59,6 @@ class Criterion:
                 "pass" if self.passed else "FAIL"]
 
 
-def _finite(vals: Sequence[float]) -> list[float]:
-    return [float(v) for v in vals if math.isfinite(v)]
-
-
-def _mean(vals: Sequence[float]) -> float:
-    """Mean of the finite values (NaN when there are none)."""
-    v = _finite(vals)
-    return float(statistics.fmean(v)) if v else float("nan")
-
-
-def _sd(vals: Sequence[float]) -> float:
-    """Sample standard deviation (ddof=1) of the finite values (NaN for fewer than two)."""
-    v = _finite(vals)
-    return float(statistics.stdev(v)) if len(v) > 1 else float("nan")
-
-
 def _metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
     return [float(r["metrics"][key]) for r in runs if key in r["metrics"]]
 
@@ -83,18 +66,18 @@ def _metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
 def _source_before(r: Mapping[str, Any]) -> float:
     before = (r.get("general") or {}).get("before") or {}
     accs = [float(v) for k, v in before.items() if k.endswith("/acc")]
-    return _mean(accs) if accs else float("nan")
+    return mean(accs) if accs else float("nan")
 
 
 def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
                       th: Mapping[str, float], foundation: bool) -> list[Criterion]:
     """The criteria of a labelled (or foundation) track from the two learners' results.json."""
     acc_l, acc_u = _metric(lower, "acc"), _metric(upper, "acc")
-    plast, forg = _mean(_metric(lower, "plasticity")), _mean(_metric(lower, "forgetting"))
-    gap, sd = _mean(acc_u) - _mean(acc_l), _sd(acc_l)
+    plast, forg = mean(_metric(lower, "plasticity")), mean(_metric(lower, "forgetting"))
+    gap, sd = mean(acc_u) - mean(acc_l), sample_sd(acc_l)
     out = [
         Criterion("learns", f"plasticity(lower) >= {th['learns']} x ACC(upper)", plast,
-                  th["learns"] * _mean(acc_u), plast >= th["learns"] * _mean(acc_u)),
+                  th["learns"] * mean(acc_u), plast >= th["learns"] * mean(acc_u)),
         Criterion("forgets", "forgetting(lower) >= threshold", forg, th["forgets"], forg >= th["forgets"]),
         Criterion("headroom", "ACC(upper) - ACC(lower) >= threshold", gap, th["headroom"],
                   gap >= th["headroom"]),
@@ -102,8 +85,8 @@ def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mappin
                   th["resolution"] * sd, gap >= th["resolution"] * sd),
     ]
     if foundation:
-        src = _mean([_source_before(r) for r in lower])
-        ret = _mean(_metric(lower, "general_retention"))
+        src = mean([_source_before(r) for r in lower])
+        ret = mean(_metric(lower, "general_retention"))
         floor, rule = th["source_min"], "general capability before the stream >= threshold"
         if th.get("source_margin"):  # language models: the suite's chance level + margin
             from clbench.general import suite_chance_level
@@ -121,8 +104,8 @@ def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mappin
 def test_time_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
                        th: Mapping[str, float]) -> list[Criterion]:
     """The criteria of a test-time track (lower = no adaptation, upper = BN adaptation)."""
-    src = _mean(_metric(lower, "source_acc_before"))
-    gain = _mean(_metric(lower, "mean_error")) - _mean(_metric(upper, "mean_error"))
+    src = mean(_metric(lower, "source_acc_before"))
+    gain = mean(_metric(lower, "mean_error")) - mean(_metric(upper, "mean_error"))
     steps = min(float(r["cost"].get("adapt_batches", 0)) for r in [*lower, *upper])
     return [
         Criterion("strong source", "source clean accuracy >= threshold", src, th["source_min"],
@@ -149,8 +132,8 @@ def _figures(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str
     for k in keys:
         vals = _metric(runs, k)
         if vals:
-            out[k] = {"mean": _mean(vals), "sd": _sd(vals), "per_seed": vals}
-    out["wall_time_s"] = {"mean": _mean([float(r["cost"]["wall_time_s"]) for r in runs]),
+            out[k] = {"mean": mean(vals), "sd": sample_sd(vals), "per_seed": vals}
+    out["wall_time_s"] = {"mean": mean([float(r["cost"]["wall_time_s"]) for r in runs]),
                           "per_seed": [float(r["cost"]["wall_time_s"]) for r in runs]}
     return out
 

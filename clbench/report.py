@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from clbench.stats import finite, mean, sample_sd
+
 SUMMARY_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"),
                    ("plasticity", "Plasticity"))
 
@@ -65,14 +67,9 @@ def aggregate_table(runs: Sequence[Mapping[str, Any]]) -> str:
 def mean_std(values: Sequence[float], digits: int = 3) -> str:
     """``mean ± sd`` (sample standard deviation over seeds, ddof=1; 0 for one seed); ``n/a``
     when all values are NaN."""
-    import numpy as np
-
-    a = np.asarray(values, dtype=float)
-    a = a[~np.isnan(a)]
-    if not len(a):
+    if not finite(values):
         return "n/a"
-    sd = a.std(ddof=1) if len(a) > 1 else 0.0
-    return f"{a.mean():.{digits}f} ± {sd:.{digits}f}"
+    return f"{mean(values):.{digits}f} ± {sample_sd(values, single=0.0):.{digits}f}"
 
 
 def show(results: Mapping[str, Any]) -> str:
@@ -191,12 +188,6 @@ def tta_summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
-def _sd(a: Any) -> float:
-    import numpy as np
-
-    return float(np.nanstd(a, ddof=1)) if int(np.sum(~np.isnan(a))) > 1 else 0.0
-
-
 def pareto_png(runs: Sequence[Mapping[str, Any]], path: Any, title: str, x: str = "general_retention",
                y: str = "acc") -> Any:
     """Scatter of two metrics per method (mean over seeds, sample-sd error bars); the methods on
@@ -216,7 +207,7 @@ def pareto_png(runs: Sequence[Mapping[str, Any]], path: Any, title: str, x: str 
         ys = np.array([float(r["metrics"].get(y, np.nan)) for r in g])
         if np.isnan(xs).all() or np.isnan(ys).all():
             continue
-        pts.append((m, float(np.nanmean(xs)), float(np.nanmean(ys)), _sd(xs), _sd(ys)))
+        pts.append((m, float(np.nanmean(xs)), float(np.nanmean(ys)), sample_sd(xs, single=0.0), sample_sd(ys, single=0.0)))
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for m, px, py, sx, sy in pts:
         ax.errorbar(px, py, xerr=sx, yerr=sy, fmt="o", capsize=2)

@@ -152,3 +152,15 @@ def test_chaudhry_forgetting_equals_minus_bwt_when_diagonal_is_the_peak() -> Non
     R = np.array([[0.9, 0.0, 0.0], [0.7, 0.95, 0.0], [0.5, 0.6, 0.9]])
     assert M.forgetting(R) == pytest.approx(-M.backward_transfer(R))
     assert M.forgetting(R3) > -M.backward_transfer(R3)  # the 3x3 example above: 0.35 > 0.2
+
+
+def test_seed_statistics_are_sample_sd_over_finite_values() -> None:
+    import statistics
+
+    from clbench.stats import mean, sample_sd
+
+    vals = [0.61, 0.58, 0.64, float("nan")]
+    assert mean(vals) == pytest.approx(statistics.fmean(vals[:3]))
+    assert sample_sd(vals) == pytest.approx(statistics.stdev(vals[:3]))  # ddof=1, NaN left out
+    assert math.isnan(sample_sd([0.5])) and sample_sd([0.5], single=0.0) == 0.0
+    assert math.isnan(mean([float("nan")]))
