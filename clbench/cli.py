@@ -134,7 +134,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from clbench.leaderboard import submit
+    from clbench.leaderboard.publish import submit
 
     path = submit(args.protocol_dir, args.leaderboards)
     print(f"wrote {path}\nupdate the tables with: clbench leaderboard render {args.leaderboards}")
@@ -142,7 +142,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from clbench.leaderboard import render, validate_dir
+    from clbench.leaderboard.publish import render
+    from clbench.leaderboard.validate import validate_dir
 
     if args.action == "render":
         print("\n".join(f"wrote {p}" for p in render(args.dir)))

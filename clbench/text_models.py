@@ -29,7 +29,6 @@ from clbench.hf import (
 from clbench.registry import register_model
 from clbench.streams import StreamInfo
 
-
 #: Chunk size of length-sorted encoding without gradients (see ``HFEncoderClassifier.embed``).
 EVAL_CHUNK = 32
 

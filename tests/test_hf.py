@@ -215,7 +215,7 @@ def test_encoder_sorted_chunks_without_grad_give_the_full_batch_embeddings() -> 
 
     model = HFEncoderClassifier(StreamInfo("s", "task_incremental", 1, 2, (32,), ((0, 1),)),
                                 HFEncoderConfig(tiny=True)).eval()
-    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
     texts = [" ".join(words[: 1 + (7 * i) % len(words)]) for i in range(3 * EVAL_CHUNK + 5)]  # mixed lengths
     ids = tokenize(texts, hf.MINILM_ID, 32)
     with torch.no_grad():

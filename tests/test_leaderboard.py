@@ -29,7 +29,7 @@ HOSTILE = "<script>document.title='PWNED'</script><img src=x onerror=\"document.
 @pytest.fixture(autouse=True)
 def _registry_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     # the real registry imports every plug-in (seconds); these tests pin the registered VERSIONs
-    monkeypatch.setattr(lb, "registered_scenario_versions", lambda: dict(VERSIONS))
+    monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: dict(VERSIONS))
 
 
 def _R(T: int, seed: int, skill: float) -> list[list[float]]:
@@ -151,7 +151,7 @@ def test_submit_writes_a_valid_entry_atomically_and_overwrites(tmp_path: Path) -
 
 def test_submit_refuses_an_invalid_entry_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pdir = make_protocol_dir(tmp_path)
-    monkeypatch.setattr(lb, "registered_scenario_versions", lambda: {**VERSIONS, "split_mnist": "2"})
+    monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: {**VERSIONS, "split_mnist": "2"})
     with pytest.raises(ClbenchError, match="stale evaluation scenario version"):
         lb.submit(pdir, tmp_path / "boards")
     assert not (tmp_path / "boards").exists()
@@ -282,6 +282,10 @@ def test_validate_dir_reports_malformed_json_misplaced_files_and_valid_ones(tmp_
     assert out[track / "broken.json"][0].startswith("malformed JSON")
     assert out[track / "list.json"] == ["entry must be a JSON object, got list"]
     assert "this entry belongs at vision/fixture_method.json" in out[track / "elsewhere.json"][0]
+    (track / "health.json").write_text('{"track": "vision", "passed": true}')  # the health check's record
+    assert track / "health.json" not in lb.validate_dir(tmp_path / "boards")
+    lb.render(tmp_path / "boards")
+    assert "health.json" not in (track / "README.md").read_text()  # not listed as a rejected entry
     with pytest.raises(ClbenchError, match="no leaderboard directory"):
         lb.validate_dir(tmp_path / "missing")
 

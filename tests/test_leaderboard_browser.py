@@ -30,7 +30,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture()
 def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """index.html of a board with three valid entries (one named with markup) and one rejected."""
-    monkeypatch.setattr(lb, "registered_scenario_versions", lambda: dict(VERSIONS))
+    monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: dict(VERSIONS))
     boards = tmp_path / "boards"
     for method, skill in (("alpha_method", 0.7), ("beta_method", 0.95), (HOSTILE, 0.8)):
         lb.submit(make_protocol_dir(tmp_path, method, skill=skill, general=True), boards)

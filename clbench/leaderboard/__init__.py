@@ -1,0 +1,53 @@
+"""Owns the leaderboard package's public names: entries, validation, the rendered boards.
+
+An entry is ``leaderboards/<track>/<method>.json``: one method's score under a track's fixed
+tuning protocol (``clbench.tuning.PROTOCOLS``), machine-written by ``clbench submit`` from a
+finished protocol run. ``clbench leaderboard render`` turns the entries that validate into
+``<track>/README.md`` (a Markdown table between markers) and ``<track>/index.html`` (a static,
+self-contained page: sortable table, inline SVG plots, no network). Entries that fail validation
+are listed with their reasons and never ranked.
+
+Modules, each importing only those above it:
+
+- :mod:`~clbench.leaderboard.entry`: the entry schema, building an entry, canonical JSON and hash
+- :mod:`~clbench.leaderboard.validate`: why an entry may not be ranked
+- :mod:`~clbench.leaderboard.columns`: rank order and the columns the boards show
+- :mod:`~clbench.leaderboard.markdown`: the table block in ``<track>/README.md``
+- :mod:`~clbench.leaderboard.plots`: the inline SVG plots
+- :mod:`~clbench.leaderboard.html`: the ``<track>/index.html`` page (CSS/JS in ``static/``)
+- :mod:`~clbench.leaderboard.publish`: ``submit`` and ``render``, which write the files
+"""
+
+from __future__ import annotations
+
+from clbench.leaderboard.entry import (
+    COST_KEYS,
+    ENTRY_KIND,
+    ENTRY_SCHEMA_VERSION,
+    RUN_METRICS,
+    SUMMARY_COST,
+    canonical_json,
+    content_hash,
+    entry_filename,
+    entry_from_protocol,
+    summarize_runs,
+)
+from clbench.leaderboard.html import render_html
+from clbench.leaderboard.markdown import MARK_END, MARK_START
+from clbench.leaderboard.plots import heatmap_svg, mean_matrix, retention_svg, scatter_svg
+from clbench.leaderboard.publish import render, submit
+from clbench.leaderboard.validate import (
+    NEUTRAL_KEYS,
+    registered_scenario_versions,
+    validate_dir,
+    validate_entry,
+    validate_file,
+)
+
+__all__ = [
+    "COST_KEYS", "ENTRY_KIND", "ENTRY_SCHEMA_VERSION", "MARK_END", "MARK_START", "NEUTRAL_KEYS",
+    "RUN_METRICS", "SUMMARY_COST", "canonical_json", "content_hash", "entry_filename",
+    "entry_from_protocol", "heatmap_svg", "mean_matrix", "registered_scenario_versions", "render",
+    "render_html", "retention_svg", "scatter_svg", "submit", "summarize_runs", "validate_dir",
+    "validate_entry", "validate_file",
+]

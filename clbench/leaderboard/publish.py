@@ -1,0 +1,70 @@
+"""Owns the two write paths: ``submit`` (protocol run -> entry file) and ``render`` (entries -> pages).
+
+Both write atomically; ``render`` ranks the entries that validate and lists the others as
+rejected in ``<track>/README.md`` and ``<track>/index.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from clbench.checkpoint import atomic_write_bytes
+from clbench.errors import ClbenchError
+from clbench.leaderboard.columns import _rank_key
+from clbench.leaderboard.entry import entry_filename, entry_files, entry_from_protocol
+from clbench.leaderboard.html import render_html
+from clbench.leaderboard.markdown import _readme
+from clbench.leaderboard.validate import validate_entry, validate_file
+from clbench.tuning import PROTOCOLS, Protocol
+
+
+def submit(protocol_dir: str | Path, leaderboards_dir: str | Path = "leaderboards", *,
+           scenario_versions: Mapping[str, str] | None = None) -> Path:
+    """Build, validate and atomically write ``<leaderboards_dir>/<track>/<method>.json``.
+
+    Overwrites the method's previous entry on that track. Raises ClbenchError (and writes
+    nothing) when the entry does not validate.
+    """
+    entry = entry_from_protocol(protocol_dir)
+    reasons = validate_entry(entry, scenario_versions=scenario_versions)
+    if reasons:
+        raise ClbenchError(f"entry from {protocol_dir} rejected: " + "; ".join(reasons))
+    path = Path(leaderboards_dir) / entry["track"] / entry_filename(entry["method"])
+    _atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str, Protocol] = PROTOCOLS, *,
+           scenario_versions: Mapping[str, str] | None = None) -> list[Path]:
+    """Write ``<track>/README.md`` and ``<track>/index.html`` for every track folder.
+
+    Only entries that validate are ranked (by mean ACC, best first); the others are listed as
+    rejected with their reasons. Returns the written paths.
+    """
+    root = Path(leaderboards_dir)
+    if not root.is_dir():
+        raise ClbenchError(f"no leaderboard directory at {root}")
+    written: list[Path] = []
+    for track_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        valid, rejected = [], []
+        for f in entry_files(track_dir):
+            entry, reasons = validate_file(f, protocols, scenario_versions=scenario_versions)
+            if reasons:
+                rejected.append((f.name, reasons))
+            else:
+                valid.append(entry)
+        valid.sort(key=_rank_key)
+        proto = protocols.get(track_dir.name)
+        readme = track_dir / "README.md"
+        old = readme.read_text(encoding="utf-8") if readme.is_file() else None
+        _atomic_write(readme, _readme(track_dir.name, proto, valid, rejected, old))
+        _atomic_write(track_dir / "index.html", render_html(track_dir.name, proto, valid, rejected))
+        written += [readme, track_dir / "index.html"]
+    return written
