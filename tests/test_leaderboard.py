@@ -282,10 +282,8 @@ def test_validate_dir_reports_malformed_json_misplaced_files_and_valid_ones(tmp_
     assert out[track / "broken.json"][0].startswith("malformed JSON")
     assert out[track / "list.json"] == ["entry must be a JSON object, got list"]
     assert "this entry belongs at vision/fixture_method.json" in out[track / "elsewhere.json"][0]
-    (track / "health.json").write_text('{"track": "vision", "passed": true}')  # the health check's record
+    (track / "health.json").write_text(json.dumps(HEALTH))  # the health check's record
     assert track / "health.json" not in lb.validate_dir(tmp_path / "boards")
-    lb.render(tmp_path / "boards")
-    assert "health.json" not in (track / "README.md").read_text()  # not listed as a rejected entry
     with pytest.raises(ClbenchError, match="no leaderboard directory"):
         lb.validate_dir(tmp_path / "missing")
 
@@ -360,3 +358,26 @@ def test_run_dirs_recorded_before_the_protocol_folder_moved_are_found(tmp_path: 
                                         for rd in record["evaluation"]["run_dirs"]]
     (pdir / "protocol.json").write_text(json.dumps(record))
     assert lb.validate_entry(lb.entry_from_protocol(pdir)) == []
+
+
+HEALTH = {"track": "vision", "passed": False, "git_commit": "abc123def4567890", "seeds": [0, 1, 2],
+          "learners": {"lower": "naive", "upper": "joint"},
+          "figures": {"lower": {"wall_time_s": {"mean": 3.0}}, "upper": {"wall_time_s": {"mean": 7.0}}},
+          "criteria": [{"name": "learns", "rule": "plasticity(lower) >= 0.8 x ACC(upper)", "value": 0.98,
+                        "threshold": 0.79, "passed": True},
+                       {"name": "forgets", "rule": "forgetting(lower) >= threshold", "value": 0.029,
+                        "threshold": 0.05, "passed": False}]}
+
+
+def test_board_shows_the_track_health_and_skips_tracks_without_entries_or_health(tmp_path: Path) -> None:
+    good = lb.submit(make_protocol_dir(tmp_path), tmp_path / "boards")
+    (good.parent / "health.json").write_text(json.dumps(HEALTH))
+    (tmp_path / "boards" / "declared_only").mkdir()  # a pending track: track.yaml, nothing else
+    written = lb.render(tmp_path / "boards")
+    assert not any("declared_only" in str(p) for p in written)
+    readme = (good.parent / "README.md").read_text()
+    assert "**Track health**" in readme and "commit `abc123def456`" in readme
+    assert "| forgets | forgetting(lower) >= threshold | 0.029 | 0.050 | FAIL |" in readme
+    assert "health.json" not in readme  # not listed as a rejected entry
+    page = (good.parent / "index.html").read_text()
+    assert "<h2>Track health: FAILS</h2>" in page and "<td>0.029</td><td>0.050</td><td>FAIL</td>" in page

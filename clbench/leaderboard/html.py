@@ -24,7 +24,7 @@ _JS = (_STATIC / "board.js").read_text(encoding="utf-8")
 
 
 def render_html(track: str, proto: Protocol | None, valid: Sequence[Mapping[str, Any]],
-                rejected: Sequence[tuple[str, list[str]]]) -> str:
+                rejected: Sequence[tuple[str, list[str]]], health: Mapping[str, Any] | None = None) -> str:
     """The self-contained page of one track (CSP forbids network and foreign scripts)."""
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'; "
@@ -37,8 +37,10 @@ def render_html(track: str, proto: Protocol | None, valid: Sequence[Mapping[str,
         f"<h1>clbench leaderboard: {_e(track)}</h1>",
         f'<p class="note">{_e(_protocol_line(track, proto).replace("`", ""))} Click a column header '
         f"to sort.</p>",
-        _html_table(valid) if valid else "<p>No valid entries yet.</p>",
     ]
+    if health is not None:
+        parts.append(_health_html(track, health))
+    parts.append(_html_table(valid) if valid else "<p>No valid entries yet.</p>")
     if valid:
         parts += ['<h2>Plots</h2><div class="plots">', _figure(scatter_svg(valid), "Final average accuracy "
                   "vs forgetting (mean over seeds; bars = ± std)")]
@@ -58,6 +60,22 @@ def render_html(track: str, proto: Protocol | None, valid: Sequence[Mapping[str,
 
 
 _ACC_SORTED = ' aria-sort="descending"'
+
+
+def _health_html(track: str, rec: Mapping[str, Any]) -> str:
+    """The track's health check: verdict line and one row per criterion."""
+    verdict = "passes" if rec.get("passed") else "FAILS"
+    rows = "".join(f"<tr><td>{_e(c.get('name'))}</td><td>{_e(c.get('rule'))}</td>"
+                   f"<td>{_num(c.get('value'))}</td><td>{_num(c.get('threshold'))}</td>"
+                   f"<td>{'pass' if c.get('passed') else 'FAIL'}</td></tr>" for c in rec["criteria"])
+    return (f"<h2>Track health: {verdict}</h2><p class=\"note\">clbench track check {_e(track)} at commit "
+            f"{_e(str(rec.get('git_commit', '?'))[:12])}, seeds {_e(', '.join(map(str, rec.get('seeds', []))))}."
+            f"</p><table><thead><tr><th>criterion</th><th>rule</th><th>measured</th><th>threshold</th>"
+            f"<th>result</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else _e(v)
 
 
 def _html_table(valid: Sequence[Mapping[str, Any]]) -> str:

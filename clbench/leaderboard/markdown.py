@@ -17,9 +17,15 @@ def _md_cell(text: str) -> str:
 
 
 def _readme(track: str, proto: Protocol | None, valid: Sequence[Mapping[str, Any]],
-            rejected: Sequence[tuple[str, list[str]]], old: str | None) -> str:
+            rejected: Sequence[tuple[str, list[str]]], old: str | None,
+            health: Mapping[str, Any] | None = None) -> str:
     cols = _columns(valid)
     lines = [MARK_START, "", _protocol_line(track, proto), ""]
+    if health is not None:
+        from clbench.health import health_table
+
+        lines += [f"**Track health** (`clbench track check {track}`, commit "
+                  f"`{_md_cell(str(health.get('git_commit', '?'))[:12])}`):", "", health_table(health), ""]
     if valid:
         lines += ["| # | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += ["| " + " | ".join([str(i), *(_md_cell(c[3](e)) for c in cols)]) + " |"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from clbench.checkpoint import atomic_write_bytes
 from clbench.errors import ClbenchError
@@ -43,7 +44,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str, Protocol] = PROTOCOLS, *,
            scenario_versions: Mapping[str, str] | None = None) -> list[Path]:
-    """Write ``<track>/README.md`` and ``<track>/index.html`` for every track folder.
+    """Write ``<track>/README.md`` and ``<track>/index.html`` for every track folder that holds
+    entries or a health check (``health.json``, shown above the ranking).
 
     Only entries that validate are ranked (by mean ACC, best first); the others are listed as
     rejected with their reasons. Returns the written paths.
@@ -54,6 +56,9 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
     written: list[Path] = []
     for track_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         valid, rejected = [], []
+        health = health_record(track_dir)
+        if not entry_files(track_dir) and health is None:
+            continue  # a declared track with neither entries nor a health check has no board yet
         for f in entry_files(track_dir):
             entry, reasons = validate_file(f, protocols, scenario_versions=scenario_versions)
             if reasons:
@@ -64,7 +69,17 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
         proto = protocols.get(track_dir.name)
         readme = track_dir / "README.md"
         old = readme.read_text(encoding="utf-8") if readme.is_file() else None
-        _atomic_write(readme, _readme(track_dir.name, proto, valid, rejected, old))
-        _atomic_write(track_dir / "index.html", render_html(track_dir.name, proto, valid, rejected))
+        _atomic_write(readme, _readme(track_dir.name, proto, valid, rejected, old, health))
+        _atomic_write(track_dir / "index.html", render_html(track_dir.name, proto, valid, rejected, health))
         written += [readme, track_dir / "index.html"]
     return written
+
+
+def health_record(track_dir: Path) -> dict[str, Any] | None:
+    """The track's health check record (``health.json``), or None when absent or unreadable."""
+    path = track_dir / "health.json"
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("criteria"), list) else None
