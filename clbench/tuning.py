@@ -4,7 +4,8 @@ Phase 1 tunes a method on a *tuning scenario* (its validation split, never a tes
 budget identical for every method; phase 2 evaluates the chosen hyperparameters once per seed on
 an *evaluation scenario* with the same configuration but disjoint data. A protocol run writes
 ``protocol.json`` (schema below) next to the evaluation runs; ``clbench submit`` turns it into a
-leaderboard entry.
+leaderboard entry. The declared protocols, the run's Optuna studies and its worker processes
+live in ``clbench.study``.
 
 ``protocol.json`` (schema_version 1)::
 
@@ -27,254 +28,45 @@ leaderboard entry.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from clbench.checkpoint import atomic_write_json
 from clbench.errors import ClbenchError, ConfigError
+from clbench.study import (
+    HEARTBEAT_S,  # noqa: F401 - re-exported (moved to clbench.study)
+    PROTOCOL_RUNS_DIR,
+    PROTOCOLS,  # noqa: F401 - re-exported (moved to clbench.study)
+    STALE_AFTER_S,  # noqa: F401 - re-exported (moved to clbench.study)
+    Protocol,  # noqa: F401 - re-exported (moved to clbench.study)
+    ProtocolRun,
+    claim,
+    exclusive,
+    heartbeat,
+    load_optuna,
+    open_eval,
+    open_study,
+    protocol_for,
+    protocol_of,  # noqa: F401 - re-exported (moved to clbench.study)
+    requeue,
+    study_exists,
+    tell,
+    until_done,
+)
 
 PROTOCOL_SCHEMA_VERSION = 1
-PROTOCOL_RUNS_DIR = "runs/protocol"
-HEARTBEAT_S = 10.0  # a running trial's worker refreshes its heartbeat this often
-STALE_AFTER_S = 120.0  # shared storage: a running trial silent this long is requeued
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """One track's fixed protocol: the same budget and settings for every method."""
-
-    track: str
-    tune_scenario: str
-    eval_scenario: str
-    n_trials: int
-    tune_options: dict[str, Any] = field(default_factory=dict)
-    eval_options: dict[str, Any] = field(default_factory=dict)
-    fixed: dict[str, Any] = field(default_factory=dict)
-    sampler: str = "random_grid"  # seeded draw without replacement from the grids (clbench.search.draw)
-    sampler_seed: int = 0
-    tuning_seeds: tuple[int, ...] = (0,)
-    eval_seeds: tuple[int, ...] = (0, 1, 2)
-    objective: str = "acc"  # final average accuracy on the tuning scenario's validation split
-    name: str = "reality_check"
-    version: str = "1"
-
-    def record(self) -> dict[str, Any]:
-        """What protocol.json stores under ``protocol``."""
-        return {"name": self.name, "version": self.version, "n_trials": self.n_trials,
-                "sampler": self.sampler, "sampler_seed": self.sampler_seed,
-                "objective": self.objective, "objective_split": "val",
-                "tuning_seeds": list(self.tuning_seeds)}
-
-
-def protocol_of(track: Any) -> Protocol:
-    """The protocol a track declares (``leaderboards/<track>/track.yaml``, see clbench.tracks)."""
-    assert track.tune is not None
-    return Protocol(track=track.name, tune_scenario=track.tune.name, eval_scenario=track.evaluate.name,
-                    n_trials=track.n_trials, tune_options=dict(track.tune.options),
-                    eval_options=dict(track.evaluate.options), fixed=dict(track.fixed),
-                    eval_seeds=track.eval_seeds)
-
-
-def _declared() -> dict[str, Protocol]:
-    from clbench.tracks import all_tracks
-
-    return {name: protocol_of(t) for name, t in all_tracks().items() if t.tune is not None}
-
-
-# Every track that declares a tuning scenario has a protocol (retired ones too, so their boards
-# stay verifiable); tests may add entries.
-PROTOCOLS: dict[str, Protocol] = _declared()
-
-
-def protocol_for(track: str) -> Protocol:
-    if track not in PROTOCOLS:
-        raise ConfigError("track", track, sorted(PROTOCOLS))
-    return PROTOCOLS[track]
 
 
 # --------------------------------------------------------------------------- the protocol run
 
 
-def _scenario_values(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"scenario": name, **{f"scenario.{k}": v for k, v in options.items()}}
-
-
-def _study_key(p: Protocol, method: str, overrides: Mapping[str, Any], space: dict[str, Any]) -> str:
-    blob = json.dumps({"protocol": p.record(), "tune": [p.tune_scenario, p.tune_options],
-                       "eval": [p.eval_scenario, p.eval_options, list(p.eval_seeds)], "fixed": p.fixed,
-                       "overrides": dict(overrides), "space": space, "method": method},
-                      sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
-
-
-@dataclass
-class ProtocolRun:
-    """Everything one protocol run needs; picklable, so worker processes get a copy."""
-
-    method: str
-    protocol: Protocol
-    overrides: dict[str, Any]
-    storage: str  # "" = sqlite file in the protocol directory
-    runs_dir: str = PROTOCOL_RUNS_DIR
-    progress: bool = True
-
-    @property
-    def space(self) -> dict[str, Any]:
-        from clbench.registry import METHODS, load_plugins
-
-        load_plugins()
-        return dict(METHODS.get(self.method).search_space)
-
-    @property
-    def name(self) -> str:
-        from clbench.search import space_record
-
-        key = _study_key(self.protocol, self.method, self.overrides, space_record(self.space))
-        return f"{self.protocol.track}-{self.method}-{key}"
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.runs_dir) / self.protocol.track / self.method / self.name
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.dir / 'optuna.db').resolve()}"
-
-    @property
-    def embedded(self) -> bool:
-        return not self.storage
-
-    def config(self, phase: str, params: Mapping[str, Any], seed: int, parent: str) -> Any:
-        from clbench.config import build_run_config
-
-        p = self.protocol
-        scen = (_scenario_values(p.tune_scenario, p.tune_options) if phase == "tune"
-                else _scenario_values(p.eval_scenario, p.eval_options))
-        values = {**p.fixed, **self.overrides, **params, **scen, "method": self.method, "seed": seed,
-                  "tracking.runs_dir": str(self.dir / phase), "tracking.parent_run_id": parent,
-                  "trainer.progress": False}
-        return build_run_config(values)
-
-
 def _log(pr: ProtocolRun, msg: str) -> None:
     if pr.progress:
         print(f"[protocol {pr.method}] {msg}", flush=True)
-
-
-def _optuna() -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def _storage(url: str) -> Any:
-    optuna = _optuna()
-    if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """One local protocol process per directory (so its orphaned trials can be requeued)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise ClbenchError(f"another protocol process is using {path.parent}; wait for it or stop it") from exc
-        yield
-
-
-def _open_study(pr: ProtocolRun, suffix: str, slots: list[dict[str, Any]], parent_attrs: dict[str, Any]) -> Any:
-    """Create the study and enqueue its slots (only the creator does), or join an existing one."""
-    optuna = _optuna()
-    storage = _storage(pr.storage_url)
-    name = pr.name + suffix
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                    sampler=optuna.samplers.RandomSampler(seed=pr.protocol.sampler_seed))
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage,
-                                  sampler=optuna.samplers.RandomSampler(seed=pr.protocol.sampler_seed))
-        created = False
-    if created:
-        for attr, value in parent_attrs.items():
-            study.set_user_attr(attr, value)
-        for slot, params in enumerate(slots):
-            study.enqueue_trial(params, user_attrs={"slot": slot})
-        study.set_user_attr("prepared", len(slots))
-    deadline = time.monotonic() + 120
-    while "prepared" not in study.user_attrs:  # another node is enqueueing right now
-        if time.monotonic() > deadline:
-            raise ClbenchError(f"study {name} in {pr.storage_url} was created but never prepared; "
-                               "delete it or use another storage")
-        time.sleep(1)
-    return study
-
-
-def _requeue(study: Any, older_than: float | None) -> int:
-    """RUNNING trials whose worker is gone go back to WAITING (same trial, same slot, same params)."""
-    optuna = _optuna()
-    n = 0
-    now = time.time()
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        beat = float(t.user_attrs.get("heartbeat", 0.0))
-        if older_than is None or now - beat > older_than:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
-            n += 1
-    return n
-
-
-def _claim(study: Any) -> Any:
-    """Atomically take one WAITING trial (row lock in PostgreSQL, write lock in SQLite)."""
-    optuna = _optuna()
-    for _ in range(50):
-        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        if not waiting:
-            return None
-        for t in sorted(waiting, key=lambda t: t.number):
-            try:
-                if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):
-                    return optuna.trial.Trial(study, t._trial_id)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            except Exception:  # noqa: BLE001 - sqlite "database is locked": retry
-                time.sleep(0.2)
-    return None
-
-
-@contextmanager
-def _heartbeat(trial: Any) -> Iterator[None]:
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            with suppress(Exception):  # finished meanwhile, or a storage hiccup
-                trial.set_user_attr("heartbeat", time.time())
-            if stop.wait(HEARTBEAT_S):
-                return
-
-    th = threading.Thread(target=beat, daemon=True)
-    th.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        th.join()
 
 
 def _compact(res: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,15 +79,15 @@ def _work(pr: ProtocolRun, suffix: str, phase: str, parent: str, params_of: Any)
     """Claim and run slots of one study until none is waiting."""
     from clbench.runner import run
 
-    optuna = _optuna()
-    study = _open_study(pr, suffix, [], {})
+    optuna = load_optuna()
+    study = open_study(pr, suffix, [], {})
     space = pr.space
-    while (trial := _claim(study)) is not None:
+    while (trial := claim(study)) is not None:
         slot = int(trial.user_attrs["slot"])
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         params = params_of(trial, space)
         seed = int(params.pop("__seed__", pr.protocol.tuning_seeds[0]))
-        with _heartbeat(trial):
+        with heartbeat(trial):
             start = time.perf_counter()
             try:
                 res = run(pr.config(phase, params, seed, parent), resume=True)
@@ -303,20 +95,13 @@ def _work(pr: ProtocolRun, suffix: str, phase: str, parent: str, params_of: Any)
                 raise
             except Exception as exc:  # noqa: BLE001 - a crashed or NaN trial counts in the budget
                 trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-                _tell(study, trial, optuna.trial.TrialState.FAIL)
+                tell(study, trial, optuna.trial.TrialState.FAIL)
                 _log(pr, f"{phase} slot {slot} {params} failed: {type(exc).__name__}: {exc}")
                 continue
         value = _objective(res, phase)
         trial.set_user_attr("results", _compact(res))
-        _tell(study, trial, optuna.trial.TrialState.COMPLETE, value)
+        tell(study, trial, optuna.trial.TrialState.COMPLETE, value)
         _log(pr, f"{phase} slot {slot} seed {seed} {params} -> {value:.4f} ({time.perf_counter() - start:.1f} s)")
-
-
-def _tell(study: Any, trial: Any, state: Any, value: float | None = None) -> None:
-    optuna = _optuna()
-    # another worker that took over a stale trial may have told it already
-    with suppress(RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
 
 
 def _objective(res: Mapping[str, Any], phase: str) -> float:
@@ -344,43 +129,6 @@ def _eval_params(best: dict[str, Any]) -> Any:
 
 def _worker_main(pr: ProtocolRun, suffix: str, phase: str, parent: str, best: dict[str, Any] | None) -> None:
     _work(pr, suffix, phase, parent, _tune_params if best is None else _eval_params(best))
-
-
-def _run_phase(pr: ProtocolRun, suffix: str, phase: str, parent: str, workers: int,
-               best: dict[str, Any] | None) -> None:
-    if workers <= 1:
-        _worker_main(pr, suffix, phase, parent, best)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(pr, suffix, phase, parent, best)) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        raise
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
-    if bad:
-        raise ClbenchError(f"{len(bad)} of {workers} {phase} workers exited with codes {bad}; "
-                           "rerun the same command to resume")
-
-
-def _until_done(pr: ProtocolRun, study: Any, suffix: str, phase: str, parent: str, workers: int,
-                best: dict[str, Any] | None) -> None:
-    """Run the phase; with shared storage, wait for other nodes and take over trials of dead ones."""
-    optuna = _optuna()
-    live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    while True:
-        _run_phase(pr, suffix, phase, parent, workers, best)
-        if not study.get_trials(deepcopy=False, states=live):
-            return
-        if not _requeue(study, None if pr.embedded else STALE_AFTER_S):
-            time.sleep(5)
 
 
 def _parent_run(pr: ProtocolRun, study: Any) -> str:
@@ -433,26 +181,26 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     slots = draw(space, p.n_trials, p.sampler_seed)
     pr.dir.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    lock = _exclusive(pr.dir / ".lock") if pr.embedded else _nullcontext()
+    lock = exclusive(pr.dir / ".lock") if pr.embedded else nullcontext()
     with lock:
-        study = _open_study(pr, "", slots, {"method": method, "track": track})
+        study = open_study(pr, "", slots, {"method": method, "track": track})
         if pr.embedded:
-            n = _requeue(study, None)
+            n = requeue(study, None)
             if n:
                 _log(pr, f"resuming: {n} interrupted trial(s) requeued")
         parent = _parent_run(pr, study)
         _log(pr, f"phase 1: {len(slots)} of {size(space)} configurations of {sorted(space)} on "
                  f"{p.tune_scenario} ({pr.dir})")
-        _until_done(pr, study, "", "tune", parent, workers, None)
+        until_done(pr, study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
         best, best_value = _best(study)
         _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})")
         eval_slots = [{"seed": s} for s in p.eval_seeds]
-        ev = _open_study(pr, "-eval", [], {}) if _study_exists(pr, "-eval") else None
+        ev = open_study(pr, "-eval", [], {}) if study_exists(pr, "-eval") else None
         if ev is None:
-            ev = _open_eval(pr, eval_slots)
+            ev = open_eval(pr, eval_slots)
         if pr.embedded:
-            _requeue(ev, None)
-        _until_done(pr, ev, "-eval", "eval", parent, workers, best)
+            requeue(ev, None)
+        until_done(pr, ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
         record = _record(pr, study, ev, best, best_value, space_record(space), parent, started)
         atomic_write_json(pr.dir / "protocol.json", record)
         _finish_parent(pr, parent, record)
@@ -473,34 +221,8 @@ def _precheck(cfg: Any) -> None:
     check_compatible(res.method_cls, stream, model_family(model))
 
 
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
-
-
-def _study_exists(pr: ProtocolRun, suffix: str) -> bool:
-    optuna = _optuna()
-    names = {s.study_name for s in optuna.get_all_study_summaries(_storage(pr.storage_url))}
-    return pr.name + suffix in names
-
-
-def _open_eval(pr: ProtocolRun, eval_slots: list[dict[str, Any]]) -> Any:
-    """The evaluation study: one slot per seed (enqueued with the seed as the only parameter)."""
-    optuna = _optuna()
-    storage = _storage(pr.storage_url)
-    name = pr.name + "-eval"
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    except optuna.exceptions.DuplicatedStudyError:
-        return _open_study(pr, "-eval", [], {})
-    for slot, params in enumerate(eval_slots):
-        study.enqueue_trial(params, user_attrs={"slot": slot, "seed": params["seed"]})
-    study.set_user_attr("prepared", len(eval_slots))
-    return study
-
-
 def _best(study: Any) -> tuple[dict[str, Any], float]:
-    optuna = _optuna()
+    optuna = load_optuna()
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise ClbenchError(f"no tuning trial of {study.study_name} finished; see the trial errors "

@@ -1,0 +1,321 @@
+"""Owns where a tuning protocol's trials live and who runs them (the plumbing of clbench.tuning).
+
+The declared protocols (one per track, ``PROTOCOLS``), a protocol run's identity (``ProtocolRun``:
+study name, directory, Optuna storage URL, run configurations), and its Optuna studies: creation
+and slot queueing, atomic claims, heartbeats, requeueing of trials whose worker is gone, and the
+worker processes of a phase. What a slot runs, its objective and the chosen hyperparameters
+belong to ``clbench.tuning``; this module never imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clbench.errors import ClbenchError, ConfigError
+
+PROTOCOL_RUNS_DIR = "runs/protocol"
+HEARTBEAT_S = 10.0  # a running trial's worker refreshes its heartbeat this often
+STALE_AFTER_S = 120.0  # shared storage: a running trial silent this long is requeued
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One track's fixed protocol: the same budget and settings for every method."""
+
+    track: str
+    tune_scenario: str
+    eval_scenario: str
+    n_trials: int
+    tune_options: dict[str, Any] = field(default_factory=dict)
+    eval_options: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "random_grid"  # seeded draw without replacement from the grids (clbench.search.draw)
+    sampler_seed: int = 0
+    tuning_seeds: tuple[int, ...] = (0,)
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
+    objective: str = "acc"  # final average accuracy on the tuning scenario's validation split
+    name: str = "reality_check"
+    version: str = "1"
+
+    def record(self) -> dict[str, Any]:
+        """What protocol.json stores under ``protocol``."""
+        return {"name": self.name, "version": self.version, "n_trials": self.n_trials,
+                "sampler": self.sampler, "sampler_seed": self.sampler_seed,
+                "objective": self.objective, "objective_split": "val",
+                "tuning_seeds": list(self.tuning_seeds)}
+
+
+def protocol_of(track: Any) -> Protocol:
+    """The protocol a track declares (``leaderboards/<track>/track.yaml``, see clbench.tracks)."""
+    assert track.tune is not None
+    return Protocol(track=track.name, tune_scenario=track.tune.name, eval_scenario=track.evaluate.name,
+                    n_trials=track.n_trials, tune_options=dict(track.tune.options),
+                    eval_options=dict(track.evaluate.options), fixed=dict(track.fixed),
+                    eval_seeds=track.eval_seeds)
+
+
+def _declared() -> dict[str, Protocol]:
+    from clbench.tracks import all_tracks
+
+    return {name: protocol_of(t) for name, t in all_tracks().items() if t.tune is not None}
+
+
+# Every track that declares a tuning scenario has a protocol (retired ones too, so their boards
+# stay verifiable); tests may add entries.
+PROTOCOLS: dict[str, Protocol] = _declared()
+
+
+def protocol_for(track: str) -> Protocol:
+    if track not in PROTOCOLS:
+        raise ConfigError("track", track, sorted(PROTOCOLS))
+    return PROTOCOLS[track]
+
+
+# --------------------------------------------------------------------------- one protocol run
+
+
+def _scenario_values(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"scenario": name, **{f"scenario.{k}": v for k, v in options.items()}}
+
+
+def _study_key(p: Protocol, method: str, overrides: Mapping[str, Any], space: dict[str, Any]) -> str:
+    blob = json.dumps({"protocol": p.record(), "tune": [p.tune_scenario, p.tune_options],
+                       "eval": [p.eval_scenario, p.eval_options, list(p.eval_seeds)], "fixed": p.fixed,
+                       "overrides": dict(overrides), "space": space, "method": method},
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+@dataclass
+class ProtocolRun:
+    """Everything one protocol run needs; picklable, so worker processes get a copy."""
+
+    method: str
+    protocol: Protocol
+    overrides: dict[str, Any]
+    storage: str  # "" = sqlite file in the protocol directory
+    runs_dir: str = PROTOCOL_RUNS_DIR
+    progress: bool = True
+
+    @property
+    def space(self) -> dict[str, Any]:
+        from clbench.registry import METHODS, load_plugins
+
+        load_plugins()
+        return dict(METHODS.get(self.method).search_space)
+
+    @property
+    def name(self) -> str:
+        from clbench.search import space_record
+
+        key = _study_key(self.protocol, self.method, self.overrides, space_record(self.space))
+        return f"{self.protocol.track}-{self.method}-{key}"
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.runs_dir) / self.protocol.track / self.method / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.dir / 'optuna.db').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.storage
+
+    def config(self, phase: str, params: Mapping[str, Any], seed: int, parent: str) -> Any:
+        from clbench.config import build_run_config
+
+        p = self.protocol
+        scen = (_scenario_values(p.tune_scenario, p.tune_options) if phase == "tune"
+                else _scenario_values(p.eval_scenario, p.eval_options))
+        values = {**p.fixed, **self.overrides, **params, **scen, "method": self.method, "seed": seed,
+                  "tracking.runs_dir": str(self.dir / phase), "tracking.parent_run_id": parent,
+                  "trainer.progress": False}
+        return build_run_config(values)
+
+
+# --------------------------------------------------------------------------- Optuna studies
+
+
+def load_optuna() -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage(url: str) -> Any:
+    optuna = load_optuna()
+    if url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """One local protocol process per directory (so its orphaned trials can be requeued)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ClbenchError(f"another protocol process is using {path.parent}; wait for it or stop it") from exc
+        yield
+
+
+def open_study(pr: ProtocolRun, suffix: str, slots: list[dict[str, Any]], parent_attrs: dict[str, Any]) -> Any:
+    """Create the study and enqueue its slots (only the creator does), or join an existing one."""
+    optuna = load_optuna()
+    store = storage(pr.storage_url)
+    name = pr.name + suffix
+    try:
+        study = optuna.create_study(study_name=name, storage=store, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=pr.protocol.sampler_seed))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=store,
+                                  sampler=optuna.samplers.RandomSampler(seed=pr.protocol.sampler_seed))
+        created = False
+    if created:
+        for attr, value in parent_attrs.items():
+            study.set_user_attr(attr, value)
+        for slot, params in enumerate(slots):
+            study.enqueue_trial(params, user_attrs={"slot": slot})
+        study.set_user_attr("prepared", len(slots))
+    deadline = time.monotonic() + 120
+    while "prepared" not in study.user_attrs:  # another node is enqueueing right now
+        if time.monotonic() > deadline:
+            raise ClbenchError(f"study {name} in {pr.storage_url} was created but never prepared; "
+                               "delete it or use another storage")
+        time.sleep(1)
+    return study
+
+
+def study_exists(pr: ProtocolRun, suffix: str) -> bool:
+    optuna = load_optuna()
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage(pr.storage_url))}
+    return pr.name + suffix in names
+
+
+def open_eval(pr: ProtocolRun, eval_slots: list[dict[str, Any]]) -> Any:
+    """The evaluation study: one slot per seed (enqueued with the seed as the only parameter)."""
+    optuna = load_optuna()
+    store = storage(pr.storage_url)
+    name = pr.name + "-eval"
+    try:
+        study = optuna.create_study(study_name=name, storage=store, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        return open_study(pr, "-eval", [], {})
+    for slot, params in enumerate(eval_slots):
+        study.enqueue_trial(params, user_attrs={"slot": slot, "seed": params["seed"]})
+    study.set_user_attr("prepared", len(eval_slots))
+    return study
+
+
+def requeue(study: Any, older_than: float | None) -> int:
+    """RUNNING trials whose worker is gone go back to WAITING (same trial, same slot, same params)."""
+    optuna = load_optuna()
+    n = 0
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        beat = float(t.user_attrs.get("heartbeat", 0.0))
+        if older_than is None or now - beat > older_than:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
+            n += 1
+    return n
+
+
+def claim(study: Any) -> Any:
+    """Atomically take one WAITING trial (row lock in PostgreSQL, write lock in SQLite)."""
+    optuna = load_optuna()
+    for _ in range(50):
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if not waiting:
+            return None
+        for t in sorted(waiting, key=lambda t: t.number):
+            try:
+                if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):
+                    return optuna.trial.Trial(study, t._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            except Exception:  # noqa: BLE001 - sqlite "database is locked": retry
+                time.sleep(0.2)
+    return None
+
+
+@contextmanager
+def heartbeat(trial: Any) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with suppress(Exception):  # finished meanwhile, or a storage hiccup
+                trial.set_user_attr("heartbeat", time.time())
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    th = threading.Thread(target=beat, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join()
+
+
+def tell(study: Any, trial: Any, state: Any, value: float | None = None) -> None:
+    optuna = load_optuna()
+    # another worker that took over a stale trial may have told it already
+    with suppress(RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int, phase: str) -> None:
+    """``target(*args)`` in this process (one worker) or in ``workers`` spawned processes."""
+    if workers <= 1:
+        target(*args)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        raise ClbenchError(f"{len(bad)} of {workers} {phase} workers exited with codes {bad}; "
+                           "rerun the same command to resume")
+
+
+def until_done(pr: ProtocolRun, study: Any, target: Callable[..., None], args: tuple[Any, ...],
+               workers: int, phase: str) -> None:
+    """Run the phase; with shared storage, wait for other nodes and take over trials of dead ones."""
+    optuna = load_optuna()
+    live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    while True:
+        run_workers(target, args, workers, phase)
+        if not study.get_trials(deepcopy=False, states=live):
+            return
+        if not requeue(study, None if pr.embedded else STALE_AFTER_S):
+            time.sleep(5)
