@@ -32,6 +32,17 @@ from clbench.models import build_model, count_params, model_family
 from clbench.objectives import objective_for
 from clbench.probes import probe_scores
 from clbench.protocol import Method, Scenario, check_compatible, check_inputs
+from clbench.records import (
+    CostRecord,
+    ExperienceRecord,
+    GeneralRecord,
+    MlflowRecord,
+    ModelRecord,
+    RunProgress,
+    RunRecord,
+    ScenarioRecord,
+    SeedRecord,
+)
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
 from clbench.tracking import MlflowRun, environment, heatmap_png, write_results
@@ -103,7 +114,8 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     if resume and (run_dir / "results.json").is_file():
         import json
 
-        return dict(json.loads((run_dir / "results.json").read_text()))
+        path = run_dir / "results.json"
+        return RunRecord.from_json(json.loads(path.read_text()), str(path)).to_json()
     stream = res.scenario.build()
     seed_everything(cfg.seed)
     model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
@@ -121,8 +133,8 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     if stream.scenario_type == "test_time":  # online adapt-while-predicting loop
         from clbench.tta import TestTimeRun
 
-        return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume)
-    return _Run(res, stream, model, run_dir, foundation).execute(resume)
+        return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume).to_json()
+    return _Run(res, stream, model, run_dir, foundation).execute(resume).to_json()
 
 
 def _distributed(cfg: RunConfig) -> RunConfig:
@@ -179,26 +191,24 @@ class _Run:
         self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_mask,
                                    cfg.trainer.precision, cfg.trainer.progress, objective)
         self.tracker = MlflowRun(cfg.tracking)
-        self.state: dict[str, Any] = {"done": 0, "R": [], "R_val": [], "b": None, "per_exp": [],
-                                      "general_before": None, "general": [],
-                                      "wall_s": 0.0, "mlflow_run_id": None, "started_at": _now()}
+        self.progress = RunProgress(started_at=_now())
 
-    def execute(self, resume: bool) -> dict[str, Any]:
+    def execute(self, resume: bool) -> RunRecord:
         if resume:
             self._restore()
         self._start_tracking()
         t0 = time.perf_counter()
         try:
-            if self.state["b"] is None:
+            if self.progress.b is None:
                 self._before_training()
-            for i in range(self.state["done"], len(self.stream)):
+            for i in range(self.progress.done, len(self.stream)):
                 self._experience(i, t0)
                 t0 = time.perf_counter()
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             reason = f"{type(exc).__name__}: {exc}"
             atomic_write_json(self.run_dir / STATUS, {"status": status.lower(), "reason": reason,
-                                                      "completed_experiences": self.state["done"]})
+                                                      "completed_experiences": self.progress.done})
             self.tracker.end(status, reason)
             raise
         return self._finish()
@@ -207,10 +217,13 @@ class _Run:
         source = self.stream.source
         if source is not None and self.method.needs_source_data:
             self.method.on_source_data(self.model, source.train)
-        self.state["b"] = self.evaluator.row(self.model, self.method, self.stream.experiences,
+        self.progress.b = self.evaluator.row(self.model, self.method, self.stream.experiences,
                                              desc="eval pre-training")
-        self.state["general_before"] = self._general()
-        self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.state["general_before"].items()}, 0)
+        self._general_before()
+
+    def _general_before(self) -> None:
+        self.progress.general_before = self._general()
+        self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.progress.general_before.items()}, 0)
 
     def _general(self) -> dict[str, float]:
         """General capability: source test accuracy; lm-eval scores for language models.
@@ -231,7 +244,7 @@ class _Run:
             hf_model, tokenizer = handle()
             scores.update(lm_eval_scores(hf_model, tokenizer, self.cfg.eval.lm_eval_tasks,
                                          limit=self.cfg.eval.lm_eval_limit or None))
-            self.state["general_time_s"] = self.state.get("general_time_s", 0.0) + time.perf_counter() - start
+            self.progress.general_time_s += time.perf_counter() - start
         return scores
 
     def _experience(self, i: int, t0: float) -> None:
@@ -241,20 +254,23 @@ class _Run:
         stats = self.trainer.train_experience(self.model, self.method, exps[i], exps[: i + 1], gen)
         report = to_plain(self.method.experience_report())
         row = self.evaluator.row(self.model, self.method, exps, desc=f"eval after exp {i}")
-        self.state["R"].append(row)
+        self.progress.R.append(row)
         if self.cfg.eval.validation:
-            self.state["R_val"].append(self.evaluator.row(self.model, self.method, exps, "val"))
+            self.progress.R_val.append(self.evaluator.row(self.model, self.method, exps, "val"))
         general = self._general()
-        self.state["general"].append(general)
+        self.progress.general.append(general)
         trainable, _ = count_params(self.model)
-        extra = {"method": report}
-        ppl = self.evaluator.perplexity(self.model, self.method, exps[i].test)
-        if math.isfinite(ppl):  # language-modeling streams: plasticity as target perplexity
-            extra["test_perplexity"] = ppl
+        ppl: float | None = self.evaluator.perplexity(self.model, self.method, exps[i].test)
+        if ppl is not None and math.isfinite(ppl):  # language-modeling streams: plasticity as target perplexity
             self.tracker.log_metrics({"test_perplexity": ppl}, step=i)
-        self.state["per_exp"].append({**vars(stats), "trainable_params": trainable, **extra})
-        self.state["done"] = i + 1
-        self.state["wall_s"] += time.perf_counter() - t0
+        else:
+            ppl = None
+        self.progress.per_exp.append(ExperienceRecord(
+            optimizer_steps=stats.optimizer_steps, train_samples=stats.train_samples,
+            train_time_s=stats.train_time_s, forward_samples=stats.forward_samples,
+            mean_loss=stats.mean_loss, trainable_params=trainable, test_perplexity=ppl, method=report))
+        self.progress.done = i + 1
+        self.progress.wall_s += time.perf_counter() - t0
         self._checkpoint()
         self._log_experience(i, row, stats.mean_loss, stats.train_time_s, general, report)
 
@@ -263,9 +279,9 @@ class _Run:
         m = {f"acc_exp_{j}": a for j, a in enumerate(row)}
         m.update(acc_seen=float(np.mean(row[: i + 1])), acc_all=float(np.mean(row)),
                  train_loss=loss, train_time_s=secs)
-        if self.state["R_val"]:
-            m["val_acc_seen"] = float(np.mean(self.state["R_val"][-1][: i + 1]))
-        before = self.state["general_before"] or {}
+        if self.progress.R_val:
+            m["val_acc_seen"] = float(np.mean(self.progress.R_val[-1][: i + 1]))
+        before = self.progress.general_before or {}
         for k, v in general.items():
             m[f"general/{k}"] = v
             m[f"general/{k}_retention"] = v / before[k] if before.get(k) else float("nan")
@@ -275,7 +291,7 @@ class _Run:
     def _checkpoint(self) -> None:
         save_checkpoint(self.run_dir, {"model": self.model.state_dict(),
                                        "method": self.method.state_dict(),
-                                       "progress": dict(self.state), "config_key": self.cfg.key()})
+                                       "progress": self.progress.to_checkpoint(), "config_key": self.cfg.key()})
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
@@ -285,7 +301,7 @@ class _Run:
             raise ClbenchError(f"checkpoint in {self.run_dir} belongs to another config")
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
-        self.state.update(ckpt["progress"])
+        self.progress = RunProgress.from_checkpoint(ckpt["progress"])
 
     def _start_tracking(self) -> None:
         cfg = self.cfg
@@ -295,76 +311,72 @@ class _Run:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
         name = cfg.tracking.run_name or f"{cfg.method}-{cfg.scenario}-s{cfg.seed}"
         rid = self.tracker.start(name, self.res.config_dict(),
-                                 tags, resume_id=self.state.get("mlflow_run_id"))
-        self.state["mlflow_run_id"] = rid
+                                 tags, resume_id=self.progress.mlflow_run_id)
+        self.progress.mlflow_run_id = rid
 
-    def _finish(self) -> dict[str, Any]:
-        results = self._results()
-        path = write_results(self.run_dir, results)
+    def _finish(self) -> RunRecord:
+        record = self._record()
+        path = write_results(self.run_dir, record)
         (self.run_dir / STATUS).unlink(missing_ok=True)
-        self.tracker.log_metrics({**results["metrics"], **_numeric(results["cost"])}, step=len(self.stream) - 1)
+        self.tracker.log_metrics({**record.metrics, **_numeric(to_plain(record.cost))}, step=len(self.stream) - 1)
         r_json = self.run_dir / "R.json"
-        atomic_write_json(r_json, {"R": results["R"], "R_pretrain": results["R_pretrain"]})
+        atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
         title = f"{self.cfg.method} on {self.cfg.scenario} (seed {self.cfg.seed})"
-        png = heatmap_png(results["R"], self.run_dir / "R.png", title)
+        png = heatmap_png(record.R, self.run_dir / "R.png", title)
         self.tracker.log_artifacts([path, r_json, png, *self.method.artifacts(self.run_dir)])
         self.tracker.end("FINISHED")
-        return results
+        return record
 
     def _general_summary(self) -> dict[str, float]:
         """``general_retention``: mean over general-capability scores of last / before."""
-        before, after = self.state["general_before"] or {}, self.state["general"]
+        before, after = self.progress.general_before or {}, self.progress.general
         if not before or not after:
             return {}
         ratios = [after[-1][k] / v for k, v in before.items() if v]
         return {"general_retention": float(np.mean(ratios))} if ratios else {}
 
     def _metrics(self) -> dict[str, float]:
-        return {**M.summarize(self.state["R"], self.state["b"]), **self._general_summary()}
+        return {**M.summarize(self.progress.R, self.progress.b or []), **self._general_summary()}
 
-    def _results(self) -> dict[str, Any]:
-        s, stream = self.state, self.stream
+    def _cost(self) -> CostRecord:
+        per, (trainable, total) = self.progress.per_exp, count_params(self.model)
+        train_time = sum(p.train_time_s for p in per)
+        samples = sum(p.train_samples for p in per)
+        return CostRecord(
+            wall_time_s=self.progress.wall_s, train_time_s=train_time, train_samples=samples,
+            train_samples_per_s=samples / max(train_time, 1e-9),
+            optimizer_steps=sum(p.optimizer_steps for p in per),
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_cuda_mb=_cuda_peak_mb(), trainable_params=trainable, total_params=total,
+            general_eval_time_s=self.progress.general_time_s)
+
+    def _record(self) -> RunRecord:
+        """The finished run as a typed record (written to ``results.json``)."""
+        p, stream, cfg = self.progress, self.stream, self.cfg
         trainable, total = count_params(self.model)
-        per = s["per_exp"]
-        train_time = sum(p["train_time_s"] for p in per)
-        samples = sum(p["train_samples"] for p in per)
-        return {
-            "status": "finished",
-            "run_key": self.cfg.key(),
-            "config": self.res.config_dict(),
-            "scenario": {"name": stream.name, "version": self.res.scenario.VERSION,
-                         "type": stream.scenario_type, "content_hash": stream.content_hash(),
-                         "n_experiences": len(stream), "num_classes": stream.num_classes,
-                         "classes": [list(e.classes) for e in stream.experiences],
-                         "meta": to_plain(stream.meta)},
-            "model": {"name": self.cfg.model, "family": model_family(self.model),
-                      "init_hash": self.init_hash, "trainable_params": trainable, "total_params": total},
-            "seeds": {"seed": self.cfg.seed,
-                      "experience_seeds": [derive_seed(self.cfg.seed, i) for i in range(len(stream))]},
-            "R": s["R"], "R_pretrain": s["b"], "R_val": s["R_val"],
-            "metrics": self._metrics(),
-            "general": {"before": s["general_before"], "after": s["general"]},
-            "foundation": self.foundation,
-            "per_experience": per,
-            "mechanism": mechanism(self.method.mechanism_figures, per),
-            "cost": {"wall_time_s": s["wall_s"], "train_time_s": train_time,
-                     "train_samples": samples, "train_samples_per_s": samples / max(train_time, 1e-9),
-                     "optimizer_steps": sum(p["optimizer_steps"] for p in per),
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                     "peak_cuda_mb": _cuda_peak_mb(), "trainable_params": trainable, "total_params": total,
-                     "general_eval_time_s": s.get("general_time_s", 0.0)},
-            "env": environment(str(self.device)),
-            "mlflow": {"run_id": s["mlflow_run_id"], "tracking_uri": self.tracker.uri if s["mlflow_run_id"] else None},
-            "run_dir": str(self.run_dir),
-            "started_at": s["started_at"], "finished_at": _now(),
-        }
+        return RunRecord(
+            status="finished", run_key=cfg.key(), config=self.res.config_dict(),
+            scenario=ScenarioRecord(
+                name=stream.name, version=self.res.scenario.VERSION, type=stream.scenario_type,
+                content_hash=stream.content_hash(), n_experiences=len(stream), num_classes=stream.num_classes,
+                classes=[list(e.classes) for e in stream.experiences], meta=to_plain(stream.meta)),
+            model=ModelRecord(name=cfg.model, family=model_family(self.model), init_hash=self.init_hash,
+                              trainable_params=trainable, total_params=total),
+            seeds=SeedRecord(seed=cfg.seed, experience_seeds=[derive_seed(cfg.seed, i) for i in range(len(stream))]),
+            R=p.R, R_pretrain=p.b, R_val=p.R_val, metrics=self._metrics(),
+            general=GeneralRecord(before=p.general_before, after=p.general),
+            foundation=self.foundation, per_experience=p.per_exp,
+            mechanism=mechanism(self.method.mechanism_figures, p.per_exp),
+            cost=self._cost(), env=environment(str(self.device)),
+            mlflow=MlflowRecord(run_id=p.mlflow_run_id, tracking_uri=self.tracker.uri if p.mlflow_run_id else None),
+            run_dir=str(self.run_dir), started_at=p.started_at, finished_at=_now())
 
 
-def mechanism(keys: tuple[str, ...], per_exp: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+def mechanism(keys: tuple[str, ...], per_exp: list[ExperienceRecord]) -> dict[str, list[float | None]]:
     """Each declared mechanism figure per experience (``None`` where the report lacks it)."""
     out: dict[str, list[float | None]] = {}
     for k in keys:
-        vals = [p.get("method", {}).get(k) for p in per_exp]
+        vals = [p.method.get(k) for p in per_exp]
         out[k] = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None for v in vals]
     return out
 

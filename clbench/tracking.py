@@ -23,8 +23,8 @@ import numpy as np
 
 from clbench.checkpoint import atomic_write_bytes, atomic_write_json
 from clbench.config import TrackingConfig, flatten
+from clbench.records import RunRecord
 
-SCHEMA_VERSION = 1
 RESULTS = "results.json"
 _PACKAGES = ("torch", "torchvision", "numpy", "avalanche-lib", "mlflow", "transformers",
              "datasets", "lm-eval", "mlxtend", "scikit-learn")
@@ -76,10 +76,10 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def write_results(run_dir: Path, results: Mapping[str, Any]) -> Path:
-    """Atomically write ``results.json`` with the schema version stamped in."""
+def write_results(run_dir: Path, record: RunRecord) -> Path:
+    """Atomically write ``results.json`` (the record's JSON, schema version first)."""
     path = run_dir / RESULTS
-    atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **results})
+    atomic_write_json(path, record.to_json())
     return path
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from clbench.config import to_plain
 from clbench.evaluation import Evaluator
+from clbench.records import CostRecord, ExperienceRecord, RunRecord, TestTimeRecord
 from clbench.runner import _numeric, _Run, derive_seed
 from clbench.streams import Batch, Experience, Split
 
@@ -154,9 +156,8 @@ class TestTimeRun(_Run):
         source = self.stream.source
         if source is not None and self.method.needs_source_data:
             self.method.on_source_data(self.model, source.train)
-        self.state["b"] = [self._static_accuracy(e.test) for e in self.stream.experiences]
-        self.state["general_before"] = self._general()
-        self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.state["general_before"].items()}, 0)
+        self.progress.b = [self._static_accuracy(e.test) for e in self.stream.experiences]
+        self._general_before()
 
     @torch.inference_mode()
     def _static_accuracy(self, data: Split) -> float:
@@ -192,38 +193,40 @@ class TestTimeRun(_Run):
         self.method.on_experience_end(blind(exp), self.model)
         secs = time.perf_counter() - start
         report = to_plain(self.method.experience_report())
-        row = (self.state["R"][0] if self.state["R"] else []) + [acc]
-        self.state["R"] = [row]
+        self.progress.R = [self._online_row() + [acc]]
         general = self._general()
-        self.state["general"].append(general)
-        self.state["per_exp"].append({"domain": self.domains[i], "error": 1.0 - acc,
-                                      "adapt_batches": batches, "adapt_samples": len(exp.test),
-                                      "adapt_time_s": secs, "train_samples": 0, "train_time_s": 0.0,
-                                      "optimizer_steps": 0, "method": report})
-        self.state["done"] = i + 1
-        self.state["wall_s"] += time.perf_counter() - t0
+        self.progress.general.append(general)
+        self.progress.per_exp.append(ExperienceRecord(
+            domain=self.domains[i], error=1.0 - acc, adapt_batches=batches, adapt_samples=len(exp.test),
+            adapt_time_s=secs, method=report))
+        self.progress.done = i + 1
+        self.progress.wall_s += time.perf_counter() - t0
         self._checkpoint()
         m = {"error": 1.0 - acc, "acc_domain": acc, "adapt_time_s": secs,
              **{f"general/{k}": v for k, v in general.items()},
              **{f"method_{k}": v for k, v in _numeric(report).items()}}
         self.tracker.log_metrics(m, step=i)
 
-    def _metrics(self) -> dict[str, float]:
-        s = self.state
-        after = s["general"][-1] if s["general"] else {}
-        return {**tta_metrics(s["R"][0] if s["R"] else [], s["b"] or [], self.domains,
-                              s["general_before"] or {}, after), **self._general_summary()}
+    def _online_row(self) -> list[float]:
+        """The online accuracies so far, one per finished domain."""
+        return list(self.progress.R[0]) if self.progress.R else []
 
-    def _results(self) -> dict[str, Any]:
-        results = super()._results()
-        per = self.state["per_exp"]
-        secs = sum(p["adapt_time_s"] for p in per)
-        samples = sum(p["adapt_samples"] for p in per)
-        results["cost"].update(adapt_batches=sum(p["adapt_batches"] for p in per), adapt_samples=samples,
-                               adapt_time_s=secs, adapt_samples_per_s=samples / max(secs, 1e-9))
-        results["test_time"] = {"domains": self.domains, "batch_size": self.batch_size,
-                                "errors": [1.0 - a for a in (self.state["R"][0] if self.state["R"] else [])]}
-        return results
+    def _metrics(self) -> dict[str, float]:
+        p = self.progress
+        after = p.general[-1] if p.general else {}
+        return {**tta_metrics(self._online_row(), p.b or [], self.domains, p.general_before or {}, after),
+                **self._general_summary()}
+
+    def _cost(self) -> CostRecord:
+        per = self.progress.per_exp
+        secs = sum(p.adapt_time_s or 0.0 for p in per)
+        samples = sum(p.adapt_samples or 0 for p in per)
+        return replace(super()._cost(), adapt_batches=sum(p.adapt_batches or 0 for p in per),
+                       adapt_samples=samples, adapt_time_s=secs, adapt_samples_per_s=samples / max(secs, 1e-9))
+
+    def _record(self) -> RunRecord:
+        return replace(super()._record(), test_time=TestTimeRecord(
+            domains=list(self.domains), batch_size=self.batch_size, errors=[1.0 - a for a in self._online_row()]))
 
 
 # ---- tools for test-time methods -------------------------------------------------------------
