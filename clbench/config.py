@@ -218,7 +218,9 @@ def build_run_config(values: Mapping[str, Any], base: RunConfig | None = None) -
         kwargs[name] = _coerce(f"{name}", top.get(name, getattr(base, name)), str)
     kwargs["seed"] = _coerce("seed", top.get("seed", base.seed), int)
     for name in _PLUGIN_SECTIONS:
-        kwargs[f"{name}_options"] = plugin[name]
+        # plain values (tuples as lists), as YAML and the command line give them: a config read
+        # back from its own dump (or declared in a track) is then equal, not only of equal key()
+        kwargs[f"{name}_options"] = {k: to_plain(v) for k, v in plugin[name].items()}
     return RunConfig(**kwargs)
 
 

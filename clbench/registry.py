@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from clbench.errors import ConfigError
@@ -55,6 +55,27 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests that register temporary plug-ins)."""
         self._items.pop(name, None)
+
+    @contextlib.contextmanager
+    def override(self, name: str, obj: T) -> Iterator[T]:
+        """Within the ``with`` block, ``name`` is ``obj``; afterwards (also on an exception) what was
+        there before is back, or nothing if ``name`` was new.
+
+        For tests that swap in a recording or failing plug-in: ``with METHODS.override(name,
+        Spy): run(...)``. The plug-ins are loaded first, so a name they register is replaced, not
+        shadowed. ``obj`` is stored as is (its ``registry_name`` is not set, so a subclass keeps
+        its parent's).
+        """
+        if not _NAME.match(name):
+            raise ValueError(f"{self.kind} name {name!r} must be lower_snake_case")
+        load_plugins()
+        saved = {name: self._items[name]} if name in self._items else {}
+        self._items[name] = obj
+        try:
+            yield obj
+        finally:
+            self._items.pop(name, None)
+            self._items.update(saved)
 
 
 METHODS: Registry[Any] = Registry("method")

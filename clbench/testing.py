@@ -60,6 +60,7 @@ class TinyScenario(Scenario):
     """Synthetic Gaussian-blob stream for tests (registered by :func:`register_tiny`)."""
 
     Config = TinyConfig
+    VERSION = "1"  # as tiny_stream's
 
     def build(self) -> Stream:
         c = self.config

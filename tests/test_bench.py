@@ -42,14 +42,14 @@ def test_bench_table_mean_std_and_per_seed(tiny_suite: None) -> None:
     assert "Per seed:" in text and "| naive | tiny | 1 |" in text
 
 
-def test_bench_skips_incompatible_pairs_with_reason(tiny_suite: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_skips_incompatible_pairs_with_reason(tiny_suite: None) -> None:
     class DomainOnly(Method):
         """Only domain-incremental."""
 
         scenario_types = frozenset({"domain_incremental"})
 
-    monkeypatch.setitem(METHODS._items, "naive", DomainOnly)
-    text = bench.run_bench({"method": "naive"}, seeds=(0,))
+    with METHODS.override("naive", DomainOnly):
+        text = bench.run_bench({"method": "naive"}, seeds=(0,))
     assert text.startswith("skipped naive on tiny: method")
     assert "does not support class_incremental" in text
 

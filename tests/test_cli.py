@@ -88,11 +88,10 @@ def test_sigterm_marks_the_run_killed_and_resume_finishes_it(tmp_path: Path) -> 
         "    def on_experience_start(self, exp, model):\n"
         "        if exp.index == 1:\n"
         "            print('ready', flush=True); time.sleep(60)\n"
-        "METHODS.names()\n"  # load the plug-ins first, then replace one
-        "METHODS._items['naive'] = Slow\n"
         "register_tiny()\n"
         "from clbench.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
+        "with METHODS.override('naive', Slow):\n"  # loads the plug-ins, then replaces one
+        "    sys.exit(main(sys.argv[1:]))\n"
     )
     args = [sys.executable, "-c", script, "run", "method=naive", *TINY]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Iterator
@@ -53,11 +54,13 @@ def _recording(cls: type[Method], log: list[str]) -> type[Method]:
 
 
 @pytest.fixture
-def swap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    def do(name: str, cls: type[Method]) -> None:
-        monkeypatch.setitem(METHODS._items, name, cls)
+def swap() -> Iterator[Any]:
+    """``swap(name, cls)`` registers ``cls`` as ``name`` until the test ends (swaps nest)."""
+    with contextlib.ExitStack() as stack:
+        def do(name: str, cls: type[Method]) -> None:
+            stack.enter_context(METHODS.override(name, cls))
 
-    yield do
+        yield do
 
 
 ALL = METHODS.names()
@@ -147,9 +150,28 @@ def test_method_contract_basics(name: str) -> None:
     assert cls.Config.__dataclass_params__.frozen  # type: ignore[attr-defined]
 
 
-def test_core_never_names_a_method() -> None:
+def _naming(name: str) -> re.Pattern[str]:
+    """``name`` as a whole word or identifier, any case (``_`` and digits belong to the identifier)."""
+    return re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", re.IGNORECASE)
+
+
+def test_method_name_matching_is_by_whole_word_in_any_case() -> None:
+    for text in ("EWC regularises", "as in LwF.", "method=hft", "'ssu'", "tent:", "(lae)"):
+        assert any(_naming(n).search(text) for n in ("ewc", "lwf", "hft", "ssu", "tent", "lae")), text
+    for text in ("shift", "content", "issue", "ewc_lambda", "lwf2", "the layer", "potential"):
+        assert not any(_naming(n).search(text) for n in ("ewc", "lwf", "hft", "ssu", "tent", "lae")), text
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_core_never_names_a_method(name: str) -> None:
+    """No method name, however short (ewc, lwf, hft...), as a whole word or identifier in clbench/.
+
+    Case-insensitive (``EWC`` in a comment counts); a name never matches inside another word or
+    identifier (``hft`` in ``shift``, ``tent`` in ``content``, ``ewc`` in ``ewc_lambda``).
+    """
     root = Path(__file__).parent.parent
-    core = "\n".join(p.read_text() for p in (root / "clbench").rglob("*.py"))
-    for name in ALL:
-        if len(name) >= 4:
-            assert not re.search(rf"\b{name}\b", core), f"clbench/ mentions method {name!r}"
+    word = _naming(name)
+    hits = [f"{path.relative_to(root)}:{i}: {line.strip()}"
+            for path in sorted((root / "clbench").rglob("*.py"))
+            for i, line in enumerate(path.read_text().splitlines(), 1) if word.search(line)]
+    assert not hits, f"clbench/ names method {name!r}:\n" + "\n".join(hits)

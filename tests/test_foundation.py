@@ -48,7 +48,7 @@ def test_general_capability_before_and_after_each_experience(tmp_path: Path) -> 
     assert [r.info.run_id for r in found] == [run_id]
 
 
-def test_source_data_only_for_methods_that_declare_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_source_data_only_for_methods_that_declare_it(tmp_path: Path) -> None:
     seen: list[Split] = []
 
     class NeedsSource(Method):
@@ -62,15 +62,15 @@ def test_source_data_only_for_methods_that_declare_it(tmp_path: Path, monkeypatc
         def experience_report(self) -> dict[str, Any]:
             return {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
 
-    monkeypatch.setitem(METHODS._items, "naive", NeedsSource)
-    res = run(tiny_vit_config(tmp_path, "naive", **{"tracking.mlflow": True}))
-    assert len(seen) == 1 and len(seen[0]) == 6 * 24  # the source train split, once
-    assert res["per_experience"][0]["method"] == {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    hist = client.get_metric_history(res["mlflow"]["run_id"], "method_frozen_fraction")
-    assert [m.step for m in hist] == [0, 1, 2]
-    with pytest.raises(IncompatibleError, match="needs source data"):
-        run(tiny_config(tmp_path / "nosrc", "naive"))
+    with METHODS.override("naive", NeedsSource):
+        res = run(tiny_vit_config(tmp_path, "naive", **{"tracking.mlflow": True}))
+        assert len(seen) == 1 and len(seen[0]) == 6 * 24  # the source train split, once
+        assert res["per_experience"][0]["method"] == {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        hist = client.get_metric_history(res["mlflow"]["run_id"], "method_frozen_fraction")
+        assert [m.step for m in hist] == [0, 1, 2]
+        with pytest.raises(IncompatibleError, match="needs source data"):
+            run(tiny_config(tmp_path / "nosrc", "naive"))
 
 
 def test_augmented_pretraining_is_seeded_per_image_and_changes_the_recipe(tmp_path: Path) -> None:

@@ -60,18 +60,16 @@ def test_mlflow_run_params_metrics_artifacts(tmp_path: Path) -> None:
     assert len(found) == 1
 
 
-def test_resume_keeps_one_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_keeps_one_mlflow_run(tmp_path: Path) -> None:
     original = METHODS.get("naive")
 
     class Killed(original):  # type: ignore[misc]
         def on_experience_start(self, exp: Any, model: torch.nn.Module) -> None:
             if exp.index == 1:
                 raise KeyboardInterrupt
-    monkeypatch.setitem(METHODS._items, "naive", Killed)
     cfg = _mlflow_cfg(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
+    with METHODS.override("naive", Killed), pytest.raises(KeyboardInterrupt):
         run(cfg)
-    monkeypatch.setitem(METHODS._items, "naive", original)
     client = _client(tmp_path)
     [killed] = client.search_runs([client.get_experiment_by_name("clbench").experiment_id])
     assert killed.info.status == "KILLED"
@@ -81,7 +79,7 @@ def test_resume_keeps_one_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert res["mlflow"]["run_id"] == killed.info.run_id
 
 
-def test_nan_loss_fails_cleanly_and_keeps_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_fails_cleanly_and_keeps_checkpoint(tmp_path: Path) -> None:
     class Exploding(Method):
         """Loss becomes NaN on experience 1."""
 
@@ -91,9 +89,8 @@ def test_nan_loss_fails_cleanly_and_keeps_checkpoint(tmp_path: Path, monkeypatch
         def on_experience_start(self, exp: Any, model: Any) -> None:
             self.exp = exp.index
 
-    monkeypatch.setitem(METHODS._items, "naive", Exploding)
     cfg = _mlflow_cfg(tmp_path)
-    with pytest.raises(NonFiniteLossError, match="experience 1"):
+    with METHODS.override("naive", Exploding), pytest.raises(NonFiniteLossError, match="experience 1"):
         run(cfg)
     run_dir = run_dir_for(cfg)
     status = json.loads((run_dir / "status.json").read_text())
@@ -121,14 +118,14 @@ def test_unknown_scenario_and_bad_method_option(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_incompatible_pair_refused_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_incompatible_pair_refused_before_training(tmp_path: Path) -> None:
     class DomainOnly(Method):
         """Only domain-incremental."""
 
         scenario_types = frozenset({"domain_incremental"})
 
-    monkeypatch.setitem(METHODS._items, "naive", DomainOnly)
-    with pytest.raises(IncompatibleError, match="does not support class_incremental.*domain_incremental"):
+    with (METHODS.override("naive", DomainOnly),
+          pytest.raises(IncompatibleError, match="does not support class_incremental.*domain_incremental")):
         run(tiny_config(tmp_path, "naive"))
     assert not (tmp_path / "runs").exists()
 

@@ -27,17 +27,17 @@ def _task(name: str, labels: list[str]) -> TextTask:
 
 
 @pytest.mark.slow
-def test_smollm2_two_experiences_with_lm_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smollm2_two_experiences_with_lm_eval(tmp_path: Path) -> None:
     tasks = [_task("polarity", ["good", "bad"]), _task("strength", ["great", "terrible"])]
 
     class Synthetic(SCENARIOS.get("text_cl")):  # type: ignore[misc]
         def build(self):  # type: ignore[no-untyped-def]
             return tasks_to_stream(tasks, TextCLConfig(mode="generation", tokenizer=SMOLLM2_ID, max_length=48), [])
 
-    monkeypatch.setitem(SCENARIOS._items, "smol_gen", Synthetic)
-    res = run(tiny_config(tmp_path, "hft", scenario="smol_gen", model="hf_causal_lm",
-                          **{"trainer.epochs": 1, "trainer.batch_size": 4, "trainer.optimizer": "adamw",
-                             "trainer.lr": 1e-5, "eval.lm_eval_limit": 40, "eval.validation": False}))
+    with SCENARIOS.override("smol_gen", Synthetic):
+        res = run(tiny_config(tmp_path, "hft", scenario="smol_gen", model="hf_causal_lm",
+                              **{"trainer.epochs": 1, "trainer.batch_size": 4, "trainer.optimizer": "adamw",
+                                 "trainer.lr": 1e-5, "eval.lm_eval_limit": 40, "eval.validation": False}))
     before = res["general"]["before"]["clbench_pydoc_cloze/acc"]
     assert before > 0.5  # the real model is far above chance (0.25) on the bundled cloze task
     assert len(res["general"]["after"]) == 2 and 0.0 < res["metrics"]["general_retention"] <= 1.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,15 +32,15 @@ def _task(name: str, labels: list[str], per: int) -> TextTask:
 
 
 @pytest.fixture
-def text_stream(monkeypatch: pytest.MonkeyPatch) -> str:
+def text_stream() -> Iterator[str]:
     tasks = [_task("topics", ["sports", "science"], 8), _task("sentiment", ["good", "bad", "middle"], 6)]
 
     class Synthetic(SCENARIOS.get("text_cl")):  # type: ignore[misc]
         def build(self):  # type: ignore[no-untyped-def]
             return tasks_to_stream(tasks, TextCLConfig(max_length=16), ["yahoo"])
 
-    monkeypatch.setitem(SCENARIOS._items, "text_syn", Synthetic)
-    return "text_syn"
+    with SCENARIOS.override("text_syn", Synthetic):
+        yield "text_syn"
 
 
 def test_tasks_become_task_incremental_token_streams() -> None:
@@ -79,7 +80,7 @@ def test_encoder_run_fills_R_and_hft_freezes_bert_blocks(tmp_path: Path, text_st
     assert ssu["per_experience"][0]["method"] and ssu["general"]["before"] == {}
 
 
-def test_tokenizer_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokenizer_mismatch_is_refused(tmp_path: Path) -> None:
     tasks = [_task("a", ["x", "y"], 4)]
 
     class OtherTok(SCENARIOS.get("text_cl")):  # type: ignore[misc]
@@ -88,10 +89,10 @@ def test_tokenizer_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
             s.meta["tokenizer"] = "some/other-tokenizer"
             return s
 
-    monkeypatch.setitem(SCENARIOS._items, "text_other", OtherTok)
-    with pytest.raises(IncompatibleError, match="tokenized with 'some/other-tokenizer'"):
-        run(tiny_config(tmp_path, "naive", scenario="text_other", model="hf_encoder", **{"model.tiny": True}))
-    assert "naive" in METHODS.names()
+    with SCENARIOS.override("text_other", OtherTok):
+        with pytest.raises(IncompatibleError, match="tokenized with 'some/other-tokenizer'"):
+            run(tiny_config(tmp_path, "naive", scenario="text_other", model="hf_encoder", **{"model.tiny": True}))
+        assert "naive" in METHODS.names()
 
 
 @pytest.mark.skipif(not (shared_data_dir() / "lfpt5-fewshot-textcls").is_dir(),
@@ -133,7 +134,7 @@ def test_class_incremental_setting_one_label_space_no_task_ids() -> None:
         TextCLConfig(setting="class_incremental", mode="generation")
 
 
-def test_class_incremental_run_never_masks_to_the_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_class_incremental_run_never_masks_to_the_task(tmp_path: Path) -> None:
     # two tasks with the same texts and label strings: with one head and no task id, the model
     # trained on the second task last answers its classes for the first task's test inputs
     tasks = [_task("first", ["sports", "science"], 8), _task("second", ["sports", "science"], 8)]
@@ -142,10 +143,10 @@ def test_class_incremental_run_never_masks_to_the_task(tmp_path: Path, monkeypat
         def build(self):  # type: ignore[no-untyped-def]
             return tasks_to_stream(tasks, TextCLConfig(max_length=16, setting=self.config.setting), [])
 
-    monkeypatch.setitem(SCENARIOS._items, "text_twin", Twin)
     opts = {"scenario": "text_twin", "model": "hf_encoder", "model.tiny": True, "trainer.epochs": 3,
             "trainer.optimizer": "adamw", "trainer.lr": 0.001, "scenario.setting": "class_incremental"}
-    res = run(tiny_config(tmp_path, "naive", **opts))
+    with SCENARIOS.override("text_twin", Twin):
+        res = run(tiny_config(tmp_path, "naive", **opts))
     assert res["scenario"]["type"] == "class_incremental"
     assert res["R"][1][1] >= 0.5 and res["R"][1][0] <= 0.2
 
@@ -191,8 +192,7 @@ def test_probe_tasks_support_and_query(tmp_path: Path) -> None:
     assert load_probe_task(root, "rte", 5, 7) == (None, ["rte:train.json", "rte:labels.json"])
 
 
-def test_stream_carries_probes_and_the_runner_scores_them(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_carries_probes_and_the_runner_scores_them(tmp_path: Path) -> None:
     root = _olora_probe_dir(tmp_path / "data")
     tasks = [_task("topics", ["sports", "science"], 6), _task("sentiment", ["good", "bad"], 6)]
     cfg = TextCLConfig(max_length=12, data_dir=str(root), probe_tasks=("sst2", "imdb"), probe_support=4,
@@ -210,9 +210,9 @@ def test_stream_carries_probes_and_the_runner_scores_them(tmp_path: Path,
         def build(self):  # type: ignore[no-untyped-def]
             return s
 
-    monkeypatch.setitem(SCENARIOS._items, "text_probed", Probed)
-    res = run(tiny_config(tmp_path / "runs", "naive", scenario="text_probed", model="hf_encoder",
-                          **{"model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.001}))
+    with SCENARIOS.override("text_probed", Probed):
+        res = run(tiny_config(tmp_path / "runs", "naive", scenario="text_probed", model="hf_encoder",
+                              **{"model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.001}))
     before, after = res["general"]["before"], res["general"]["after"]
     assert set(before) == {"probe_sst2/acc", "probe_imdb/acc"} and len(after) == 2
     assert all(0.0 <= v <= 1.0 for v in before.values()) and "general_retention" in res["metrics"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +65,18 @@ def test_answer_loss_and_first_token_scores_by_hand() -> None:
 
 
 @pytest.fixture
-def gen_scenario(monkeypatch: pytest.MonkeyPatch) -> str:
+def gen_scenario() -> Iterator[str]:
     tasks = [_task("topics", ["sports", "science"]), _task("mood", ["good", "bad", "middle"])]
 
     class Synthetic(SCENARIOS.get("text_cl")):  # type: ignore[misc]
         def build(self):  # type: ignore[no-untyped-def]
             return tasks_to_stream(tasks, _cfg(), [])
 
-    monkeypatch.setitem(SCENARIOS._items, "text_gen", Synthetic)
-    return "text_gen"
+    with SCENARIOS.override("text_gen", Synthetic):
+        yield "text_gen"
 
 
-def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_scenario: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_scenario: str) -> None:
     seen: list[torch.Tensor] = []
 
     class Spy(Method):
@@ -86,10 +86,10 @@ def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_sce
             seen.append(batch.x)
             return model(batch.x)
 
-    monkeypatch.setitem(METHODS._items, "naive", Spy)
     opts: dict[str, Any] = {"scenario": gen_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
                             "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003}
-    res = run(tiny_config(tmp_path, "naive", **{**opts, "eval.lm_eval_limit": 8}))
+    with METHODS.override("naive", Spy):
+        res = run(tiny_config(tmp_path, "naive", **{**opts, "eval.lm_eval_limit": 8}))
     assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
     # general capability by lm-eval on the bundled offline task, before and after each experience
     assert "clbench_pydoc_cloze/acc" in res["general"]["before"]
@@ -102,8 +102,7 @@ def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_sce
     class ClassesOnly(Method):
         objectives = frozenset({"classification"})
 
-    monkeypatch.setitem(METHODS._items, "naive", ClassesOnly)
-    with pytest.raises(IncompatibleError, match="causal_lm objective"):
+    with METHODS.override("naive", ClassesOnly), pytest.raises(IncompatibleError, match="causal_lm objective"):
         run(tiny_config(tmp_path / "refused", "naive", **opts))
 
 
@@ -189,7 +188,7 @@ def test_text_metrics_by_hand() -> None:
 
 
 @pytest.fixture
-def open_scenario(monkeypatch: pytest.MonkeyPatch) -> str:
+def open_scenario() -> Iterator[str]:
     def summary(split: str, n: int) -> tuple[TextExample, ...]:
         return tuple(TextExample(f"Summarise: meeting {split} {i} about budget items", f"budget {i}")
                      for i in range(n))
@@ -201,12 +200,12 @@ def open_scenario(monkeypatch: pytest.MonkeyPatch) -> str:
         def build(self):  # type: ignore[no-untyped-def]
             return tasks_to_stream(tasks, _cfg(), [])
 
-    monkeypatch.setitem(SCENARIOS._items, "text_open", Synthetic)
-    return "text_open"
+    with SCENARIOS.override("text_open", Synthetic):
+        yield "text_open"
 
 
 def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
-        tmp_path: Path, open_scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, open_scenario: str) -> None:
     seen: list[torch.Tensor] = []
 
     class Spy(Method):
@@ -214,7 +213,6 @@ def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
             seen.append(batch.x.clone())
             return model(batch.x)
 
-    monkeypatch.setitem(METHODS._items, "naive", Spy)
     stream = SCENARIOS.get(open_scenario)().build()
     assert stream.meta["objective"] == "causal_lm_generate"
     assert stream.meta["task_metrics"] == ["accuracy", "rouge_l"]
@@ -222,7 +220,8 @@ def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
     opts: dict[str, Any] = {"scenario": open_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
                             "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
                             "eval.lm_eval_tasks": []}
-    res = run(tiny_config(tmp_path, "naive", **opts))
+    with METHODS.override("naive", Spy):
+        res = run(tiny_config(tmp_path, "naive", **opts))
     assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
     # generation inputs: a prompt, then only tokens the model generated itself (mask row = 1)
     test = stream.experiences[1].test.x

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,10 +51,10 @@ class Recorder(Method):
 
 
 @pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> type[Recorder]:
+def recorder() -> Iterator[type[Recorder]]:
     Recorder.batches, Recorder.experiences, Recorder.constant = [], [], None
-    monkeypatch.setitem(METHODS._items, "recorder", Recorder)
-    return Recorder
+    with METHODS.override("recorder", Recorder):
+        yield Recorder
 
 
 def test_adapt_never_receives_labels_and_sees_every_sample_once_in_order(recorder: type[Recorder],
@@ -169,18 +170,17 @@ class DigitsLike(TinyScenario):
         return dataclasses.replace(super().build(), meta={"label_preserving": {"hflip": False}})
 
 
-def test_the_loop_hands_the_label_preserving_declaration_to_augmenting_methods(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_loop_hands_the_label_preserving_declaration_to_augmenting_methods(tmp_path: Path) -> None:
     assert label_preserving({}) == {"hflip": True}  # undeclared: natural images
     assert label_preserving({"label_preserving": {"hflip": False}}) == {"hflip": False}
-    monkeypatch.setitem(METHODS._items, "flip_aware", FlipAware)
-    FlipAware.seen = []
-    run(tiny_config(tmp_path / "a", "flip_aware", **TTA))
-    assert FlipAware.seen and all(FlipAware.seen)
-    monkeypatch.setitem(SCENARIOS._items, "digits_like", DigitsLike)
-    FlipAware.seen = []
-    run(tiny_config(tmp_path / "b", "flip_aware", **{**TTA, "scenario": "digits_like"}))
-    assert FlipAware.seen and not any(FlipAware.seen)
+    with METHODS.override("flip_aware", FlipAware):
+        FlipAware.seen = []
+        run(tiny_config(tmp_path / "a", "flip_aware", **TTA))
+        assert FlipAware.seen and all(FlipAware.seen)
+        with SCENARIOS.override("digits_like", DigitsLike):
+            FlipAware.seen = []
+            run(tiny_config(tmp_path / "b", "flip_aware", **{**TTA, "scenario": "digits_like"}))
+            assert FlipAware.seen and not any(FlipAware.seen)
     stream = MNISTCStream(MNISTCConfig(corruptions=("fog",), n_examples=20)).build()
     assert label_preserving(stream.meta) == {"hflip": False}  # digits: a mirrored 2 is no 2
 
