@@ -66,6 +66,20 @@ def forgetting(R: Matrix) -> float:
     return float(np.mean([max(a[l, j] - a[-1, j] for l in range(j, T - 1)) for j in range(T - 1)]))
 
 
+def zero_shot_transfer(R: Matrix) -> float:
+    """Transfer (MTIL; Zheng et al. 2023, used by ZSCL and CoDyRA) = (1/(T−1)) Σ_{j≥2} (1/(j−1))
+    Σ_{i<j} R[i, j]: accuracy on each experience before it is learnt, averaged over the rows
+    above the diagonal, then over experiences. It measures zero-shot transfer only where the model
+    can score classes it has not trained on (e.g. ``hf_encoder`` with ``model.head=label_embeddings``);
+    with untrained head rows it sits near chance. NaN if T = 1.
+    """
+    a = _square(R)
+    T = len(a)
+    if T < 2:
+        return float("nan")
+    return float(np.mean([a[:j, j].mean() for j in range(1, T)]))
+
+
 def learning_accuracy(R: Matrix) -> float:
     """Plasticity / learning accuracy LA = (1/T) Σ_j R[j, j]."""
     a = _square(R)
@@ -81,4 +95,5 @@ def summarize(R: Matrix, b: Sequence[float]) -> dict[str, float]:
         "fwt": forward_transfer(R, b),
         "forgetting": forgetting(R),
         "plasticity": learning_accuracy(R),
+        "zero_shot_transfer": zero_shot_transfer(R),
     }

@@ -37,10 +37,11 @@ from clbench import metrics as M
 #   FWT  = R[0,1] - b[1]   = 0.1 - 0.2           = -0.1
 #   F    = max_{l in [0,0]} (R[l,0] - R[1,0])    = 0.9 - 0.6 = 0.3
 #   LA   = (0.9 + 0.8) / 2                       = 0.85
+#   Transfer (MTIL) = mean_{i<1} R[i,1] = R[0,1] = 0.1
 R2 = [[0.9, 0.1], [0.6, 0.8]]
 B2 = [0.1, 0.2]
 EXPECTED2 = {"acc": 0.7, "avg_inc_acc": 0.8, "bwt": -0.3, "fwt": -0.1, "forgetting": 0.3,
-             "plasticity": 0.85}
+             "plasticity": 0.85, "zero_shot_transfer": 0.1}
 
 # 3x3, hand-computed; accuracy on experience 0 *rises* after experience 1 (backward transfer),
 # so Chaudhry's forgetting (max over l) differs from -BWT:
@@ -55,10 +56,11 @@ EXPECTED2 = {"acc": 0.7, "avg_inc_acc": 0.8, "bwt": -0.3, "fwt": -0.1, "forgetti
 #          -> (0.2 + 0.5) / 2                                              = 0.35
 #   LA   = (0.5 + 0.9 + 0.7) / 3                                           = 0.7
 #   Avalanche forgetting = ((0.5-0.6) + (0.9-0.4)) / 2 = 0.2 = -BWT  (!= F = 0.35)
+#   Transfer (MTIL) = (R[0,1] + (R[0,2] + R[1,2]) / 2) / 2 = (0.3 + 0.225) / 2 = 0.2625
 R3 = [[0.5, 0.3, 0.2], [0.8, 0.9, 0.25], [0.6, 0.4, 0.7]]
 B3 = [0.1, 0.2, 0.15]
 EXPECTED3 = {"acc": 1.7 / 3, "avg_inc_acc": (0.5 + 0.85 + 1.7 / 3) / 3, "bwt": -0.2, "fwt": 0.1,
-             "forgetting": 0.35, "plasticity": 0.7}
+             "forgetting": 0.35, "plasticity": 0.7, "zero_shot_transfer": 0.2625}
 
 
 @pytest.mark.parametrize(("R", "b", "expected"), [(R2, B2, EXPECTED2), (R3, B3, EXPECTED3)])
@@ -69,6 +71,7 @@ def test_hand_computed_values(R: list[list[float]], b: list[float], expected: di
     assert M.forward_transfer(R, b) == pytest.approx(expected["fwt"])
     assert M.forgetting(R) == pytest.approx(expected["forgetting"])
     assert M.learning_accuracy(R) == pytest.approx(expected["plasticity"])
+    assert M.zero_shot_transfer(R) == pytest.approx(expected["zero_shot_transfer"])
     got = M.summarize(R, b)
     assert set(got) == set(expected)
     assert got == pytest.approx(expected)
@@ -87,6 +90,7 @@ def test_single_experience_gives_nan_transfer_and_forgetting() -> None:
     assert math.isnan(M.backward_transfer(R))
     assert math.isnan(M.forward_transfer(R, b))
     assert math.isnan(M.forgetting(R))
+    assert math.isnan(M.zero_shot_transfer(R))
 
 
 @pytest.mark.parametrize("bad", [[[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], [0.1, 0.2], [], [[]]])

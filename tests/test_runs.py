@@ -34,7 +34,8 @@ def test_results_json_schema_and_metrics(tmp_path: Path) -> None:
         assert key in on_disk, key
     assert len(on_disk["R"]) == 3 and all(len(r) == 3 for r in on_disk["R"])
     assert len(on_disk["scenario"]["content_hash"]) == 64 and on_disk["scenario"]["version"] == "1"
-    assert set(on_disk["metrics"]) == {"acc", "avg_inc_acc", "bwt", "fwt", "forgetting", "plasticity"}
+    assert set(on_disk["metrics"]) == {"acc", "avg_inc_acc", "bwt", "fwt", "forgetting", "plasticity",
+                                    "zero_shot_transfer"}
     assert on_disk["metrics"]["acc"] == pytest.approx(sum(on_disk["R"][-1]) / 3)
     cost = on_disk["cost"]
     assert cost["optimizer_steps"] == 3 * 2 * 6 and cost["train_samples"] == 3 * 2 * 48
