@@ -131,11 +131,11 @@ class Method:
 
 
 class Scenario:
-    """Base class of scenario builders. ``build`` returns a :class:`Stream`."""
+    """Base class of scenario builders. ``build`` returns a :class:`Stream`, which declares its
+    own ``scenario_type`` (one scenario can build class-, task- or domain-incremental streams)."""
 
     Config: ClassVar[type] = NoOptions
     VERSION: ClassVar[str] = "1"
-    scenario_type: ClassVar[str] = "class_incremental"
     default_model: ClassVar[str] = ""  # what model=auto resolves to ("" = the global default)
     registry_name: ClassVar[str] = ""
 

@@ -85,7 +85,6 @@ class CIFAR10C(Scenario):
 
     Config = CIFAR10CConfig
     VERSION = VERSION
-    scenario_type = "test_time"
 
     def build(self) -> Stream:
         c: CIFAR10CConfig = self.config
@@ -147,7 +146,6 @@ class ImageNetC(Scenario):
 
     Config = ImageNetCConfig
     VERSION = VERSION
-    scenario_type = "test_time"
 
     def build(self) -> Stream:
         c: ImageNetCConfig = self.config

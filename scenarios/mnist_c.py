@@ -357,7 +357,6 @@ class MNISTCStream(Scenario):
 
     Config = MNISTCConfig
     VERSION = VERSION
-    scenario_type = "test_time"
     default_model = "cnn_bn"
 
     def build(self) -> Stream:

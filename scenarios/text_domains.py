@@ -110,7 +110,6 @@ class TextDomains(Scenario):
 
     Config = TextDomainsConfig
     VERSION = VERSION
-    scenario_type = "domain_incremental"
     default_model = "hf_causal_lm"
 
     def build(self) -> Stream:
