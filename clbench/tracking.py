@@ -9,13 +9,15 @@ general-capability ones, ``general/<source>/<metric>``, which need backticks in 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import os
 import platform
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,23 @@ def heatmap_png(R: list[list[float]], path: Path, title: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock (``<db>.lock``, ``flock``) around a block that may create a SQLite
+    store's tables or experiments; a no-op for other stores (servers serialise themselves)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class MlflowRun:
     """One MLflow run per (method, scenario, seed); every call degrades to a warning on failure."""
 
@@ -123,13 +142,16 @@ class MlflowRun:
         if not self.cfg.mlflow:
             return None
         try:
-            client = self._get_client()
-            if resume_id:
-                self.run_id = resume_id
-                client.update_run(resume_id, status="RUNNING")
-                return resume_id
-            exp_id = self._experiment_id(client)
-            run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+            # processes starting together on a fresh SQLite store would each create its tables
+            # (and the experiment) and collide; the first store access is serialised
+            with store_lock(self.uri):
+                client = self._get_client()
+                if resume_id:
+                    self.run_id = resume_id
+                    client.update_run(resume_id, status="RUNNING")
+                    return resume_id
+                exp_id = self._experiment_id(client)
+                run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
             self.run_id = run.info.run_id
             self._log_params(flatten(params))
         except Exception as exc:  # noqa: BLE001 - tracking must never lose a run
