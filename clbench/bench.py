@@ -14,6 +14,7 @@ from typing import Any
 
 from clbench.config import RunConfig, build_run_config
 from clbench.errors import IncompatibleError
+from clbench.records import RunRecord
 from clbench.registry import METHODS
 from clbench.report import aggregate_table, domain_error_table, summary_table
 from clbench.runner import run
@@ -51,9 +52,10 @@ def suite_configs(overrides: Mapping[str, Any], seeds: Sequence[int], runs_dir: 
             for scenario, fixed in suite.items() for seed in seeds]
 
 
-def run_all(configs: Sequence[RunConfig], resume: bool) -> tuple[list[dict[str, Any]], list[str]]:
+def run_all(configs: Sequence[RunConfig], resume: bool) -> tuple[list[RunRecord], list[str]]:
     """Run every config; incompatible (method, scenario) pairs are skipped with the reason."""
-    results, skipped = [], []
+    results: list[RunRecord] = []
+    skipped: list[str] = []
     for cfg in configs:
         try:
             results.append(run(cfg, resume=resume, force=not resume))
@@ -69,7 +71,7 @@ def run_bench(overrides: Mapping[str, Any], seeds: Sequence[int] = (0, 1, 2), re
     """Run the suite for ``overrides['method']`` and return the Markdown summary."""
     configs = suite_configs(overrides, seeds, BENCH_RUNS_DIR, track)  # validate all before running any
     results, skipped = run_all(configs, resume)
-    if results and all(r["scenario"]["type"] == "test_time" for r in results):
+    if results and all(r.scenario.type == "test_time" for r in results):
         return "\n\n".join([domain_error_table(results), *skipped])
     parts = [aggregate_table(results)] if results else []
     if len(seeds) > 1 and results:
@@ -90,7 +92,7 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
 
     t = get_track(track)
     suite = suite_for(track)
-    results: list[dict[str, Any]] = []
+    results: list[RunRecord] = []
     skipped: list[str] = []
     for method in methods or METHODS.names():
         r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR, track), resume)
@@ -101,7 +103,7 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
     if health_md.is_file():
         parts.append(health_md.read_text().strip())
     sd = f"mean ± sd over seeds {', '.join(map(str, seeds))}"
-    if results and all("test_time" in r for r in results):  # test-time track: per-domain errors
+    if results and all(r.test_time is not None for r in results):  # test-time track: per-domain errors
         parts.append(f"**{t.evaluate.name}** ({sd})\n\n" + tta_summary_table(results))
         parts.append("<details><summary>error % per domain</summary>\n\n"
                      + domain_error_table(results, per_seed=False) + "\n\n</details>")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.errors import ClbenchError
+from clbench.records import RunRecord
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     values.update(parse_overrides(args.overrides))
     results = run(build_run_config(values), resume=args.resume, force=args.force)
     print(show(results))
-    print(f"\nrun directory: {results['run_dir']}")
+    print(f"\nrun directory: {results.run_dir}")
     return 0
 
 
@@ -85,7 +86,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         raise ClbenchError("protocol needs a method: clbench protocol method=<name> (see `clbench list`)")
     values.pop("method", None)
     rec = run_protocol(method, args.track, values, storage=args.storage, workers=args.workers)
-    results = [json.loads((Path(d) / "results.json").read_text()) for d in rec["evaluation"]["run_dirs"]]
+    results = [read_results(Path(d) / "results.json") for d in rec["evaluation"]["run_dirs"]]
     tune = rec["tuning"]
     print(f"\nphase 1: {tune['trials_used']}/{rec['protocol']['n_trials']} trials on {tune['scenario']} "
           f"({tune['trials_failed']} failed); chosen {rec['best_params']} "
@@ -168,19 +169,24 @@ def _add_leaderboard_verbs(sub: Any) -> None:
     lb.set_defaults(fn=cmd_leaderboard)
 
 
-def load_results(target: str) -> dict[str, Any]:
+def read_results(path: Path) -> RunRecord:
+    """The run record in a ``results.json`` file."""
+    return RunRecord.from_json(json.loads(path.read_text()), str(path))
+
+
+def load_results(target: str) -> RunRecord:
     """``results.json`` from a run directory (or the file itself), else an MLflow run id."""
     p = Path(target)
     if p.is_dir():
         p = p / "results.json"
     if p.is_file():
-        return dict(json.loads(p.read_text()))
+        return read_results(p)
     if p.exists() or "/" in target:
         raise ClbenchError(f"no results.json at {target} (the run may be unfinished or failed)")
     return _results_from_mlflow(target)
 
 
-def _results_from_mlflow(run_id: str) -> dict[str, Any]:
+def _results_from_mlflow(run_id: str) -> RunRecord:
     from mlflow.tracking import MlflowClient
 
     from clbench.config import TrackingConfig
@@ -190,10 +196,11 @@ def _results_from_mlflow(run_id: str) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(run_id, "results.json", tmp)
-            return dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types
         raise ClbenchError(f"{run_id!r} is neither a run directory nor an MLflow run id with "
                            f"a results.json artifact ({type(exc).__name__})") from exc
+    return RunRecord.from_json(data, f"results.json of MLflow run {run_id}")
 
 
 def parser() -> argparse.ArgumentParser:

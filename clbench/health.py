@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from clbench.checkpoint import atomic_write_json
-from clbench.report import markdown_table
+from clbench.records import RunRecord
+from clbench.report import markdown_table, method_of
 from clbench.stats import mean, sample_sd
 from clbench.tracks import Track, health_path
 
@@ -59,17 +60,17 @@ class Criterion:
                 "pass" if self.passed else "FAIL"]
 
 
-def _metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
-    return [float(r["metrics"][key]) for r in runs if key in r["metrics"]]
+def _metric(runs: Sequence[RunRecord], key: str) -> list[float]:
+    return [float(r.metrics[key]) for r in runs if key in r.metrics]
 
 
-def _source_before(r: Mapping[str, Any]) -> float:
-    before = (r.get("general") or {}).get("before") or {}
+def _source_before(r: RunRecord) -> float:
+    before = r.general.before or {}
     accs = [float(v) for k, v in before.items() if k.endswith("/acc")]
     return mean(accs) if accs else float("nan")
 
 
-def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
+def labelled_criteria(lower: Sequence[RunRecord], upper: Sequence[RunRecord],
                       th: Mapping[str, float], foundation: bool) -> list[Criterion]:
     """The criteria of a labelled (or foundation) track from the two learners' results.json."""
     acc_l, acc_u = _metric(lower, "acc"), _metric(upper, "acc")
@@ -91,7 +92,7 @@ def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mappin
         if th.get("source_margin"):  # language models: the suite's chance level + margin
             from clbench.general import suite_chance_level
 
-            before = (lower[0].get("general") or {}).get("before") or {}
+            before = lower[0].general.before or {}
             tasks = sorted(k.split("/")[0] for k in before if k.endswith("/acc"))
             floor = suite_chance_level(tasks) + th["source_margin"]
             rule = f"general-capability mean before the stream >= its chance level + {th['source_margin']:g}"
@@ -101,12 +102,12 @@ def labelled_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mappin
     return out
 
 
-def test_time_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
+def test_time_criteria(lower: Sequence[RunRecord], upper: Sequence[RunRecord],
                        th: Mapping[str, float]) -> list[Criterion]:
     """The criteria of a test-time track (lower = no adaptation, upper = BN adaptation)."""
     src = mean(_metric(lower, "source_acc_before"))
     gain = mean(_metric(lower, "mean_error")) - mean(_metric(upper, "mean_error"))
-    steps = min(float(r["cost"].get("adapt_batches", 0)) for r in [*lower, *upper])
+    steps = min(float(r.cost.adapt_batches or 0) for r in [*lower, *upper])
     return [
         Criterion("strong source", "source clean accuracy >= threshold", src, th["source_min"],
                   src >= th["source_min"]),
@@ -120,21 +121,21 @@ def test_time_criteria(lower: Sequence[Mapping[str, Any]], upper: Sequence[Mappi
 test_time_criteria.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
-def criteria_for(track: Track, lower: Sequence[Mapping[str, Any]],
-                 upper: Sequence[Mapping[str, Any]]) -> list[Criterion]:
+def criteria_for(track: Track, lower: Sequence[RunRecord],
+                 upper: Sequence[RunRecord]) -> list[Criterion]:
     if track.kind == "test_time":
         return test_time_criteria(lower, upper, track.health.thresholds)
     return labelled_criteria(lower, upper, track.health.thresholds, track.kind == "foundation")
 
 
-def _figures(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+def _figures(runs: Sequence[RunRecord], keys: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in keys:
         vals = _metric(runs, k)
         if vals:
             out[k] = {"mean": mean(vals), "sd": sample_sd(vals), "per_seed": vals}
-    out["wall_time_s"] = {"mean": mean([float(r["cost"]["wall_time_s"]) for r in runs]),
-                          "per_seed": [float(r["cost"]["wall_time_s"]) for r in runs]}
+    out["wall_time_s"] = {"mean": mean([float(r.cost.wall_time_s) for r in runs]),
+                          "per_seed": [float(r.cost.wall_time_s) for r in runs]}
     return out
 
 
@@ -142,7 +143,7 @@ FIGURE_KEYS = ("acc", "plasticity", "forgetting", "bwt", "general_retention", "m
                "source_acc_before", "source_acc_after", "mean_error_first_pass", "mean_error_last_pass")
 
 
-def health_record(track: Track, lower: Sequence[Mapping[str, Any]], upper: Sequence[Mapping[str, Any]],
+def health_record(track: Track, lower: Sequence[RunRecord], upper: Sequence[RunRecord],
                   seeds: Sequence[int], commit: str | None) -> dict[str, Any]:
     """The content of health.json."""
     crit = criteria_for(track, lower, upper)
@@ -154,8 +155,8 @@ def health_record(track: Track, lower: Sequence[Mapping[str, Any]], upper: Seque
         "figures": {"lower": _figures(lower, FIGURE_KEYS), "upper": _figures(upper, FIGURE_KEYS)},
         "criteria": [vars(c) for c in crit],
         "passed": all(c.passed for c in crit),
-        "runs": [{"method": r["config"]["method"], "seed": r["config"]["seed"], "run_key": r["run_key"],
-                  "run_dir": r["run_dir"]} for r in [*lower, *upper]],
+        "runs": [{"method": method_of(r), "seed": r.seeds.seed, "run_key": r.run_key,
+                  "run_dir": r.run_dir} for r in [*lower, *upper]],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -174,7 +175,7 @@ def health_table(rec: Mapping[str, Any]) -> str:
 
 def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool = True,
                 runs_dir: str = HEALTH_RUNS_DIR, write: bool = True,
-                run_fn: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+                run_fn: Callable[[Mapping[str, Any]], RunRecord] | None = None) -> dict[str, Any]:
     """Train both reference learners on every seed and judge the criteria; write health.json.
 
     Finished runs are reused (``resume``), so a killed check continues where it stopped.
@@ -185,7 +186,7 @@ def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool =
 
     seeds = list(seeds if seeds is not None else track.seeds)
 
-    def one(method: str, seed: int) -> dict[str, Any]:
+    def one(method: str, seed: int) -> RunRecord:
         values = {**track.run_values(), "method": method, "seed": seed, "tracking.runs_dir": runs_dir}
         if run_fn is not None:
             return run_fn(values)

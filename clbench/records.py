@@ -183,6 +183,12 @@ class RunRecord:
 
 # ---- generic (de)serialisation of the record dataclasses -------------------------------------
 
+def as_json(part: Any) -> Any:
+    """The JSON value of any part of a record (``record.cost``, ``record.general``...): exactly
+    what ``to_json`` writes for it (``None`` optionals left out)."""
+    return _to_json(part)
+
+
 def _to_json(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from clbench.records import RunRecord, as_json
 from clbench.stats import finite, mean, sample_sd
 
 SUMMARY_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"),
@@ -37,30 +38,40 @@ def matrix_table(R: Sequence[Sequence[float]], b: Sequence[float] | None = None)
     return markdown_table(header, rows)
 
 
-def summary_row(results: Mapping[str, Any]) -> list[Any]:
-    m, c = results["metrics"], results["cost"]
-    return [*(m.get(k) for k, _ in SUMMARY_COLUMNS), f"{c['wall_time_s']:.1f}",
-            f"{c['train_samples_per_s']:.0f}"]
+def method_of(r: RunRecord) -> str:
+    """The registry name of the run's method (``config.method``)."""
+    return str(r.config["method"])
 
 
-def summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
+def scenario_of(r: RunRecord) -> str:
+    """The registry name of the run's scenario (``config.scenario``; ``scenario.name`` is the
+    stream's own name, which a registered variant may share)."""
+    return str(r.config["scenario"])
+
+
+def summary_row(results: RunRecord) -> list[Any]:
+    m, c = results.metrics, results.cost
+    return [*(m.get(k) for k, _ in SUMMARY_COLUMNS), f"{c.wall_time_s:.1f}",
+            f"{c.train_samples_per_s:.0f}"]
+
+
+def summary_table(runs: Sequence[RunRecord]) -> str:
     """One row per run: method, scenario, seed, ACC, BWT, FWT, forgetting, plasticity, time."""
     header = ["method", "scenario", "seed", *(h for _, h in SUMMARY_COLUMNS), "time (s)", "train samples/s"]
-    rows = [[r["config"]["method"], r["config"]["scenario"], r["config"]["seed"], *summary_row(r)]
-            for r in runs]
+    rows = [[method_of(r), scenario_of(r), r.seeds.seed, *summary_row(r)] for r in runs]
     return markdown_table(header, rows)
 
 
-def aggregate_table(runs: Sequence[Mapping[str, Any]]) -> str:
+def aggregate_table(runs: Sequence[RunRecord]) -> str:
     """Mean ± std over seeds, one row per (method, scenario)."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in runs:
-        groups.setdefault((r["config"]["method"], r["config"]["scenario"]), []).append(r)
+        groups.setdefault((method_of(r), scenario_of(r)), []).append(r)
     header = ["method", "scenario", "seeds", *(h for _, h in SUMMARY_COLUMNS), "time (s)"]
     rows = []
     for (method, scenario), rs in groups.items():
-        cells = [mean_std([r["metrics"][k] for r in rs]) for k, _ in SUMMARY_COLUMNS]
-        rows.append([method, scenario, len(rs), *cells, mean_std([r["cost"]["wall_time_s"] for r in rs], 1)])
+        cells = [mean_std([r.metrics[k] for r in rs]) for k, _ in SUMMARY_COLUMNS]
+        rows.append([method, scenario, len(rs), *cells, mean_std([r.cost.wall_time_s for r in rs], 1)])
     return markdown_table(header, rows)
 
 
@@ -72,15 +83,14 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
     return f"{mean(values):.{digits}f} ± {sample_sd(values, single=0.0):.{digits}f}"
 
 
-def show(results: Mapping[str, Any]) -> str:
+def show(results: RunRecord) -> str:
     """Full text view of one run: header, R, metrics, cost."""
-    cfg = results["config"]
-    head = (f"{cfg['method']} on {cfg['scenario']} (seed {cfg['seed']}), scenario "
-            f"v{results['scenario']['version']} {results['scenario']['content_hash'][:12]}, "
-            f"device {results['env']['device']}")
-    metrics = markdown_table(["metric", "value"], list(results["metrics"].items()))
-    cost = markdown_table(["cost", "value"], [(k, v) for k, v in results["cost"].items()])
-    return "\n\n".join([head, "Accuracy matrix R:\n" + matrix_table(results["R"], results["R_pretrain"]),
+    head = (f"{method_of(results)} on {scenario_of(results)} (seed {results.seeds.seed}), scenario "
+            f"v{results.scenario.version} {results.scenario.content_hash[:12]}, "
+            f"device {results.env['device']}")
+    metrics = markdown_table(["metric", "value"], list(results.metrics.items()))
+    cost = markdown_table(["cost", "value"], list(as_json(results.cost).items()))
+    return "\n\n".join([head, "Accuracy matrix R:\n" + matrix_table(results.R, results.R_pretrain),
                         metrics, cost])
 
 
@@ -92,103 +102,106 @@ METRIC_LABELS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forget
                  "avg_incremental_acc": "Avg incremental ACC"}
 
 
-def mechanism_cell(group: Sequence[Mapping[str, Any]]) -> str:
+def mechanism_cell(group: Sequence[RunRecord]) -> str:
     """The method's declared mechanism figures: mean over experiences and seeds (min-max over seeds)."""
     import numpy as np
 
     keys: list[str] = []
     for r in group:
-        keys += [k for k in (r.get("mechanism") or {}) if k not in keys]
+        keys += [k for k in r.mechanism if k not in keys]
     parts = []
     for k in keys:
         per_seed = [float(np.mean(v)) for r in group
-                    if (v := [x for x in (r.get("mechanism") or {}).get(k, []) if x is not None])]
+                    if (v := [x for x in r.mechanism.get(k, []) if x is not None])]
         if per_seed:
             parts.append(f"{k} {np.mean(per_seed):.3g}")
     return "; ".join(parts) or "-"
 
 
-def compare_tables(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str], seeds: Sequence[int],
+def compare_tables(runs: Sequence[RunRecord], scenarios: Sequence[str], seeds: Sequence[int],
                    columns: Sequence[str] | None = None) -> str:
     """One Markdown table per scenario: methods as rows, mean ± std over seeds (ddof=1), the
     methods' mechanism figures and the wall time."""
     cols = [(k, METRIC_LABELS.get(k, k)) for k in columns] if columns else list(COMPARE_COLUMNS)
     out = []
     for scenario in scenarios:
-        rs = [r for r in runs if r["config"]["scenario"] == scenario]
+        rs = [r for r in runs if scenario_of(r) == scenario]
         if not rs:
             continue
-        by_method: dict[str, list[Mapping[str, Any]]] = {}
-        for r in rs:
-            by_method.setdefault(r["config"]["method"], []).append(r)
+        by_method = _by_method(rs)
         header = ["method", *(h for _, h in cols), "mechanism", "time (s)"]
         rank = cols[0][0]  # rows in the order of the ranking metric (higher is better)
 
-        def mean_of(group: Sequence[Mapping[str, Any]], key: str = rank) -> float:
-            vals = [float(g["metrics"].get(key, float("nan"))) for g in group]
+        def mean_of(group: Sequence[RunRecord], key: str = rank) -> float:
+            vals = [float(g.metrics.get(key, float("nan"))) for g in group]
             vals = [v for v in vals if not math.isnan(v)]
             return sum(vals) / len(vals) if vals else float("-inf")
 
         ordered = sorted(by_method.items(), key=lambda kv: -mean_of(kv[1]))
-        rows = [[m, *(mean_std([g["metrics"].get(k, float("nan")) for g in group]) for k, _ in cols),
-                 mechanism_cell(group), mean_std([g["cost"]["wall_time_s"] for g in group], 1)]
+        rows = [[m, *(mean_std([g.metrics.get(k, float("nan")) for g in group]) for k, _ in cols),
+                 mechanism_cell(group), mean_std([g.cost.wall_time_s for g in group], 1)]
                 for m, group in ordered]
-        cfg = rs[0]["config"]
-        t = cfg["trainer"]
-        settings = (f"model {rs[0]['model']['name']}, {t['optimizer']} lr {t['lr']}, {t['epochs']} epochs, "
+        t = rs[0].config["trainer"]  # the run's config is the plain RunConfig dict
+        settings = (f"model {rs[0].model.name}, {t['optimizer']} lr {t['lr']}, {t['epochs']} epochs, "
                     f"batch {t['batch_size']}, seeds {', '.join(map(str, seeds))}")
-        out.append(f"**{scenario}** ({rs[0]['scenario']['type'].replace('_', '-')}; {settings})\n\n"
+        out.append(f"**{scenario}** ({rs[0].scenario.type.replace('_', '-')}; {settings})\n\n"
                    + markdown_table(header, rows))
     return "\n\n".join(out)
 
 
-def domain_error_table(runs: Sequence[Mapping[str, Any]], per_seed: bool = True) -> str:
+def _by_method(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs grouped by method, in the order the methods first appear."""
+    out: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        out.setdefault(method_of(r), []).append(r)
+    return out
+
+
+def domain_error_table(runs: Sequence[RunRecord], per_seed: bool = True) -> str:
     """Test-time runs: error (%) per domain, mean error and source accuracy after the stream.
 
     One row per (method, seed) unless ``per_seed`` is False, then a ``mean ± sd`` row per method
     (sample sd over seeds).
     """
-    domains = list(runs[0]["test_time"]["domains"])
+    test_time = runs[0].test_time
+    if test_time is None:
+        raise ValueError(f"{runs[0].run_dir} is not a test-time run (no test_time record)")
+    domains = list(test_time.domains)
     header = ["method", "seed", *(d.split("_")[0] + (f" p{d.rpartition('_pass')[2]}" if "_pass" in d else "")
                                   for d in domains), "mean", "source acc after"]
     rows: list[list[Any]] = []
-    by_method: dict[str, list[Mapping[str, Any]]] = {}
-    for r in runs:
-        by_method.setdefault(r["config"]["method"], []).append(r)
-    for method, group in by_method.items():
+    for method, group in _by_method(runs).items():
         for r in group if per_seed or len(group) == 1 else ():
-            m = r["metrics"]
-            rows.append([method, r["config"]["seed"], *(f"{100 * m[f'error_{d}']:.1f}" for d in domains),
+            m = r.metrics
+            rows.append([method, r.seeds.seed, *(f"{100 * m[f'error_{d}']:.1f}" for d in domains),
                          f"{100 * m['mean_error']:.1f}", f"{100 * m.get('source_acc_after', float('nan')):.1f}"])
         if len(group) > 1:
-            cells = [mean_std([100 * r["metrics"][f"error_{d}"] for r in group], 1) for d in domains]
-            rows.append([f"**{method}**", "mean", *cells, mean_std([100 * r["metrics"]["mean_error"] for r in group], 1),
-                         mean_std([100 * r["metrics"].get("source_acc_after", float("nan")) for r in group], 1)])
+            cells = [mean_std([100 * r.metrics[f"error_{d}"] for r in group], 1) for d in domains]
+            rows.append([f"**{method}**", "mean", *cells, mean_std([100 * r.metrics["mean_error"] for r in group], 1),
+                         mean_std([100 * r.metrics.get("source_acc_after", float("nan")) for r in group], 1)])
     return markdown_table(header, rows)
 
 
-def tta_summary_table(runs: Sequence[Mapping[str, Any]]) -> str:
+def tta_summary_table(runs: Sequence[RunRecord]) -> str:
     """Test-time runs, one row per method: mean error, the first and the last pass over the
     domains (drift shows as a difference), source accuracy after, mechanism figures, time."""
-    by_method: dict[str, list[Mapping[str, Any]]] = {}
-    for r in runs:
-        by_method.setdefault(r["config"]["method"], []).append(r)
+    by_method = _by_method(runs)
     header = ["method", "mean error %", "first pass %", "last pass %", "source acc after %",
               "mechanism", "time (s)"]
 
-    def pct(group: Sequence[Mapping[str, Any]], key: str) -> str:
-        return mean_std([100 * float(g["metrics"].get(key, float("nan"))) for g in group], 1)
+    def pct(group: Sequence[RunRecord], key: str) -> str:
+        return mean_std([100 * float(g.metrics.get(key, float("nan"))) for g in group], 1)
 
-    def err(g: Sequence[Mapping[str, Any]]) -> float:
-        return sum(float(x["metrics"]["mean_error"]) for x in g) / len(g)
+    def err(g: Sequence[RunRecord]) -> float:
+        return sum(float(x.metrics["mean_error"]) for x in g) / len(g)
 
     rows = [[m, pct(g, "mean_error"), pct(g, "mean_error_first_pass"), pct(g, "mean_error_last_pass"),
-             pct(g, "source_acc_after"), mechanism_cell(g), mean_std([x["cost"]["wall_time_s"] for x in g], 1)]
+             pct(g, "source_acc_after"), mechanism_cell(g), mean_std([x.cost.wall_time_s for x in g], 1)]
             for m, g in sorted(by_method.items(), key=lambda kv: err(kv[1]))]
     return markdown_table(header, rows)
 
 
-def pareto_png(runs: Sequence[Mapping[str, Any]], path: Any, title: str, x: str = "general_retention",
+def pareto_png(runs: Sequence[RunRecord], path: Any, title: str, x: str = "general_retention",
                y: str = "acc") -> Any:
     """Scatter of two metrics per method (mean over seeds, sample-sd error bars); the methods on
     the Pareto front (no other method at least as good on both and better on one) are joined."""
@@ -198,13 +211,10 @@ def pareto_png(runs: Sequence[Mapping[str, Any]], path: Any, title: str, x: str 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    by_method: dict[str, list[Mapping[str, Any]]] = {}
-    for r in runs:
-        by_method.setdefault(r["config"]["method"], []).append(r)
     pts = []
-    for m, g in by_method.items():
-        xs = np.array([float(r["metrics"].get(x, np.nan)) for r in g])
-        ys = np.array([float(r["metrics"].get(y, np.nan)) for r in g])
+    for m, g in _by_method(runs).items():
+        xs = np.array([float(r.metrics.get(x, np.nan)) for r in g])
+        ys = np.array([float(r.metrics.get(y, np.nan)) for r in g])
         if np.isnan(xs).all() or np.isnan(ys).all():
             continue
         pts.append((m, float(np.nanmean(xs)), float(np.nanmean(ys)), sample_sd(xs, single=0.0), sample_sd(ys, single=0.0)))

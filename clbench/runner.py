@@ -100,8 +100,8 @@ def state_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Run ``cfg`` and return the results dict (also written to ``<run dir>/results.json``).
+def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
+    """Run ``cfg`` and return its record (also written to ``<run dir>/results.json``).
 
     Args:
         resume: continue from the run directory's last checkpoint (a finished run is returned
@@ -115,7 +115,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         import json
 
         path = run_dir / "results.json"
-        return RunRecord.from_json(json.loads(path.read_text()), str(path)).to_json()
+        return RunRecord.from_json(json.loads(path.read_text()), str(path))
     stream = res.scenario.build()
     seed_everything(cfg.seed)
     model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
@@ -133,8 +133,8 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     if stream.scenario_type == "test_time":  # online adapt-while-predicting loop
         from clbench.tta import TestTimeRun
 
-        return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume).to_json()
-    return _Run(res, stream, model, run_dir, foundation).execute(resume).to_json()
+        return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume)
+    return _Run(res, stream, model, run_dir, foundation).execute(resume)
 
 
 def _distributed(cfg: RunConfig) -> RunConfig:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,15 @@ from torch import Tensor, nn
 
 from clbench.config import RunConfig, TrackingConfig, TrainerConfig, build_run_config
 from clbench.protocol import Scenario
+from clbench.records import (
+    CostRecord,
+    GeneralRecord,
+    MlflowRecord,
+    ModelRecord,
+    RunRecord,
+    ScenarioRecord,
+    SeedRecord,
+)
 from clbench.registry import SCENARIOS
 from clbench.streams import Experience, SourceData, Split, Stream
 
@@ -102,3 +112,33 @@ def params_equal(a: nn.Module | dict[str, Tensor], b: nn.Module | dict[str, Tens
     sa = a.state_dict() if isinstance(a, nn.Module) else a
     sb = b.state_dict() if isinstance(b, nn.Module) else b
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def stub_record(method: str = "stub", seed: int = 0, *, scenario: str = "tiny",
+                scenario_type: str = "class_incremental", scenario_hash: str = "0" * 64,
+                metrics: Mapping[str, float] | None = None, cost: Mapping[str, Any] | None = None,
+                config: Mapping[str, Any] | None = None, **fields: Any) -> RunRecord:
+    """A complete :class:`RunRecord` with placeholder values, for testing what reads run records
+    (tables, health checks, leaderboard entries) without training.
+
+    Args:
+        scenario: the registry name (``config.scenario``) and the stream's name.
+        cost: :class:`CostRecord` fields (the rest are 0, ``peak_cuda_mb`` None).
+        config: entries of the run config besides method, scenario and seed.
+        fields: any other :class:`RunRecord` field (``R``, ``general``, ``env``, ``test_time``...).
+    """
+    R = fields.pop("R", [])
+    zero: dict[str, Any] = {"wall_time_s": 0.0, "train_time_s": 0.0, "train_samples": 0,
+                            "train_samples_per_s": 0.0, "optimizer_steps": 0, "peak_rss_mb": 0.0,
+                            "peak_cuda_mb": None, "trainable_params": 0, "total_params": 0}
+    record = RunRecord(
+        status="finished", run_key="0" * 10,
+        config={"method": method, "scenario": scenario, "seed": seed, **(config or {})},
+        scenario=ScenarioRecord(name=scenario, version="1", type=scenario_type, content_hash=scenario_hash,
+                                n_experiences=len(R), num_classes=0, classes=[]),
+        model=ModelRecord(name="mlp", family="mlp", init_hash="0" * 16, trainable_params=0, total_params=0),
+        seeds=SeedRecord(seed=seed, experience_seeds=[]),
+        R=R, R_pretrain=None, R_val=[], metrics=dict(metrics or {}), general=GeneralRecord(),
+        foundation=None, per_experience=[], cost=CostRecord(**{**zero, **(cost or {})}), env={},
+        mlflow=MlflowRecord(), run_dir="", started_at="", finished_at="")
+    return replace(record, **fields)

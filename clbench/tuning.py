@@ -37,6 +37,7 @@ from typing import Any
 
 from clbench.checkpoint import atomic_write_json
 from clbench.errors import ClbenchError, ConfigError
+from clbench.records import RunRecord, as_json
 from clbench.study import (
     HEARTBEAT_S,  # noqa: F401 - re-exported (moved to clbench.study)
     PROTOCOL_RUNS_DIR,
@@ -69,10 +70,12 @@ def _log(pr: ProtocolRun, msg: str) -> None:
         print(f"[protocol {pr.method}] {msg}", flush=True)
 
 
-def _compact(res: Mapping[str, Any]) -> dict[str, Any]:
-    """What a study keeps of a run's results (enough for protocol.json without the run dir)."""
-    return {k: res.get(k) for k in ("R", "R_val", "metrics", "general", "cost", "env", "run_dir", "scenario",
-                                    "run_key")}
+def _compact(res: RunRecord) -> dict[str, Any]:
+    """What a study keeps of a run's results (enough for protocol.json without the run dir):
+    these parts of results.json, as JSON."""
+    return {"R": as_json(res.R), "R_val": as_json(res.R_val), "metrics": as_json(res.metrics),
+            "general": as_json(res.general), "cost": as_json(res.cost), "env": as_json(res.env),
+            "run_dir": res.run_dir, "scenario": as_json(res.scenario), "run_key": res.run_key}
 
 
 def _work(pr: ProtocolRun, suffix: str, phase: str, parent: str, params_of: Any) -> None:
@@ -104,16 +107,15 @@ def _work(pr: ProtocolRun, suffix: str, phase: str, parent: str, params_of: Any)
         _log(pr, f"{phase} slot {slot} seed {seed} {params} -> {value:.4f} ({time.perf_counter() - start:.1f} s)")
 
 
-def _objective(res: Mapping[str, Any], phase: str) -> float:
+def _objective(res: RunRecord, phase: str) -> float:
     """Tuning: final average accuracy on the tuning scenario's *validation* split; eval: test ACC."""
     import numpy as np
 
     if phase == "tune":
-        rows = res.get("R_val") or []
-        if not rows:
+        if not res.R_val:
             raise ClbenchError("the tuning objective needs validation accuracies (eval.validation=true)")
-        return float(np.mean(rows[-1]))
-    return float(res["metrics"]["acc"])
+        return float(np.mean(res.R_val[-1]))
+    return float(res.metrics["acc"])
 
 
 def _tune_params(trial: Any, space: dict[str, Any]) -> dict[str, Any]:

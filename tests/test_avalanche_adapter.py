@@ -131,10 +131,10 @@ def test_clbench_run_trains_on_converted_stream(tmp_path: Path) -> None:
         res = run(cfg)
     finally:
         SCENARIOS.unregister("avalanche_test_digits")
-    R = np.asarray(res["R"])
+    R = np.asarray(res.R)
     assert R.shape == (5, 5)
-    assert res["scenario"]["name"] == "avalanche_digits"
-    assert res["cost"]["optimizer_steps"] > 0 and res["cost"]["train_samples"] > 0
+    assert res.scenario.name == "avalanche_digits"
+    assert res.cost.optimizer_steps > 0 and res.cost.train_samples > 0
     # each experience is learned when it is trained (2-way digits are easy)
     assert np.diag(R).min() > 0.8, R
 

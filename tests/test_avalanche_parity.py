@@ -53,7 +53,7 @@ def _clbench(tmp: Path, method: str, options: dict[str, Any]) -> Result:
     res = run(cfg)
     ckpt = load_checkpoint(run_dir_for(cfg))
     assert ckpt is not None
-    return res["R"], ckpt["model"]
+    return res.R, ckpt["model"]
 
 
 def _initial_model(stream: Stream, tmp: Path) -> nn.Module:

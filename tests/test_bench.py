@@ -8,8 +8,9 @@ import pytest
 
 from clbench import bench, tracks
 from clbench.protocol import Method
+from clbench.records import RunRecord
 from clbench.registry import METHODS
-from clbench.testing import register_tiny
+from clbench.testing import register_tiny, stub_record
 
 TRACK_YAML = """schema_version: 1
 name: vision_cil
@@ -74,8 +75,8 @@ def test_compare_embeds_generated_table_in_readme(tiny_suite: None, tmp_path: Pa
 def test_pareto_plot_marks_the_front(tmp_path: Path) -> None:
     from clbench.report import pareto_png
 
-    def r(m: str, acc: float, ret: float) -> dict:
-        return {"config": {"method": m}, "metrics": {"acc": acc, "general_retention": ret}}
+    def r(m: str, acc: float, ret: float) -> RunRecord:
+        return stub_record(m, metrics={"acc": acc, "general_retention": ret})
 
     runs = [r("a", 0.8, 0.5), r("a", 0.82, 0.52), r("b", 0.6, 0.9), r("c", 0.5, 0.4)]
     out = pareto_png(runs, tmp_path / "p.png", "t")

@@ -65,7 +65,7 @@ def test_show_by_mlflow_run_id(tmp_path: Path, capsys: pytest.CaptureFixture[str
     register_tiny()
     overrides = [a for a in TINY if not a.startswith("tracking.")] + ["method=naive"]
     res = run(build_run_config(parse_overrides(overrides)))
-    run_id = res["mlflow"]["run_id"]
+    run_id = res.mlflow.run_id
     assert run_id and main(["show", run_id]) == 0
     assert "naive on tiny (seed 0)" in capsys.readouterr().out
     assert main(["show", "0123456789abcdef0123456789abcdef"]) == 2

@@ -109,8 +109,8 @@ def test_resume_after_kill_equals_uninterrupted(name: str, tmp_path: Path, swap:
     assert len(run_dirs) == 1 and not (run_dirs[0].parent / "results.json").exists()
     swap(name, cls)
     resumed = run(cfg, resume=True)
-    assert resumed["R"] == full["R"]
-    assert resumed["R_pretrain"] == full["R_pretrain"]
+    assert resumed.R == full.R
+    assert resumed.R_pretrain == full.R_pretrain
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -132,7 +132,7 @@ def test_frozen_parameters_stay_frozen(name: str, tmp_path: Path, swap: Any) -> 
 
     swap(name, Freezing)
     res = run(_cfg(tmp_path, name, **{"trainer.weight_decay": 0.01, "trainer.momentum": 0.9}))
-    assert len(snapshots) == 3 and len(res["R"]) == (1 if _test_time_only(name) else 3)  # test-time R: 1 x D
+    assert len(snapshots) == 3 and len(res.R) == (1 if _test_time_only(name) else 3)  # test-time R: 1 x D
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -20,25 +20,25 @@ from clbench.testing import tiny_config, tiny_vit_config
 def test_foundation_is_pretrained_once_then_loaded_from_cache(tmp_path: Path) -> None:
     first = run(tiny_vit_config(tmp_path / "a", "naive", **{"foundation.cache_dir": str(tmp_path / "c")}))
     second = run(tiny_vit_config(tmp_path / "b", "naive", **{"foundation.cache_dir": str(tmp_path / "c")}))
-    assert first["foundation"]["cached"] is False and second["foundation"]["cached"] is True
-    assert first["foundation"]["key"] == second["foundation"]["key"]
-    assert first["model"]["init_hash"] == second["model"]["init_hash"]
-    assert first["R"] == second["R"]
+    assert first.foundation["cached"] is False and second.foundation["cached"] is True
+    assert first.foundation["key"] == second.foundation["key"]
+    assert first.model.init_hash == second.model.init_hash
+    assert first.R == second.R
     other = run(tiny_vit_config(tmp_path / "d", "naive", **{"foundation.cache_dir": str(tmp_path / "c"),
                                                              "foundation.seed": 1}))
-    assert other["foundation"]["key"] != first["foundation"]["key"]
+    assert other.foundation["key"] != first.foundation["key"]
     # the pretrained foundation is better than chance on the source test split
-    assert first["general"]["before"]["tiny_source/acc"] > 1 / 6 + 0.1
+    assert first.general.before["tiny_source/acc"] > 1 / 6 + 0.1
 
 
 def test_general_capability_before_and_after_each_experience(tmp_path: Path) -> None:
     res = run(tiny_vit_config(tmp_path, "naive", **{"tracking.mlflow": True}))
-    before = res["general"]["before"]["tiny_source/acc"]
-    after = [g["tiny_source/acc"] for g in res["general"]["after"]]
+    before = res.general.before["tiny_source/acc"]
+    after = [g["tiny_source/acc"] for g in res.general.after]
     assert len(after) == 3 and before > 0
-    assert res["metrics"]["general_retention"] == pytest.approx(after[-1] / before)
+    assert res.metrics["general_retention"] == pytest.approx(after[-1] / before)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = res["mlflow"]["run_id"]
+    run_id = res.mlflow.run_id
     hist = client.get_metric_history(run_id, "general/tiny_source/acc")
     assert [m.step for m in hist] == [0, 1, 2] and [m.value for m in hist] == pytest.approx(after)
     ret = client.get_metric_history(run_id, "general/tiny_source/acc_retention")
@@ -65,9 +65,9 @@ def test_source_data_only_for_methods_that_declare_it(tmp_path: Path) -> None:
     with METHODS.override("naive", NeedsSource):
         res = run(tiny_vit_config(tmp_path, "naive", **{"tracking.mlflow": True}))
         assert len(seen) == 1 and len(seen[0]) == 6 * 24  # the source train split, once
-        assert res["per_experience"][0]["method"] == {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
+        assert res.per_experience[0].method == {"frozen_fraction": 0.5, "chosen": ["a", "b"]}
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        hist = client.get_metric_history(res["mlflow"]["run_id"], "method_frozen_fraction")
+        hist = client.get_metric_history(res.mlflow.run_id, "method_frozen_fraction")
         assert [m.step for m in hist] == [0, 1, 2]
         with pytest.raises(IncompatibleError, match="needs source data"):
             run(tiny_config(tmp_path / "nosrc", "naive"))
@@ -84,8 +84,8 @@ def test_augmented_pretraining_is_seeded_per_image_and_changes_the_recipe(tmp_pa
     plain = run(tiny_vit_config(tmp_path / "p", "naive"))
     aug = run(tiny_vit_config(tmp_path / "q", "naive", **{"foundation.augment_degrees": 10.0,
                                                             "foundation.cache_dir": str(tmp_path / "cache")}))
-    assert aug["foundation"]["key"] != plain["foundation"]["key"]
-    assert aug["foundation"]["recipe"]["augment_degrees"] == 10.0
+    assert aug.foundation["key"] != plain.foundation["key"]
+    assert aug.foundation["recipe"]["augment_degrees"] == 10.0
 
 
 def test_vit_conv_stem_option_keeps_the_default_model_unchanged() -> None:
@@ -104,5 +104,5 @@ def test_vit_conv_stem_option_keeps_the_default_model_unchanged() -> None:
 def test_foundation_does_not_depend_on_the_seed_of_the_run_that_pretrains_it(tmp_path: Path) -> None:
     a = run(tiny_vit_config(tmp_path / "a", "naive", seed=0))
     b = run(tiny_vit_config(tmp_path / "b", "naive", seed=3))  # its own cache (tmp/b/cache)
-    assert a["foundation"]["key"] == b["foundation"]["key"] and a["foundation"]["cached"] is False
-    assert b["foundation"]["cached"] is False and a["model"]["init_hash"] == b["model"]["init_hash"]
+    assert a.foundation["key"] == b.foundation["key"] and a.foundation["cached"] is False
+    assert b.foundation["cached"] is False and a.model.init_hash == b.model.init_hash

@@ -18,6 +18,8 @@ from clbench import leaderboard as lb
 from clbench import metrics as M
 from clbench.cli import main
 from clbench.errors import ClbenchError
+from clbench.records import GeneralRecord
+from clbench.testing import stub_record
 from clbench.tuning import PROTOCOLS
 
 VERSIONS = {"split_digits": "1", "split_mnist": "1"}
@@ -49,24 +51,22 @@ def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: floa
     for seed in proto.eval_seeds:
         R, b = _R(T, seed, skill), [0.1] * T
         metrics = M.summarize(R, b)
-        gen = {"before": {}, "after": [{} for _ in range(T)]}
+        gen = GeneralRecord(before={}, after=[{} for _ in range(T)])
         if general:
-            gen = {"before": {"source": 0.8}, "after": [{"source": 0.8 - 0.05 * (i + seed)} for i in range(T)]}
-            metrics["general_retention"] = gen["after"][-1]["source"] / 0.8
-        results = {
-            "schema_version": 1, "status": "finished",
-            "config": {**config, "method": method, "scenario": proto.eval_scenario, "seed": seed},
-            "scenario": {"name": proto.eval_scenario, "version": "1", "content_hash": EVAL_HASH},
-            "R": R, "R_pretrain": b, "metrics": metrics, "general": gen,
-            "cost": {"wall_time_s": 2.0 + seed, "train_time_s": 1.5 + seed, "train_samples": 900,
-                     "train_samples_per_s": 600.0, "optimizer_steps": 30, "peak_rss_mb": 500.0,
-                     "peak_cuda_mb": None, "trainable_params": 1000, "total_params": 1000},
-            "env": {"git_commit": "0" * 40, "packages": {"torch": "2.14.1"}, "device": "cpu",
-                    "device_name": "x86_64", "python": "3.11.7", "platform": "Linux"},
-        }
+            gen = GeneralRecord(before={"source": 0.8}, after=[{"source": 0.8 - 0.05 * (i + seed)} for i in range(T)])
+            metrics["general_retention"] = gen.after[-1]["source"] / 0.8
+        results = stub_record(
+            method, seed, scenario=proto.eval_scenario, scenario_hash=EVAL_HASH,
+            config={**config, "method": method, "scenario": proto.eval_scenario, "seed": seed},
+            R=R, R_pretrain=b, metrics=metrics, general=gen,
+            cost={"wall_time_s": 2.0 + seed, "train_time_s": 1.5 + seed, "train_samples": 900,
+                  "train_samples_per_s": 600.0, "optimizer_steps": 30, "peak_rss_mb": 500.0,
+                  "peak_cuda_mb": None, "trainable_params": 1000, "total_params": 1000},
+            env={"git_commit": "0" * 40, "packages": {"torch": "2.14.1"}, "device": "cpu",
+                 "device_name": "x86_64", "python": "3.11.7", "platform": "Linux"})
         rd = pdir / "eval" / f"seed{seed}"
         rd.mkdir(parents=True)
-        (rd / "results.json").write_text(json.dumps(results))
+        (rd / "results.json").write_text(json.dumps(results.to_json()))
         run_dirs.append(f"eval/seed{seed}")
     record = {
         "schema_version": 1, "kind": "clbench-protocol", "status": "finished", "method": method,

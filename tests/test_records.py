@@ -134,4 +134,4 @@ def test_the_same_config_gives_the_same_R_as_the_committed_run(tmp_path: Path) -
         values.update({f"{section}.{k}": v for k, v in c[f"{section}_options"].items()})
     values.update({"tracking.runs_dir": str(tmp_path), "tracking.mlflow": False, "trainer.progress": False})
     out = run(build_run_config(values))
-    assert out["R"] == data["R"] and out["R_pretrain"] == data["R_pretrain"]
+    assert out.R == data["R"] and out.R_pretrain == data["R_pretrain"]

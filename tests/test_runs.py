@@ -27,7 +27,7 @@ def _mlflow_cfg(tmp_path: Path, method: str = "naive", **kw: Any) -> Any:
 
 def test_results_json_schema_and_metrics(tmp_path: Path) -> None:
     res = run(tiny_config(tmp_path, "naive"))
-    on_disk = json.loads((Path(res["run_dir"]) / "results.json").read_text())
+    on_disk = json.loads((Path(res.run_dir) / "results.json").read_text())
     assert on_disk["schema_version"] == 1
     for key in ("config", "scenario", "model", "seeds", "R", "R_pretrain", "R_val", "metrics",
                 "cost", "env", "per_experience"):
@@ -42,19 +42,19 @@ def test_results_json_schema_and_metrics(tmp_path: Path) -> None:
     assert cost["trainable_params"] == cost["total_params"] > 0
     assert on_disk["env"]["packages"]["torch"].startswith("2.14")
     assert on_disk["config"]["method_options"] == {}
-    assert (Path(res["run_dir"]) / "R.png").stat().st_size > 1000
+    assert (Path(res.run_dir) / "R.png").stat().st_size > 1000
 
 
 def test_mlflow_run_params_metrics_artifacts(tmp_path: Path) -> None:
     res = run(_mlflow_cfg(tmp_path))
     client = _client(tmp_path)
-    r = client.get_run(res["mlflow"]["run_id"])
+    r = client.get_run(res.mlflow.run_id)
     assert r.info.status == "FINISHED"
     assert r.data.params["trainer.lr"] == "0.05" and r.data.params["method"] == "naive"
     assert r.data.tags["scenario"] == "tiny" and r.data.tags["seed"] == "0"
     history = client.get_metric_history(r.info.run_id, "acc_seen")
     assert [m.step for m in history] == [0, 1, 2]
-    assert r.data.metrics["acc"] == pytest.approx(res["metrics"]["acc"])
+    assert r.data.metrics["acc"] == pytest.approx(res.metrics["acc"])
     names = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"results.json", "R.json", "R.png"} <= names
     found = client.search_runs([r.info.experiment_id], "metrics.acc > -1 and params.method = 'naive'")
@@ -77,7 +77,7 @@ def test_resume_keeps_one_mlflow_run(tmp_path: Path) -> None:
     res = run(cfg, resume=True)
     runs = client.search_runs([killed.info.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert res["mlflow"]["run_id"] == killed.info.run_id
+    assert res.mlflow.run_id == killed.info.run_id
 
 
 def test_nan_loss_fails_cleanly_and_keeps_checkpoint(tmp_path: Path) -> None:
@@ -147,5 +147,5 @@ def test_existing_run_dir_needs_resume_or_force(tmp_path: Path) -> None:
 
     with pytest.raises(ClbenchError, match="--resume"):
         run(cfg)
-    assert run(cfg, resume=True)["R"] == first["R"]
-    assert run(cfg, force=True)["R"] == first["R"]
+    assert run(cfg, resume=True).R == first.R
+    assert run(cfg, force=True).R == first.R

@@ -38,8 +38,8 @@ def test_smollm2_two_experiences_with_lm_eval(tmp_path: Path) -> None:
         res = run(tiny_config(tmp_path, "hft", scenario="smol_gen", model="hf_causal_lm",
                               **{"trainer.epochs": 1, "trainer.batch_size": 4, "trainer.optimizer": "adamw",
                                  "trainer.lr": 1e-5, "eval.lm_eval_limit": 40, "eval.validation": False}))
-    before = res["general"]["before"]["clbench_pydoc_cloze/acc"]
+    before = res.general.before["clbench_pydoc_cloze/acc"]
     assert before > 0.5  # the real model is far above chance (0.25) on the bundled cloze task
-    assert len(res["general"]["after"]) == 2 and 0.0 < res["metrics"]["general_retention"] <= 1.5
-    assert res["cost"]["optimizer_steps"] == 4 and len(res["R"]) == 2
-    assert res["per_experience"][0]["method"]["frozen_matrix_fraction"] == pytest.approx(0.5)
+    assert len(res.general.after) == 2 and 0.0 < res.metrics["general_retention"] <= 1.5
+    assert res.cost.optimizer_steps == 4 and len(res.R) == 2
+    assert res.per_experience[0].method["frozen_matrix_fraction"] == pytest.approx(0.5)

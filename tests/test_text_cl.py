@@ -69,15 +69,15 @@ def test_encoder_run_fills_R_and_hft_freezes_bert_blocks(tmp_path: Path, text_st
     opts = {"scenario": text_stream, "model": "hf_encoder", "model.tiny": True,
             "trainer.optimizer": "adamw", "trainer.lr": 0.001}
     res = run(tiny_config(tmp_path / "naive", "naive", **opts))
-    assert len(res["R"]) == 2 and res["scenario"]["meta"]["missing"] == ["yahoo"]
-    assert res["model"]["family"] == "hf_encoder"
+    assert len(res.R) == 2 and res.scenario.meta["missing"] == ["yahoo"]
+    assert res.model.family == "hf_encoder"
     hft = run(tiny_config(tmp_path / "hft", "hft", **opts))
-    report = hft["per_experience"][0]["method"]
+    report = hft.per_experience[0].method
     assert report["frozen_matrix_fraction"] == pytest.approx(0.5)
     assert any("encoder.layer.0.attention" in m for m in report["frozen_modules"])
     # SSU calibrates on the stream's calibration source; no general-capability score from it
     ssu = run(tiny_config(tmp_path / "ssu", "ssu", **opts))
-    assert ssu["per_experience"][0]["method"] and ssu["general"]["before"] == {}
+    assert ssu.per_experience[0].method and ssu.general.before == {}
 
 
 def test_tokenizer_mismatch_is_refused(tmp_path: Path) -> None:
@@ -147,8 +147,8 @@ def test_class_incremental_run_never_masks_to_the_task(tmp_path: Path) -> None:
             "trainer.optimizer": "adamw", "trainer.lr": 0.001, "scenario.setting": "class_incremental"}
     with SCENARIOS.override("text_twin", Twin):
         res = run(tiny_config(tmp_path, "naive", **opts))
-    assert res["scenario"]["type"] == "class_incremental"
-    assert res["R"][1][1] >= 0.5 and res["R"][1][0] <= 0.2
+    assert res.scenario.type == "class_incremental"
+    assert res.R[1][1] >= 0.5 and res.R[1][0] <= 0.2
 
 
 @pytest.mark.skipif(not (shared_data_dir() / "lfpt5-fewshot-textcls").is_dir(),
@@ -213,6 +213,6 @@ def test_stream_carries_probes_and_the_runner_scores_them(tmp_path: Path) -> Non
     with SCENARIOS.override("text_probed", Probed):
         res = run(tiny_config(tmp_path / "runs", "naive", scenario="text_probed", model="hf_encoder",
                               **{"model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.001}))
-    before, after = res["general"]["before"], res["general"]["after"]
+    before, after = res.general.before, res.general.after
     assert set(before) == {"probe_sst2/acc", "probe_imdb/acc"} and len(after) == 2
-    assert all(0.0 <= v <= 1.0 for v in before.values()) and "general_retention" in res["metrics"]
+    assert all(0.0 <= v <= 1.0 for v in before.values()) and "general_retention" in res.metrics

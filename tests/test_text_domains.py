@@ -54,7 +54,7 @@ def test_next_token_objective_by_hand() -> None:
 
 def test_domain_adaptation_runs_with_source_calibration_and_perplexity(tmp_path: Path) -> None:
     res = run(tiny_config(tmp_path / "ssu", "ssu", **SMALL))
-    assert len(res["R"]) == 3 and all(0.0 <= a <= 1.0 for r in res["R"] for a in r)
-    assert all(math.isfinite(p["test_perplexity"]) for p in res["per_experience"])
-    assert {"python_docs/acc", "clbench_pydoc_cloze/acc"} <= set(res["general"]["before"])
-    assert res["per_experience"][0]["method"]["frozen_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert len(res.R) == 3 and all(0.0 <= a <= 1.0 for r in res.R for a in r)
+    assert all(math.isfinite(p.test_perplexity) for p in res.per_experience)
+    assert {"python_docs/acc", "clbench_pydoc_cloze/acc"} <= set(res.general.before)
+    assert res.per_experience[0].method["frozen_fraction"] == pytest.approx(0.5, abs=0.01)

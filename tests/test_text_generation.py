@@ -90,12 +90,12 @@ def test_causal_lm_run_and_answers_hidden_from_inference(tmp_path: Path, gen_sce
                             "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003}
     with METHODS.override("naive", Spy):
         res = run(tiny_config(tmp_path, "naive", **{**opts, "eval.lm_eval_limit": 8}))
-    assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
+    assert len(res.R) == 2 and all(0.0 <= a <= 1.0 for row in res.R for a in row)
     # general capability by lm-eval on the bundled offline task, before and after each experience
-    assert "clbench_pydoc_cloze/acc" in res["general"]["before"]
-    assert len(res["general"]["after"]) == 2 and "general_retention" in res["metrics"]
-    assert res["cost"]["general_eval_time_s"] > 0
-    assert res["per_experience"][0]["mean_loss"] > 0
+    assert "clbench_pydoc_cloze/acc" in res.general.before
+    assert len(res.general.after) == 2 and "general_retention" in res.metrics
+    assert res.cost.general_eval_time_s > 0
+    assert res.per_experience[0].mean_loss > 0
     pad = 0  # BERT [PAD]
     assert all(bool((x[:, 0][x[:, 1] == 1] == pad).all()) for x in seen)
 
@@ -113,11 +113,11 @@ def test_ewc_and_lwf_on_token_losses(tmp_path: Path, gen_scenario: str, method: 
                             "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
                             "eval.lm_eval_tasks": []}
     res = run(tiny_config(tmp_path, method, **opts))
-    assert len(res["R"]) == 2
+    assert len(res.R) == 2
     # the regulariser is active in experience 2: its loss exceeds the plain answer loss of naive
     base = run(tiny_config(tmp_path / "naive", "naive", **opts))
-    assert res["per_experience"][0]["mean_loss"] == pytest.approx(base["per_experience"][0]["mean_loss"], rel=1e-4)
-    assert res["per_experience"][1]["mean_loss"] != base["per_experience"][1]["mean_loss"]
+    assert res.per_experience[0].mean_loss == pytest.approx(base.per_experience[0].mean_loss, rel=1e-4)
+    assert res.per_experience[1].mean_loss != base.per_experience[1].mean_loss
 
 
 def test_token_fisher_and_token_distillation_by_hand() -> None:
@@ -222,7 +222,7 @@ def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
                             "eval.lm_eval_tasks": []}
     with METHODS.override("naive", Spy):
         res = run(tiny_config(tmp_path, "naive", **opts))
-    assert len(res["R"]) == 2 and all(0.0 <= a <= 1.0 for row in res["R"] for a in row)
+    assert len(res.R) == 2 and all(0.0 <= a <= 1.0 for row in res.R for a in row)
     # generation inputs: a prompt, then only tokens the model generated itself (mask row = 1)
     test = stream.experiences[1].test.x
     first = next(x for x in seen if x.shape == test.shape and torch.equal(x[:, 0, :3], test[:, 0, :3]))

@@ -14,8 +14,9 @@ from clbench.cli import main
 from clbench.config import build_run_config
 from clbench.errors import ClbenchError, ConfigError
 from clbench.health import check_track, health_table, labelled_criteria, test_time_criteria
+from clbench.records import GeneralRecord, RunRecord
 from clbench.registry import METHODS, SCENARIOS, load_plugins
-from clbench.testing import register_tiny
+from clbench.testing import register_tiny, stub_record
 from clbench.tracks import all_tracks, get_track, health_path, parse_track
 
 TRACKS = all_tracks()
@@ -84,11 +85,11 @@ def test_bad_declarations_name_file_field_and_choices(tmp_path: Path) -> None:
 
 
 def _run(acc: float, plasticity: float, forgetting: float, retention: float | None = None,
-         before: float = 0.97) -> dict[str, Any]:
+         before: float = 0.97) -> RunRecord:
     m = {"acc": acc, "plasticity": plasticity, "forgetting": forgetting}
     if retention is not None:
         m["general_retention"] = retention
-    return {"metrics": m, "general": {"before": {"src/acc": before}}}
+    return stub_record(metrics=m, general=GeneralRecord(before={"src/acc": before}))
 
 
 TH = {"learns": 0.8, "forgets": 0.05, "headroom": 0.05, "resolution": 4.0, "source_min": 0.95,
@@ -111,8 +112,8 @@ def test_labelled_criteria_follow_the_rules() -> None:
 
 
 def test_test_time_criteria() -> None:
-    def r(err: float, src: float, steps: int) -> dict[str, Any]:
-        return {"metrics": {"mean_error": err, "source_acc_before": src}, "cost": {"adapt_batches": steps}}
+    def r(err: float, src: float, steps: int) -> RunRecord:
+        return stub_record(metrics={"mean_error": err, "source_acc_before": src}, cost={"adapt_batches": steps})
 
     th = {"source_min": 0.95, "adapt_gain": 0.10, "min_steps": 500}
     crit = {c.name: c for c in test_time_criteria([r(0.55, 0.97, 600)], [r(0.30, 0.97, 600)], th)}
@@ -158,8 +159,8 @@ def test_cli_lists_tracks_one_line_each(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_language_model_source_criterion_is_relative_to_the_suite_chance_level() -> None:
     th = {**TH, "source_margin": 0.2}
-    runs = [{"metrics": {"acc": 0.3, "plasticity": 0.9, "forgetting": 0.2, "general_retention": 0.8},
-             "general": {"before": {"clbench_pydoc_cloze/acc": 0.94, "clbench_copa/acc": 0.62}}}]
+    runs = [stub_record(metrics={"acc": 0.3, "plasticity": 0.9, "forgetting": 0.2, "general_retention": 0.8},
+                        general=GeneralRecord(before={"clbench_pydoc_cloze/acc": 0.94, "clbench_copa/acc": 0.62}))]
     crit = {c.name: c for c in labelled_criteria(runs, runs, th, foundation=True)}
     assert crit["strong source"].threshold == pytest.approx((0.25 + 0.5) / 2 + 0.2)
     assert crit["strong source"].value == pytest.approx(0.78) and crit["strong source"].passed
@@ -168,7 +169,7 @@ def test_language_model_source_criterion_is_relative_to_the_suite_chance_level()
 def test_figures_ignore_metrics_a_stream_does_not_define() -> None:
     from clbench.health import _figures
 
-    runs = [{"metrics": {"mean_error": e, "bwt": float("nan")}, "cost": {"wall_time_s": 1.0}} for e in (0.3, 0.5)]
+    runs = [stub_record(metrics={"mean_error": e, "bwt": float("nan")}, cost={"wall_time_s": 1.0}) for e in (0.3, 0.5)]
     fig = _figures(runs, ("mean_error", "bwt"))
     assert fig["mean_error"]["mean"] == pytest.approx(0.4) and fig["mean_error"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert math.isnan(fig["bwt"]["mean"]) and math.isnan(fig["bwt"]["sd"])

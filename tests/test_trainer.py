@@ -89,8 +89,8 @@ def test_same_seed_same_R_and_different_seed_differs(tmp_path: Path) -> None:
     a = run(tiny_config(tmp_path / "a", "naive"))
     b = run(tiny_config(tmp_path / "b", "naive"))
     c = run(tiny_config(tmp_path / "c", "naive", seed=1))
-    assert a["R"] == b["R"] and a["R_pretrain"] == b["R_pretrain"]
-    assert a["R"] != c["R"]
+    assert a.R == b.R and a.R_pretrain == b.R_pretrain
+    assert a.R != c.R
 
 
 def test_task_incremental_masks_logits_to_task_classes() -> None:

@@ -16,11 +16,12 @@ from torch import Tensor, nn
 from clbench.bench import default_track
 from clbench.errors import ConfigError, DataUnavailableError, IncompatibleError
 from clbench.protocol import Method
+from clbench.records import TestTimeRecord
 from clbench.registry import METHODS, SCENARIOS
 from clbench.report import domain_error_table
 from clbench.runner import run
 from clbench.streams import Batch, Experience, Stream, StreamInfo
-from clbench.testing import TinyScenario, tiny_config
+from clbench.testing import TinyScenario, stub_record, tiny_config
 from clbench.tta import AugmentsInputs, domain_pass, label_preserving, relative_drift, tta_metrics
 from scenarios.mnist import load_mnist
 from scenarios.mnist_c import CORRUPTIONS, MNISTCConfig, MNISTCStream, corrupt
@@ -69,9 +70,9 @@ def test_adapt_never_receives_labels_and_sees_every_sample_once_in_order(recorde
     assert torch.equal(seen, expected)  # one pass, stream order, no shuffling
     assert [len(e.test) + len(e.train) + len(e.val) for e in recorder.experiences] == [0, 0, 0]
     assert [e.index for e in recorder.experiences] == [0, 1, 2]
-    assert len(res["R"]) == 1 and len(res["R"][0]) == 3
-    assert res["cost"]["adapt_samples"] == len(expected)
-    assert res["cost"]["adapt_batches"] == sum(-(-len(e.test) // 5) for e in stream.experiences)
+    assert len(res.R) == 1 and len(res.R[0]) == 3
+    assert res.cost.adapt_samples == len(expected)
+    assert res.cost.adapt_batches == sum(-(-len(e.test) // 5) for e in stream.experiences)
 
 
 def test_the_prediction_is_what_adapt_returns(recorder: type[Recorder], tmp_path: Path) -> None:
@@ -81,18 +82,18 @@ def test_the_prediction_is_what_adapt_returns(recorder: type[Recorder], tmp_path
 
     stream = tiny_stream(3, scenario_type="test_time", image=True)
     expected = [float((e.test.y == 0).float().mean()) for e in stream.experiences]
-    assert res["R"][0] == pytest.approx(expected)
-    m = res["metrics"]
+    assert res.R[0] == pytest.approx(expected)
+    m = res.metrics
     assert m["mean_error"] == pytest.approx(1 - np.mean(expected))
     assert m["error_domain_0"] == pytest.approx(1 - expected[0])
-    saved = json.loads((Path(res["run_dir"]) / "results.json").read_text())
+    saved = json.loads((Path(res.run_dir) / "results.json").read_text())
     assert saved["test_time"]["domains"] == ["domain_0", "domain_1", "domain_2"]
 
 
 def test_source_accuracy_is_measured_before_and_after_the_stream(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "tent", **TTA, **{"scenario.source": True, "foundation.epochs": 3,
                                                   "foundation.cache_dir": str(tmp_path / "cache")})
-    m = run(cfg)["metrics"]
+    m = run(cfg).metrics
     assert 0.0 <= m["source_acc_after"] <= 1.0
     assert m["source_forgetting"] == pytest.approx(m["source_acc_before"] - m["source_acc_after"])
 
@@ -102,21 +103,21 @@ def test_runs_are_deterministic_per_seed(tmp_path: Path) -> None:
                                                           "method.n_augment": 2}))
     b = run(tiny_config(tmp_path / "b", "cotta", **TTA, **{"method.anchor_threshold": 1.0,
                                                           "method.n_augment": 2}))
-    assert a["R"] == b["R"] and a["R_pretrain"] == b["R_pretrain"]
+    assert a.R == b.R and a.R_pretrain == b.R_pretrain
 
 
 def test_cotta_calibrates_its_anchor_on_source_data_and_reports_its_mechanism(tmp_path: Path) -> None:
     options = {**TTA, "scenario.source": True, "foundation.epochs": 2, "method.n_augment": 2,
                "foundation.cache_dir": str(tmp_path / "cache")}
     res = run(tiny_config(tmp_path, "cotta", **options))
-    reports = [p["method"] for p in res["per_experience"]]
+    reports = [p.method for p in res.per_experience]
     threshold = reports[0]["anchor_threshold"]
     assert 0.0 < threshold < 1.0 and threshold != 0.92 and all(r["anchor_threshold"] == threshold for r in reports)
-    assert set(res["mechanism"]) == {"augmented_fraction", "anchor_confidence", "restored_elements", "param_drift"}
-    assert all(0.0 <= f <= 1.0 for f in res["mechanism"]["augmented_fraction"])
-    assert all(n > 0 for n in res["mechanism"]["restored_elements"])
+    assert set(res.mechanism) == {"augmented_fraction", "anchor_confidence", "restored_elements", "param_drift"}
+    assert all(0.0 <= f <= 1.0 for f in res.mechanism["augmented_fraction"])
+    assert all(n > 0 for n in res.mechanism["restored_elements"])
     fixed = run(tiny_config(tmp_path / "fixed", "cotta", **options, **{"method.anchor_threshold": 0.92}))
-    assert fixed["per_experience"][0]["method"]["anchor_threshold"] == 0.92
+    assert fixed.per_experience[0].method["anchor_threshold"] == 0.92
 
 
 def test_protocol_refuses_mismatched_pairs(tmp_path: Path) -> None:
@@ -187,9 +188,10 @@ def test_the_loop_hands_the_label_preserving_declaration_to_augmenting_methods(t
 
 def test_bench_defaults_to_the_tta_track_for_test_time_methods_and_prints_domains() -> None:
     assert default_track("tent") == "tta" and default_track("naive") != "tta"
-    runs = [{"config": {"method": "tent", "seed": s}, "test_time": {"domains": ["gaussian_noise", "fog"]},
-             "metrics": {"error_gaussian_noise": 0.1 * s, "error_fog": 0.2, "mean_error": 0.15,
-                         "source_acc_after": 0.9}} for s in (0, 1)]
+    domains = TestTimeRecord(domains=["gaussian_noise", "fog"], batch_size=1, errors=[])
+    runs = [stub_record("tent", s, scenario_type="test_time", test_time=domains,
+                        metrics={"error_gaussian_noise": 0.1 * s, "error_fog": 0.2, "mean_error": 0.15,
+                                 "source_acc_after": 0.9}) for s in (0, 1)]
     table = domain_error_table(runs)
     assert "| method | seed | gaussian | fog | mean | source acc after |" in table
     assert "5.0 ± 7.1" in table and "90.0" in table  # sample sd (ddof=1) over seeds

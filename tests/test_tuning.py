@@ -15,6 +15,7 @@ import pytest
 
 from clbench import tuning
 from clbench.errors import ClbenchError, ConfigError
+from clbench.records import RunRecord
 from clbench.registry import METHODS
 from clbench.search import draw, grid
 from clbench.tuning import Protocol, run_protocol
@@ -59,17 +60,17 @@ def test_two_phases_budget_objective_and_mlflow_nesting(tmp_path: Path, tiny: Pr
     best = max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["value"])
     assert rec["best_params"] == best["params"]
     for t in trials:
-        res = json.loads((Path(t["run_dir"]) / "results.json").read_text())
-        assert res["scenario"]["name"] == "split_digits"
-        assert t["value"] == pytest.approx(sum(res["R_val"][-1]) / len(res["R_val"][-1]))
+        res = RunRecord.from_json(json.loads((Path(t["run_dir"]) / "results.json").read_text()))
+        assert res.scenario.name == "split_digits"
+        assert t["value"] == pytest.approx(sum(res.R_val[-1]) / len(res.R_val[-1]))
     # phase 2: once per seed on the evaluation scenario, with H*
     ev = rec["evaluation"]
     assert ev["seeds"] == [0, 1] and ev["scenario"] == "split_mnist"
     assert ev["scenario_hash"] != rec["tuning"]["scenario_hash"]
     for seed, run_dir in zip(ev["seeds"], ev["run_dirs"], strict=True):
-        res = json.loads((Path(run_dir) / "results.json").read_text())
-        assert res["config"]["seed"] == seed and res["config"]["trainer"]["lr"] == rec["best_params"]["trainer.lr"]
-        assert res["config"]["method_options"]["ewc_lambda"] == rec["best_params"]["method.ewc_lambda"]
+        res = RunRecord.from_json(json.loads((Path(run_dir) / "results.json").read_text()))
+        assert res.config["seed"] == seed and res.config["trainer"]["lr"] == rec["best_params"]["trainer.lr"]
+        assert res.config["method_options"]["ewc_lambda"] == rec["best_params"]["method.ewc_lambda"]
     assert Path(tmp_path, "tiny", "ewc", rec["tuning"]["study"], "protocol.json").is_file()
     children = _mlflow_children(rec["mlflow"]["parent_run_id"])
     assert len(children) == 3 + 2
@@ -91,7 +92,7 @@ def test_interrupted_protocol_resumes_without_rerunning_finished_trials(
     calls: list[str] = []
     killed: list[bool] = []
 
-    def flaky(cfg: Any, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    def flaky(cfg: Any, resume: bool = False, force: bool = False) -> RunRecord:
         calls.append(f"{cfg.scenario}:{cfg.key()}")
         if len(calls) == 2 and not killed:
             killed.append(True)
@@ -118,7 +119,7 @@ def test_crashed_trial_is_failed_and_counted_in_the_budget(
     real = runner.run
     seen: list[int] = []
 
-    def nan_once(cfg: Any, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    def nan_once(cfg: Any, resume: bool = False, force: bool = False) -> RunRecord:
         seen.append(1)
         if len(seen) == 1:
             raise NonFiniteLossError(0, 3, float("nan"))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.errors import ClbenchError
+from clbench.records import RunRecord, as_json
 
 ENTRY_SCHEMA_VERSION = 1
 ENTRY_KIND = "clbench-leaderboard-entry"
@@ -76,7 +77,7 @@ def entry_from_protocol(protocol_dir: str | Path) -> dict[str, Any]:
     proto = _read_json(pdir / "protocol.json")
     try:
         _check_protocol(proto)
-        runs = [_read_json(_find_run(pdir, rd) / "results.json") for rd in proto["evaluation"]["run_dirs"]]
+        runs = [_read_run(_find_run(pdir, rd) / "results.json") for rd in proto["evaluation"]["run_dirs"]]
         _check_runs(proto, runs)
         entry = _build_entry(proto, runs)
     except (KeyError, TypeError, IndexError) as exc:
@@ -85,12 +86,12 @@ def entry_from_protocol(protocol_dir: str | Path) -> dict[str, Any]:
     return entry
 
 
-def _build_entry(proto: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _build_entry(proto: Mapping[str, Any], runs: Sequence[RunRecord]) -> dict[str, Any]:
     p, tun, ev = proto["protocol"], proto["tuning"], proto["evaluation"]
     best = dict(proto["best_params"])
     per_run = [_run_record(r) for r in runs]
     env = dict(proto.get("env") or {})
-    first = runs[0].get("env", {})
+    first = runs[0].env
     hardware = {**{k: first.get(k) for k in ("device", "device_name", "platform", "world_size")},
                 **(env.get("hardware") or {})}
     entry = {
@@ -113,8 +114,8 @@ def _build_entry(proto: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) ->
         "evaluation": {"scenario": ev["scenario"], "version": _str(ev["scenario_version"]),
                        "content_hash": ev["scenario_hash"], "options": ev.get("scenario_options", {})},
         "seeds": list(ev["seeds"]), "runs": per_run,
-        "summary": summarize_runs(per_run),
-        "cost": {k: _mean_std([r["cost"].get(k) for r in per_run]) for k in SUMMARY_COST},
+        "summary": summarize_metrics([r.metrics for r in runs]),
+        "cost": {k: _mean_std([getattr(r.cost, k) for r in runs]) for k in SUMMARY_COST},
         "env": {"git_commit": env.get("git_commit") or first.get("git_commit"),
                 "packages": env.get("packages") or first.get("packages", {}),
                 "hardware": hardware, "python": env.get("python") or first.get("python")},
@@ -128,18 +129,23 @@ def _str(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def _run_record(r: Mapping[str, Any]) -> dict[str, Any]:
-    general = r.get("general") or {}
-    return {"seed": r["config"]["seed"], "R": r["R"], "R_pretrain": r.get("R_pretrain"),
-            "metrics": dict(r["metrics"]),
-            "general": general if general.get("before") else None,
-            "cost": {k: r["cost"].get(k) for k in COST_KEYS if k in r["cost"]}}
+def _run_record(r: RunRecord) -> dict[str, Any]:
+    """An entry's ``runs`` item: the parts of one evaluation run's record that a board shows."""
+    return {"seed": r.seeds.seed, "R": r.R, "R_pretrain": r.R_pretrain,
+            "metrics": dict(r.metrics),
+            "general": as_json(r.general) if r.general.before else None,
+            "cost": {k: getattr(r.cost, k) for k in COST_KEYS}}  # CostRecord fields, always present
 
 
 def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean, population std and count over seeds of every metric the runs report."""
-    keys = sorted({k for r in runs for k in r["metrics"]})
-    return {k: _mean_std([r["metrics"].get(k) for r in runs]) for k in keys}
+    """Mean, population std and count over seeds of every metric an entry's ``runs`` report."""
+    return summarize_metrics([r["metrics"] for r in runs])
+
+
+def summarize_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, population std and count over seeds of every metric in ``metrics`` (one per seed)."""
+    keys = sorted({k for m in metrics for k in m})
+    return {k: _mean_std([m.get(k) for m in metrics]) for k in keys}
 
 
 def _mean_std(values: Iterable[Any]) -> dict[str, Any]:
@@ -160,25 +166,29 @@ def _check_protocol(proto: Mapping[str, Any]) -> None:
         raise ClbenchError("protocol.json lists no evaluation runs")
 
 
-def _check_runs(proto: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> None:
+def _check_runs(proto: Mapping[str, Any], runs: Sequence[RunRecord]) -> None:
     ev = proto["evaluation"]
     expected = {**proto.get("fixed", {}), **proto["best_params"]}
-    seeds = [r["config"]["seed"] for r in runs]
+    seeds = [r.seeds.seed for r in runs]
     if seeds != list(ev["seeds"]):
         raise ClbenchError(f"evaluation runs have seeds {seeds}, protocol.json lists {ev['seeds']}")
     for r in runs:
-        where = f"evaluation run seed {r['config']['seed']}"
-        if r.get("status") != "finished":
+        where = f"evaluation run seed {r.seeds.seed}"
+        if r.status != "finished":
             raise ClbenchError(f"{where} is not finished")
-        got = (r["config"]["method"], r["scenario"]["name"], r["scenario"]["content_hash"],
-               str(r["scenario"]["version"]))
+        got = (r.config["method"], r.scenario.name, r.scenario.content_hash, str(r.scenario.version))
         want = (proto["method"], ev["scenario"], ev["scenario_hash"], str(ev["scenario_version"]))
         if got != want:
             raise ClbenchError(f"{where} is (method, scenario, hash, version) {got}, protocol.json {want}")
-        flat = _flatten(r["config"])
+        flat = _flatten(r.config)
         bad = [k for k, v in expected.items() if _result_key(k) in flat and flat[_result_key(k)] != v]
         if bad:
             raise ClbenchError(f"{where} did not use the protocol's settings for {', '.join(bad)}")
+
+
+def _read_run(path: Path) -> RunRecord:
+    """The run record in a ``results.json`` (missing, unreadable or malformed: ClbenchError)."""
+    return RunRecord.from_json(_read_json(path), str(path))
 
 
 def _read_json(path: Path) -> Any:

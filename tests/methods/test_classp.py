@@ -158,22 +158,22 @@ def test_default_is_the_official_mode_and_updates_every_element(tmp_path: Path) 
     assert CLASSPConfig().mode == "official" and CLASSPOptimizer([nn.Parameter(torch.zeros(1))]).defaults[
         "mode"] == "official"
     res = run(tiny_config(tmp_path, "classp", **{"eval.validation": False}))
-    reports = [e["method"] for e in res["per_experience"]]
+    reports = [e.method for e in res.per_experience]
     assert len(reports) == 3 and all(r["steps"] > 0 for r in reports)
     assert [r["total_steps"] for r in reports] == [sum(x["steps"] for x in reports[: i + 1]) for i in range(3)]
     # mechanism figures, one number per experience: threshold 0.5 < 1 passes every tensor whose
     # gradient is nonzero (all of the MLP's), and the accumulator keeps growing across experiences
-    mech = res["mechanism"]
+    mech = res.mechanism
     assert mech["updated_fraction"] == [r["updated_fraction"] for r in reports] == [1.0, 1.0, 1.0]
     acc = mech["mean_accumulator"]
     assert len(acc) == 3 and 0 < acc[0] < acc[1] < acc[2]
-    assert min(res["R"][i][i] for i in range(3)) > 0.9  # it learns each experience
+    assert min(res.R[i][i] for i in range(3)) > 0.9  # it learns each experience
 
 
 def test_paper_rule_with_an_absolute_threshold_selects_elements(tmp_path: Path) -> None:
     res = run(tiny_config(tmp_path, "classp", **{"method.mode": "paper", "method.threshold": 1e-4,
                                                    "eval.validation": False, "scenario.n_experiences": 2}))
-    fractions = res["mechanism"]["updated_fraction"]
+    fractions = res.mechanism["updated_fraction"]
     assert len(fractions) == 2 and all(0.0 < f < 1.0 for f in fractions)
 
 

@@ -187,14 +187,14 @@ def test_gated_lora_matches_peft_lora_with_unit_gates() -> None:
 def test_report_and_rank_plot_through_the_runner(tmp_path: Path) -> None:
     res = run(tiny_vit_config(tmp_path, "dynamic_rank_lora", **{"method.rank": 4, "eval.validation": False,
                                                                 "scenario.n_experiences": 2}))
-    reports = [p["method"] for p in res["per_experience"]]
+    reports = [p.method for p in res.per_experience]
     assert len(reports) == 2 and all(0 <= r["mean_rank"] <= 4 for r in reports)
-    assert res["mechanism"] == {"kept_fraction": [r["kept_fraction"] for r in reports]}
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in res["mechanism"]["kept_fraction"])
+    assert res.mechanism == {"kept_fraction": [r["kept_fraction"] for r in reports]}
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in res.mechanism["kept_fraction"])
     assert set(reports[0]["ranks"]) == {f"blocks.{b}.{m}" for b in range(2) for m in
                                         ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                                          "mlp.up_proj", "mlp.down_proj")}
-    png = Path(res["run_dir"]) / "codyra_ranks.png"
+    png = Path(res.run_dir) / "codyra_ranks.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -226,14 +226,14 @@ def test_layer_and_model_granularity_ablations() -> None:
 def test_runner_logs_a_fresh_draw_and_the_frozen_fraction_per_experience(tmp_path: Path) -> None:
     res = run(tiny_vit_config(tmp_path, "hft", **{"foundation.epochs": 1, "trainer.epochs": 1,
                                                    "eval.validation": False}))
-    reports = [e["method"] for e in res["per_experience"]]
+    reports = [e.method for e in res.per_experience]
     assert len({tuple(r["frozen_modules"]) for r in reports}) == 3
-    fractions = res["mechanism"]["frozen_param_fraction"]
+    fractions = res.mechanism["frozen_param_fraction"]
     assert fractions == [r["frozen_param_fraction"] for r in reports] and len(fractions) == 3
     assert all(isinstance(f, float) and 0.0 < f < 0.5 for f in fractions)  # half the blocks' modules
     assert all(r["frozen_matrix_fraction"] == 0.5 and len(r["draw_seed"]) > 0 for r in reports)
-    assert all(e["trainable_params"] == res["per_experience"][0]["trainable_params"]
-               for e in res["per_experience"])
+    assert all(e.trainable_params == res.per_experience[0].trainable_params
+               for e in res.per_experience)
 
 
 def test_config_validation() -> None:

@@ -243,13 +243,13 @@ def test_blocks_is_a_count_so_a_shallow_model_is_adapted_everywhere(pet: str) ->
 def test_run_reports_warmup_and_ema_as_mechanism_figures(tmp_path: Path) -> None:
     res = run(tiny_vit_config(tmp_path, "lae", **{"scenario.n_experiences": 2, "eval.validation": False,
                                                    "method.ema_decay": 0.99}))
-    steps = [p["optimizer_steps"] for p in res["per_experience"]]
-    mech = res["mechanism"]
+    steps = [p.optimizer_steps for p in res.per_experience]
+    mech = res.mechanism
     assert set(mech) == {"warmup_steps", "ema_moved_fraction"} and all(len(v) == 2 for v in mech.values())
     # experience 0: no warm-up, no offline PET; experience 1: 60 % of the steps head-only, EMA every step
     assert mech["warmup_steps"] == [0.0, float(math.floor(0.6 * steps[1]))] and steps[1] > 0
     assert mech["ema_moved_fraction"] == pytest.approx([0.0, 1 - 0.99 ** steps[1]])
-    assert res["per_experience"][1]["method"]["offline_online_rel_dist"] > 0
+    assert res.per_experience[1].method["offline_online_rel_dist"] > 0
 
 
 def test_config_is_validated() -> None:

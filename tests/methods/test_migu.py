@@ -188,10 +188,10 @@ def test_resume_round_trip_gives_the_same_masks_and_no_duplicate_hooks() -> None
 
 def test_tiny_vit_run_reports_thirty_percent_kept_from_experience_one_as_mechanism(tmp_path: Path) -> None:
     res = run(tiny_vit_config(tmp_path, "migu", **{"trainer.epochs": 1}))
-    reports = [e["method"] for e in res["per_experience"]]
+    reports = [e.method for e in res.per_experience]
     assert reports[0]["kept_fraction"] == 1.0 and reports[0]["masked_steps"] == 0
-    assert res["mechanism"] == {"kept_fraction": [r["kept_fraction"] for r in reports]}
-    assert len(reports) == 3 and all(isinstance(v, float) for v in res["mechanism"]["kept_fraction"])
+    assert res.mechanism == {"kept_fraction": [r["kept_fraction"] for r in reports]}
+    assert len(reports) == 3 and all(isinstance(v, float) for v in res.mechanism["kept_fraction"])
     for rep in reports[1:]:
         assert rep["kept_fraction"] == pytest.approx(0.3, abs=0.03)
         assert rep["masked_steps"] > 0 and rep["masked_layers"] == 13  # 2 blocks x 6 + head

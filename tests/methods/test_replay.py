@@ -142,9 +142,9 @@ def test_state_dict_round_trips_through_weights_only_load() -> None:
 def test_task_incremental_replays_with_old_task_ids(tmp_path: Path) -> None:
     check_compatible(Replay, tiny_stream(scenario_type="task_incremental"), "vision")
     res = run(tiny_config(tmp_path, "replay", **{"scenario.scenario_type": "task_incremental"}))
-    assert all(math.isfinite(e["mean_loss"]) for e in res["per_experience"])
+    assert all(math.isfinite(e.mean_loss) for e in res.per_experience)
     # the forward passes include memory samples (of older tasks) from experience 1 on
-    fwd = [e["forward_samples"] - e["train_samples"] for e in res["per_experience"]]
+    fwd = [e.forward_samples - e.train_samples for e in res.per_experience]
     assert fwd[0] == 0 and fwd[1] > 0 and fwd[2] > 0
     replay = Replay(ReplayConfig(mem_size=20))
     stream = tiny_stream(scenario_type="task_incremental")

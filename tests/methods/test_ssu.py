@@ -201,12 +201,12 @@ def test_run_on_the_tiny_vit_reports_frozen_fractions(tmp_path: Path) -> None:
     res = run(tiny_vit_config(tmp_path, "ssu", **{"scenario.n_experiences": 2, "eval.validation": False,
                                                    "trainer.optimizer": "adamw",
                                                    "trainer.weight_decay": 0.1}))
-    reports = [p["method"] for p in res["per_experience"]]
+    reports = [p.method for p in res.per_experience]
     assert len(reports) == 2 and reports[0] == reports[1]  # static mask
-    assert res["mechanism"] == {"frozen_fraction": [r["frozen_fraction"] for r in reports]}
+    assert res.mechanism == {"frozen_fraction": [r["frozen_fraction"] for r in reports]}
     report = reports[0]
     assert report["frozen_fraction"] == pytest.approx(0.5)
     assert 0.3 < report["frozen_fraction_model"] < 0.5 and report["calibration_samples"] > 0
     assert set(report["frozen_columns"].values()) == {0.5} and "head" not in report["frozen_columns"]
     assert "blocks.1.mlp.down_proj" in report["frozen_columns"]
-    assert 0.0 <= res["metrics"]["acc"] <= 1.0 and "general_retention" in res["metrics"]
+    assert 0.0 <= res.metrics["acc"] <= 1.0 and "general_retention" in res.metrics
