@@ -8,7 +8,6 @@ from the last one and gives the same R as an uninterrupted run (per-experience r
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import resource
 import shutil
@@ -22,12 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from clbench import metrics as M
 from clbench.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from clbench.config import RunConfig, build_dataclass, to_plain
 from clbench.errors import ClbenchError
-from clbench.evaluation import Evaluator
 from clbench.foundation import obtain_foundation
+from clbench.loops import RunParts, TrainingLoop, derive_seed, numeric
 from clbench.models import build_model, count_params, model_family
 from clbench.objectives import objective_for
 from clbench.probes import probe_scores
@@ -46,7 +44,8 @@ from clbench.records import (
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
 from clbench.tracking import MlflowRun, environment, heatmap_png, write_results
-from clbench.trainer import Trainer, resolve_device, task_class_mask
+from clbench.trainer import resolve_device
+from clbench.tta import TestTimeLoop
 
 STATUS = "status.json"
 
@@ -78,12 +77,6 @@ def resolve(cfg: RunConfig) -> Resolved:
 
 def run_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.tracking.runs_dir) / cfg.scenario / cfg.method / f"seed{cfg.seed}-{cfg.key()}"
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (stable across processes)."""
-    h = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -130,10 +123,6 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
-    if stream.scenario_type == "test_time":  # online adapt-while-predicting loop
-        from clbench.tta import TestTimeRun
-
-        return TestTimeRun(res, stream, model, run_dir, foundation).execute(resume)
     return _Run(res, stream, model, run_dir, foundation).execute(resume)
 
 
@@ -171,7 +160,8 @@ def _prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 class _Run:
-    """The state of one executing run (kept out of the trainer on purpose)."""
+    """The state of one executing run: builds the parts, chooses the loop by the stream's
+    declared type, resumes, checkpoints, scores general capability and records."""
 
     def __init__(self, res: Resolved, stream: Stream, model: nn.Module, run_dir: Path,
                  foundation: dict[str, Any] | None) -> None:
@@ -184,12 +174,8 @@ class _Run:
         objective = objective_for(stream)
         self.method.objective = objective
         self.model = self.method.setup(model, stream.info()).to(self.device)
-        task_mask = None
-        if stream.scenario_type == "task_incremental":
-            task_mask = task_class_mask(stream.experiences, stream.num_classes)
-        self.trainer = Trainer(cfg.trainer, self.device, task_mask, objective)
-        self.evaluator = Evaluator(self.device, cfg.eval.batch_size, task_mask,
-                                   cfg.trainer.precision, cfg.trainer.progress, objective)
+        parts = RunParts(cfg, stream, self.model, self.method, self.device, objective)
+        self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
         self.tracker = MlflowRun(cfg.tracking)
         self.progress = RunProgress(started_at=_now())
 
@@ -200,7 +186,7 @@ class _Run:
         t0 = time.perf_counter()
         try:
             if self.progress.b is None:
-                self._before_training()
+                self._before_stream()
             for i in range(self.progress.done, len(self.stream)):
                 self._experience(i, t0)
                 t0 = time.perf_counter()
@@ -213,15 +199,11 @@ class _Run:
             raise
         return self._finish()
 
-    def _before_training(self) -> None:
+    def _before_stream(self) -> None:
         source = self.stream.source
         if source is not None and self.method.needs_source_data:
             self.method.on_source_data(self.model, source.train)
-        self.progress.b = self.evaluator.row(self.model, self.method, self.stream.experiences,
-                                             desc="eval pre-training")
-        self._general_before()
-
-    def _general_before(self) -> None:
+        self.progress.b = self.loop.before_stream()
         self.progress.general_before = self._general()
         self.tracker.log_metrics({f"general/{k}_before": v for k, v in self.progress.general_before.items()}, 0)
 
@@ -234,7 +216,7 @@ class _Run:
         scores: dict[str, float] = {}
         source = self.stream.source
         if source is not None and source.probe:
-            scores[f"{source.name}/acc"] = self.evaluator.split_accuracy(self.model, self.method, source.test)
+            scores[f"{source.name}/acc"] = self.loop.evaluator.split_accuracy(self.model, self.method, source.test)
         scores.update(probe_scores(self.model, self.stream.probes, self.device))  # frozen-embedding probes
         handle = getattr(self.model, "lm_eval_handle", None)
         if handle is not None and self.cfg.eval.lm_eval_tasks:
@@ -248,45 +230,17 @@ class _Run:
         return scores
 
     def _experience(self, i: int, t0: float) -> None:
-        exps = self.stream.experiences
-        torch.manual_seed(derive_seed(self.cfg.seed, i))
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, i, 1))
-        stats = self.trainer.train_experience(self.model, self.method, exps[i], exps[: i + 1], gen)
-        report = to_plain(self.method.experience_report())
-        row = self.evaluator.row(self.model, self.method, exps, desc=f"eval after exp {i}")
-        self.progress.R.append(row)
-        if self.cfg.eval.validation:
-            self.progress.R_val.append(self.evaluator.row(self.model, self.method, exps, "val"))
+        logged = self.loop.experience(i, self.progress)
         general = self._general()
         self.progress.general.append(general)
-        trainable, _ = count_params(self.model)
-        ppl: float | None = self.evaluator.perplexity(self.model, self.method, exps[i].test)
-        if ppl is not None and math.isfinite(ppl):  # language-modeling streams: plasticity as target perplexity
-            self.tracker.log_metrics({"test_perplexity": ppl}, step=i)
-        else:
-            ppl = None
-        self.progress.per_exp.append(ExperienceRecord(
-            optimizer_steps=stats.optimizer_steps, train_samples=stats.train_samples,
-            train_time_s=stats.train_time_s, forward_samples=stats.forward_samples,
-            mean_loss=stats.mean_loss, trainable_params=trainable, test_perplexity=ppl, method=report))
         self.progress.done = i + 1
         self.progress.wall_s += time.perf_counter() - t0
         self._checkpoint()
-        self._log_experience(i, row, stats.mean_loss, stats.train_time_s, general, report)
-
-    def _log_experience(self, i: int, row: list[float], loss: float, secs: float,
-                        general: dict[str, float], report: dict[str, Any]) -> None:
-        m = {f"acc_exp_{j}": a for j, a in enumerate(row)}
-        m.update(acc_seen=float(np.mean(row[: i + 1])), acc_all=float(np.mean(row)),
-                 train_loss=loss, train_time_s=secs)
-        if self.progress.R_val:
-            m["val_acc_seen"] = float(np.mean(self.progress.R_val[-1][: i + 1]))
         before = self.progress.general_before or {}
         for k, v in general.items():
-            m[f"general/{k}"] = v
-            m[f"general/{k}_retention"] = v / before[k] if before.get(k) else float("nan")
-        m.update({f"method_{k}": float(v) for k, v in _numeric(report).items()})
-        self.tracker.log_metrics(m, step=i)
+            logged[f"general/{k}"] = v
+            logged[f"general/{k}_retention"] = v / before[k] if before.get(k) else float("nan")
+        self.tracker.log_metrics(logged, step=i)
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.run_dir, {"model": self.model.state_dict(),
@@ -318,7 +272,7 @@ class _Run:
         record = self._record()
         path = write_results(self.run_dir, record)
         (self.run_dir / STATUS).unlink(missing_ok=True)
-        self.tracker.log_metrics({**record.metrics, **_numeric(to_plain(record.cost))}, step=len(self.stream) - 1)
+        self.tracker.log_metrics({**record.metrics, **numeric(to_plain(record.cost))}, step=len(self.stream) - 1)
         r_json = self.run_dir / "R.json"
         atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
         title = f"{self.cfg.method} on {self.cfg.scenario} (seed {self.cfg.seed})"
@@ -336,25 +290,25 @@ class _Run:
         return {"general_retention": float(np.mean(ratios))} if ratios else {}
 
     def _metrics(self) -> dict[str, float]:
-        return {**M.summarize(self.progress.R, self.progress.b or []), **self._general_summary()}
+        return {**self.loop.metrics(self.progress), **self._general_summary()}
 
     def _cost(self) -> CostRecord:
         per, (trainable, total) = self.progress.per_exp, count_params(self.model)
         train_time = sum(p.train_time_s for p in per)
         samples = sum(p.train_samples for p in per)
-        return CostRecord(
+        return self.loop.cost(self.progress, CostRecord(
             wall_time_s=self.progress.wall_s, train_time_s=train_time, train_samples=samples,
             train_samples_per_s=samples / max(train_time, 1e-9),
             optimizer_steps=sum(p.optimizer_steps for p in per),
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             peak_cuda_mb=_cuda_peak_mb(), trainable_params=trainable, total_params=total,
-            general_eval_time_s=self.progress.general_time_s)
+            general_eval_time_s=self.progress.general_time_s))
 
     def _record(self) -> RunRecord:
         """The finished run as a typed record (written to ``results.json``)."""
         p, stream, cfg = self.progress, self.stream, self.cfg
         trainable, total = count_params(self.model)
-        return RunRecord(
+        return self.loop.finish(RunRecord(
             status="finished", run_key=cfg.key(), config=self.res.config_dict(),
             scenario=ScenarioRecord(
                 name=stream.name, version=self.res.scenario.VERSION, type=stream.scenario_type,
@@ -369,7 +323,7 @@ class _Run:
             mechanism=mechanism(self.method.mechanism_figures, p.per_exp),
             cost=self._cost(), env=environment(str(self.device)),
             mlflow=MlflowRecord(run_id=p.mlflow_run_id, tracking_uri=self.tracker.uri if p.mlflow_run_id else None),
-            run_dir=str(self.run_dir), started_at=p.started_at, finished_at=_now())
+            run_dir=str(self.run_dir), started_at=p.started_at, finished_at=_now()))
 
 
 def mechanism(keys: tuple[str, ...], per_exp: list[ExperienceRecord]) -> dict[str, list[float | None]]:
@@ -383,10 +337,6 @@ def mechanism(keys: tuple[str, ...], per_exp: list[ExperienceRecord]) -> dict[st
 
 def _cuda_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-
-
-def _numeric(d: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _now() -> str:

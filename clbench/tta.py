@@ -53,8 +53,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from clbench.config import to_plain
 from clbench.evaluation import Evaluator
-from clbench.records import CostRecord, ExperienceRecord, RunRecord, TestTimeRecord
-from clbench.runner import _numeric, _Run, derive_seed
+from clbench.loops import Loop, RunParts, derive_seed, method_metrics
+from clbench.records import CostRecord, ExperienceRecord, RunProgress, RunRecord, TestTimeRecord
 from clbench.streams import Batch, Experience, Split
 
 NAN = float("nan")
@@ -137,96 +137,87 @@ class AugmentsInputs:
         return getattr(self, "label_preserving", {}).get(transform, True)
 
 
-class TestTimeRun(_Run):
-    """A run on a ``test_time`` stream: one online pass, checkpoints at domain boundaries."""
+class TestTimeLoop(Loop):
+    """Test-time streams: one online pass, ``adapt`` per unlabeled batch, its logits judged."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        cfg = self.cfg
-        if isinstance(self.method, AugmentsInputs):
-            self.method.label_preserving = label_preserving(self.stream.meta)
-        self.batch_size = int(self.stream.meta.get("batch_size") or cfg.eval.batch_size)
-        self.evaluator = Evaluator(self.device, self.batch_size, None, cfg.trainer.precision,
-                                   cfg.trainer.progress, self.evaluator.objective)
-        self.domains = domain_names(self.stream.meta, len(self.stream))
+    def __init__(self, parts: RunParts) -> None:
+        super().__init__(parts)
+        cfg, stream = parts.cfg, parts.stream
+        if isinstance(parts.method, AugmentsInputs):
+            parts.method.label_preserving = label_preserving(stream.meta)
+        self.batch_size = int(stream.meta.get("batch_size") or cfg.eval.batch_size)
+        self.evaluator = Evaluator(parts.device, self.batch_size, None, cfg.trainer.precision,
+                                   cfg.trainer.progress, parts.objective)
+        self.domains = domain_names(stream.meta, len(stream))
 
-    def _before_training(self) -> None:
-        source = self.stream.source
-        if source is not None and self.method.needs_source_data:
-            self.method.on_source_data(self.model, source.train)
-        self.progress.b = [self._static_accuracy(e.test) for e in self.stream.experiences]
-        self._general_before()
+    def before_stream(self) -> list[float]:
+        return [self._static_accuracy(e.test) for e in self.parts.stream.experiences]
 
     @torch.inference_mode()
     def _static_accuracy(self, data: Split) -> float:
         """Accuracy of ``predict`` (no adaptation) on ``data``, in the stream's batches."""
-        was_training = self.model.training
-        self.model.eval()
+        model, method = self.parts.model, self.parts.method
+        was_training = model.training
+        model.eval()
         correct = 0
         try:
             for i in range(0, len(data), self.batch_size):
-                x = as_float(data.x[i : i + self.batch_size]).to(self.device)
-                pred = self.method.predict(self.model, Batch(x, None, None)).argmax(-1).cpu()
+                x = as_float(data.x[i : i + self.batch_size]).to(self.parts.device)
+                pred = method.predict(model, Batch(x, None, None)).argmax(-1).cpu()
                 correct += int((pred == data.y[i : i + self.batch_size]).sum())
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return correct / max(len(data), 1)
 
     def _online(self, data: Split) -> tuple[float, int]:
         """One pass over a domain: ``adapt`` on each unlabeled batch, its logits judged."""
         correct, batches = 0, 0
         for i in range(0, len(data), self.batch_size):
-            x = as_float(data.x[i : i + self.batch_size]).to(self.device, non_blocking=True)
-            logits = self.method.adapt(self.model, Batch(x, None, None))
+            x = as_float(data.x[i : i + self.batch_size]).to(self.parts.device, non_blocking=True)
+            logits = self.parts.method.adapt(self.parts.model, Batch(x, None, None))
             correct += int((logits.detach().argmax(-1).cpu() == data.y[i : i + self.batch_size]).sum())
             batches += 1
         return correct / max(len(data), 1), batches
 
-    def _experience(self, i: int, t0: float) -> None:
-        exp = self.stream.experiences[i]
-        torch.manual_seed(derive_seed(self.cfg.seed, i))
+    def experience(self, i: int, progress: RunProgress) -> dict[str, float]:
+        p = self.parts
+        exp = p.stream.experiences[i]
+        torch.manual_seed(derive_seed(p.cfg.seed, i))
         start = time.perf_counter()
-        self.method.on_experience_start(blind(exp), self.model)
+        p.method.on_experience_start(blind(exp), p.model)
         acc, batches = self._online(exp.test)
-        self.method.on_experience_end(blind(exp), self.model)
+        p.method.on_experience_end(blind(exp), p.model)
         secs = time.perf_counter() - start
-        report = to_plain(self.method.experience_report())
-        self.progress.R = [self._online_row() + [acc]]
-        general = self._general()
-        self.progress.general.append(general)
-        self.progress.per_exp.append(ExperienceRecord(
+        report = to_plain(p.method.experience_report())
+        progress.R = [_online_row(progress) + [acc]]
+        progress.per_exp.append(ExperienceRecord(
             domain=self.domains[i], error=1.0 - acc, adapt_batches=batches, adapt_samples=len(exp.test),
             adapt_time_s=secs, method=report))
-        self.progress.done = i + 1
-        self.progress.wall_s += time.perf_counter() - t0
-        self._checkpoint()
-        m = {"error": 1.0 - acc, "acc_domain": acc, "adapt_time_s": secs,
-             **{f"general/{k}": v for k, v in general.items()},
-             **{f"method_{k}": v for k, v in _numeric(report).items()}}
-        self.tracker.log_metrics(m, step=i)
+        return {"error": 1.0 - acc, "acc_domain": acc, "adapt_time_s": secs, **method_metrics(report)}
 
-    def _online_row(self) -> list[float]:
-        """The online accuracies so far, one per finished domain."""
-        return list(self.progress.R[0]) if self.progress.R else []
+    def metrics(self, progress: RunProgress) -> dict[str, float]:
+        after = progress.general[-1] if progress.general else {}
+        return tta_metrics(_online_row(progress), progress.b or [], self.domains,
+                           progress.general_before or {}, after)
 
-    def _metrics(self) -> dict[str, float]:
-        p = self.progress
-        after = p.general[-1] if p.general else {}
-        return {**tta_metrics(self._online_row(), p.b or [], self.domains, p.general_before or {}, after),
-                **self._general_summary()}
-
-    def _cost(self) -> CostRecord:
-        per = self.progress.per_exp
+    def cost(self, progress: RunProgress, base: CostRecord) -> CostRecord:
+        per = progress.per_exp
         secs = sum(p.adapt_time_s or 0.0 for p in per)
         samples = sum(p.adapt_samples or 0 for p in per)
-        return replace(super()._cost(), adapt_batches=sum(p.adapt_batches or 0 for p in per),
+        return replace(base, adapt_batches=sum(p.adapt_batches or 0 for p in per),
                        adapt_samples=samples, adapt_time_s=secs, adapt_samples_per_s=samples / max(secs, 1e-9))
 
-    def _record(self) -> RunRecord:
-        return replace(super()._record(), test_time=TestTimeRecord(
-            domains=list(self.domains), batch_size=self.batch_size, errors=[1.0 - a for a in self._online_row()]))
+    def finish(self, record: RunRecord) -> RunRecord:
+        return replace(record, test_time=TestTimeRecord(
+            domains=list(self.domains), batch_size=self.batch_size,
+            errors=[1.0 - a for a in (record.R[0] if record.R else [])]))
+
+
+def _online_row(progress: RunProgress) -> list[float]:
+    """The online accuracies so far, one per finished domain."""
+    return list(progress.R[0]) if progress.R else []
 
 
 # ---- tools for test-time methods -------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Owns the loops a run drives, behind one interface: :class:`Loop`.
+
+The runner (:mod:`clbench.runner`) builds the parts, resumes, checkpoints, scores general
+capability and records; a loop runs the stream: the row before it (:meth:`Loop.before_stream`),
+one experience at a time (:meth:`Loop.experience` appends the experience's R row and its
+:class:`~clbench.records.ExperienceRecord` to the progress and returns the metrics to log), the
+summary metrics of the finished stream and what it adds to the record. Two loops exist:
+:class:`TrainingLoop` here (training streams) and :class:`clbench.tta.TestTimeLoop` (online
+test-time streams); the runner chooses one by the stream's declared type. Loops never import
+the runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from clbench import metrics as M
+from clbench.config import RunConfig, to_plain
+from clbench.evaluation import Evaluator
+from clbench.models import count_params
+from clbench.objectives import Objective
+from clbench.protocol import Method
+from clbench.records import CostRecord, ExperienceRecord, RunProgress, RunRecord
+from clbench.streams import Stream
+from clbench.trainer import Trainer, task_class_mask
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """What a loop works with: built (and the method set up) by the runner."""
+
+    cfg: RunConfig
+    stream: Stream
+    model: nn.Module
+    method: Method
+    device: torch.device
+    objective: Objective
+
+
+class Loop:
+    """One way of running a stream. ``evaluator`` also scores the general capability."""
+
+    evaluator: Evaluator
+
+    def __init__(self, parts: RunParts) -> None:
+        self.parts = parts
+
+    def before_stream(self) -> list[float]:
+        """The pre-training row (one accuracy per experience), after ``on_source_data``."""
+        raise NotImplementedError
+
+    def experience(self, i: int, progress: RunProgress) -> dict[str, float]:
+        """Run experience ``i``: append its R row and record to ``progress``; return the
+        metrics to log at step ``i``."""
+        raise NotImplementedError
+
+    def metrics(self, progress: RunProgress) -> dict[str, float]:
+        """The summary metrics of the finished stream (general retention is the runner's)."""
+        raise NotImplementedError
+
+    def cost(self, progress: RunProgress, base: CostRecord) -> CostRecord:
+        """The run's cost record, with what this loop counts added to ``base``."""
+        return base
+
+    def finish(self, record: RunRecord) -> RunRecord:
+        """The run's record, with what this loop adds."""
+        return record
+
+
+class TrainingLoop(Loop):
+    """Training streams: per experience the trainer (the method's hooks), then a row of R on
+    every experience's test split (and validation split when ``eval.validation``)."""
+
+    def __init__(self, parts: RunParts) -> None:
+        super().__init__(parts)
+        cfg, stream = parts.cfg, parts.stream
+        task_mask = None
+        if stream.scenario_type == "task_incremental":
+            task_mask = task_class_mask(stream.experiences, stream.num_classes)
+        self.trainer = Trainer(cfg.trainer, parts.device, task_mask, parts.objective)
+        self.evaluator = Evaluator(parts.device, cfg.eval.batch_size, task_mask,
+                                   cfg.trainer.precision, cfg.trainer.progress, parts.objective)
+
+    def before_stream(self) -> list[float]:
+        p = self.parts
+        return self.evaluator.row(p.model, p.method, p.stream.experiences, desc="eval pre-training")
+
+    def experience(self, i: int, progress: RunProgress) -> dict[str, float]:
+        p = self.parts
+        exps = p.stream.experiences
+        torch.manual_seed(derive_seed(p.cfg.seed, i))
+        gen = torch.Generator().manual_seed(derive_seed(p.cfg.seed, i, 1))
+        stats = self.trainer.train_experience(p.model, p.method, exps[i], exps[: i + 1], gen)
+        report = to_plain(p.method.experience_report())
+        row = self.evaluator.row(p.model, p.method, exps, desc=f"eval after exp {i}")
+        progress.R.append(row)
+        if p.cfg.eval.validation:
+            progress.R_val.append(self.evaluator.row(p.model, p.method, exps, "val"))
+        ppl = self.evaluator.perplexity(p.model, p.method, exps[i].test)  # language-modelling streams
+        progress.per_exp.append(ExperienceRecord(
+            optimizer_steps=stats.optimizer_steps, train_samples=stats.train_samples,
+            train_time_s=stats.train_time_s, forward_samples=stats.forward_samples,
+            mean_loss=stats.mean_loss, trainable_params=count_params(p.model)[0],
+            test_perplexity=ppl if math.isfinite(ppl) else None, method=report))
+        m = {f"acc_exp_{j}": a for j, a in enumerate(row)}
+        m.update(acc_seen=float(np.mean(row[: i + 1])), acc_all=float(np.mean(row)),
+                 train_loss=stats.mean_loss, train_time_s=stats.train_time_s)
+        if progress.R_val:
+            m["val_acc_seen"] = float(np.mean(progress.R_val[-1][: i + 1]))
+        if math.isfinite(ppl):
+            m["test_perplexity"] = ppl
+        return {**m, **method_metrics(report)}
+
+    def metrics(self, progress: RunProgress) -> dict[str, float]:
+        return M.summarize(progress.R, progress.b or [])
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (stable across processes)."""
+    h = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def numeric(d: dict[str, Any]) -> dict[str, float]:
+    """The int/float entries of ``d`` as floats (booleans left out)."""
+    return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def method_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """A method's experience report as MLflow metrics: ``method_<key>`` for its numbers."""
+    return {f"method_{k}": v for k, v in numeric(report).items()}
