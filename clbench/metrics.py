@@ -8,6 +8,7 @@ through experience i (0-based here; the formulas below use 1-based i, j = 1..T a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,3 +98,47 @@ def summarize(R: Matrix, b: Sequence[float]) -> dict[str, float]:
         "plasticity": learning_accuracy(R),
         "zero_shot_transfer": zero_shot_transfer(R),
     }
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric as tables, boards and tracks name it: key in ``results.json`` ``metrics`` (and in
+    MLflow), column label, and which direction is better."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    doc: str
+
+
+#: Every metric a track may rank by or show, declared once; tables and boards take their labels
+#: and sort directions from here.
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("acc", "ACC", True, "final average accuracy over experiences"),
+    MetricSpec("avg_inc_acc", "Avg incremental ACC", True, "average incremental accuracy"),
+    MetricSpec("bwt", "BWT", True, "backward transfer"),
+    MetricSpec("fwt", "FWT", True, "forward transfer against the pre-training row"),
+    MetricSpec("forgetting", "Forgetting", False, "Chaudhry et al.'s forgetting"),
+    MetricSpec("plasticity", "Plasticity", True, "mean accuracy on each experience just after learning it"),
+    MetricSpec("zero_shot_transfer", "Zero-shot transfer", True, "MTIL Transfer: accuracy before learning"),
+    MetricSpec("general_retention", "General retention", True, "general capability after / before the stream"),
+    MetricSpec("mean_error", "Mean error", False, "test-time: mean online error over domains"),
+    MetricSpec("mean_error_first_pass", "Error, first pass", False, "test-time: mean error of the first pass"),
+    MetricSpec("mean_error_last_pass", "Error, last pass", False, "test-time: mean error of the last pass"),
+    MetricSpec("mean_error_pretrain", "Error before adapting", False, "test-time: error of the unadapted model"),
+    MetricSpec("source_acc_before", "Source acc before", True, "source test accuracy before the stream"),
+    MetricSpec("source_acc_after", "Source acc after", True, "source test accuracy after the stream"),
+    MetricSpec("source_forgetting", "Source forgetting", False, "source accuracy before - after"),
+)}
+
+
+def metric_label(name: str) -> str:
+    """The column label of ``name`` (the name itself for an undeclared metric)."""
+    spec = METRICS.get(name)
+    return spec.label if spec else name
+
+
+def higher_is_better(name: str) -> bool:
+    """Sort direction of ``name`` (undeclared metrics: higher is better)."""
+    spec = METRICS.get(name)
+    return spec.higher_is_better if spec else True

@@ -6,11 +6,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from clbench.metrics import higher_is_better, metric_label
 from clbench.records import RunRecord, as_json
 from clbench.stats import finite, mean, sample_sd
 
-SUMMARY_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"),
-                   ("plasticity", "Plasticity"))
+SUMMARY_COLUMNS = tuple((k, metric_label(k)) for k in ("acc", "bwt", "fwt", "forgetting", "plasticity"))
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -94,12 +94,7 @@ def show(results: RunRecord) -> str:
                         metrics, cost])
 
 
-COMPARE_COLUMNS = (("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "Forgetting"),
-                   ("general_retention", "General retention"))
-METRIC_LABELS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting",
-                 "plasticity": "Plasticity", "general_retention": "General retention",
-                 "mean_error": "Mean error", "source_acc_after": "Source acc after",
-                 "avg_incremental_acc": "Avg incremental ACC"}
+COMPARE_COLUMNS = tuple((k, metric_label(k)) for k in ("acc", "bwt", "forgetting", "general_retention"))
 
 
 def mechanism_cell(group: Sequence[RunRecord]) -> str:
@@ -118,11 +113,20 @@ def mechanism_cell(group: Sequence[RunRecord]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _rank_value(group: Sequence[RunRecord], rank: str) -> float:
+    """Sort key of a method's runs by the ranking metric: best first, no value last."""
+    vals = [float(g.metrics.get(rank, float("nan"))) for g in group]
+    vals = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return float("inf")
+    return (-1.0 if higher_is_better(rank) else 1.0) * sum(vals) / len(vals)
+
+
 def compare_tables(runs: Sequence[RunRecord], scenarios: Sequence[str], seeds: Sequence[int],
                    columns: Sequence[str] | None = None) -> str:
     """One Markdown table per scenario: methods as rows, mean ± std over seeds (ddof=1), the
     methods' mechanism figures and the wall time."""
-    cols = [(k, METRIC_LABELS.get(k, k)) for k in columns] if columns else list(COMPARE_COLUMNS)
+    cols = [(k, metric_label(k)) for k in columns] if columns else list(COMPARE_COLUMNS)
     out = []
     for scenario in scenarios:
         rs = [r for r in runs if scenario_of(r) == scenario]
@@ -130,14 +134,8 @@ def compare_tables(runs: Sequence[RunRecord], scenarios: Sequence[str], seeds: S
             continue
         by_method = _by_method(rs)
         header = ["method", *(h for _, h in cols), "mechanism", "time (s)"]
-        rank = cols[0][0]  # rows in the order of the ranking metric (higher is better)
-
-        def mean_of(group: Sequence[RunRecord], key: str = rank) -> float:
-            vals = [float(g.metrics.get(key, float("nan"))) for g in group]
-            vals = [v for v in vals if not math.isnan(v)]
-            return sum(vals) / len(vals) if vals else float("-inf")
-
-        ordered = sorted(by_method.items(), key=lambda kv: -mean_of(kv[1]))
+        rank = cols[0][0]  # rows in the order of the ranking metric, best first
+        ordered = sorted(by_method.items(), key=lambda kv: _rank_value(kv[1], rank))
         rows = [[m, *(mean_std([g.metrics.get(k, float("nan")) for g in group]) for k, _ in cols),
                  mechanism_cell(group), mean_std([g.cost.wall_time_s for g in group], 1)]
                 for m, group in ordered]
@@ -227,8 +225,8 @@ def pareto_png(runs: Sequence[RunRecord], path: Any, title: str, x: str = "gener
     if len(front) > 1:
         ax.plot([p[1] for p in front], [p[2] for p in front], "--", color="grey", lw=1, label="Pareto front")
         ax.legend(fontsize=8)
-    ax.set_xlabel(METRIC_LABELS.get(x, x))
-    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.set_xlabel(metric_label(x))
+    ax.set_ylabel(metric_label(y))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

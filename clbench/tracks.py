@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from clbench.errors import ClbenchError, ConfigError
+from clbench.metrics import METRICS
 
 TRACK_SCHEMA_VERSION = 1
 STATUSES = ("active", "pending", "dropped", "retired", "accelerator")
@@ -151,6 +152,10 @@ def parse_track(doc: Any, path: Path) -> Track:
         raise ConfigError(f"{path}: health.thresholds", sorted(unknown), sorted(DEFAULT_THRESHOLDS[kind]))
     proto = doc.get("protocol") or {}
     seeds = tuple(int(s) for s in doc.get("seeds", (0, 1, 2)))
+    for key, names in (("rank_by", [doc.get("rank_by", "acc")]), ("shown", list(doc.get("shown") or ()))):
+        unknown_metrics = [n for n in names if n not in METRICS]
+        if unknown_metrics:
+            raise ConfigError(f"{path}: {key}", ", ".join(map(str, unknown_metrics)), sorted(METRICS))
     return Track(
         name=doc["name"], title=str(doc.get("title", "")), status=doc["status"], kind=kind,
         description=str(doc.get("description", "")).strip(),

@@ -81,3 +81,19 @@ def test_pareto_plot_marks_the_front(tmp_path: Path) -> None:
     runs = [r("a", 0.8, 0.5), r("a", 0.82, 0.52), r("b", 0.6, 0.9), r("c", 0.5, 0.4)]
     out = pareto_png(runs, tmp_path / "p.png", "t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+
+
+def test_compare_orders_methods_best_first_in_the_ranking_metrics_direction() -> None:
+    from clbench.report import compare_tables
+
+    cfg = {"trainer": {"optimizer": "sgd", "lr": 0.1, "epochs": 1, "batch_size": 8}}
+    runs = [stub_record(m, metrics={"acc": a, "forgetting": f}, config=cfg)
+            for m, a, f in (("low_forgetting", 0.5, 0.1), ("high_acc", 0.9, 0.4), ("no_value", float("nan"), 0.2))]
+
+    def order(columns: list[str]) -> list[str]:
+        rows = [line for line in compare_tables(runs, ["tiny"], [0], columns).splitlines()
+                if line.startswith("| ") and not line.startswith("| method")]
+        return [r.split(" | ")[0][2:] for r in rows]
+
+    assert order(["acc", "forgetting"]) == ["high_acc", "low_forgetting", "no_value"]  # higher is better
+    assert order(["forgetting", "acc"]) == ["low_forgetting", "no_value", "high_acc"]  # lower is better

@@ -168,3 +168,11 @@ def test_seed_statistics_are_sample_sd_over_finite_values() -> None:
     assert sample_sd(vals) == pytest.approx(statistics.stdev(vals[:3]))  # ddof=1, NaN left out
     assert math.isnan(sample_sd([0.5])) and sample_sd([0.5], single=0.0) == 0.0
     assert math.isnan(mean([float("nan")]))
+
+
+def test_every_summary_metric_is_declared_once_with_label_and_direction() -> None:
+    got = M.summarize(R3, B3)
+    assert set(got) <= set(M.METRICS)  # tables, boards and tracks can name each of them
+    assert M.metric_label("forgetting") == "Forgetting" and not M.higher_is_better("forgetting")
+    assert M.higher_is_better("acc") and not M.higher_is_better("mean_error")
+    assert M.metric_label("undeclared_x") == "undeclared_x" and M.higher_is_better("undeclared_x")

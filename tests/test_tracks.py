@@ -82,6 +82,10 @@ def test_bad_declarations_name_file_field_and_choices(tmp_path: Path) -> None:
         parse_track(_doc(health={"lower": "naive", "upper": "joint", "thresholds": {"lerns": 1}}), path)
     with pytest.raises(ClbenchError, match="evaluate"):
         parse_track(_doc(evaluate={"options": {}}), path)
+    with pytest.raises(ConfigError, match=r"rank_by.*'acuracy'.*acc, avg_inc_acc"):
+        parse_track(_doc(rank_by="acuracy"), path)
+    with pytest.raises(ConfigError, match=r"shown.*'retention'"):
+        parse_track(_doc(shown=["forgetting", "retention"]), path)
 
 
 def _run(acc: float, plasticity: float, forgetting: float, retention: float | None = None,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from clbench.leaderboard.entry import _is_num
+from clbench.metrics import metric_label
 from clbench.tuning import Protocol
 
 
@@ -42,13 +43,13 @@ def _columns(entries: Sequence[Mapping[str, Any]]) -> list[Column]:
     """(key, header, type, text(entry), sort value(entry)) for the board's columns."""
     cols: list[Column] = [
         ("method", "Method", "text", lambda e: e["method"], lambda e: e["method"]),
-        ("acc", "ACC", "num", lambda e: _pm(e, "acc"), lambda e: _mean(e, "acc")),
-        ("bwt", "BWT", "num", lambda e: _pm(e, "bwt"), lambda e: _mean(e, "bwt")),
-        ("forgetting", "Forgetting", "num", lambda e: _pm(e, "forgetting"), lambda e: _mean(e, "forgetting")),
-        ("plasticity", "Plasticity", "num", lambda e: _pm(e, "plasticity"), lambda e: _mean(e, "plasticity")),
+        ("acc", metric_label("acc"), "num", lambda e: _pm(e, "acc"), lambda e: _mean(e, "acc")),
+        ("bwt", metric_label("bwt"), "num", lambda e: _pm(e, "bwt"), lambda e: _mean(e, "bwt")),
+        ("forgetting", metric_label("forgetting"), "num", lambda e: _pm(e, "forgetting"), lambda e: _mean(e, "forgetting")),
+        ("plasticity", metric_label("plasticity"), "num", lambda e: _pm(e, "plasticity"), lambda e: _mean(e, "plasticity")),
     ]
     if _has_general(entries):
-        cols.append(("general", "General retention", "num", lambda e: _pm(e, "general_retention"),
+        cols.append(("general", metric_label("general_retention"), "num", lambda e: _pm(e, "general_retention"),
                      lambda e: _mean(e, "general_retention")))
     cols += [
         ("time", "Train time (s)", "num", lambda e: _pm(e, "train_time_s", "cost", 1),
