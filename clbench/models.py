@@ -1,12 +1,22 @@
 """Owns model builders and the resolver: small vision networks built from a StreamInfo.
 
 A model plug-in is an ``nn.Module`` class with a ``Config`` dataclass, a ``family`` string
-(checked against methods' ``model_families``) and a constructor ``(info, config)``.
+(checked against methods' ``model_families``) and a constructor ``(info, config)``; the model
+registry refuses a class without them. Optional capabilities, read only through the functions
+below (never guessed elsewhere):
+
+- ``is_pretrained: ClassVar[bool]``: arrives pretrained (a Hugging Face checkpoint), so no
+  foundation is pretrained on a stream's source split (:func:`is_pretrained`);
+- ``lm_eval_handle() -> (hf_model, tokenizer)``: lm-eval can score it (:func:`lm_eval_handle`);
+- ``embed(x) -> (N, D)``: a pooled embedding for frozen-embedding probes (:func:`embedder`);
+- ``tokenizer_id: str``: the tokenizer its token-id inputs must come from;
+- ``head_parameter_names()`` or a ``head`` module: the output head (``trainer.head_lr``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -115,6 +125,23 @@ def build_model(name: str, info: StreamInfo, options: dict[str, Any]) -> tuple[n
 
 def model_family(model: nn.Module) -> str:
     return str(getattr(model, "family", "any"))
+
+
+def is_pretrained(model: nn.Module) -> bool:
+    """Whether the model arrives pretrained (declared ``is_pretrained``; default False)."""
+    return bool(getattr(type(model), "is_pretrained", False))
+
+
+def lm_eval_handle(model: nn.Module) -> Callable[[], tuple[nn.Module, Any]] | None:
+    """The model's ``lm_eval_handle`` when it declares one (lm-eval general capability)."""
+    handle = getattr(model, "lm_eval_handle", None)
+    return handle if callable(handle) else None
+
+
+def embedder(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The model's ``embed`` when it declares one (frozen-embedding probes)."""
+    embed = getattr(model, "embed", None)
+    return embed if callable(embed) else None
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

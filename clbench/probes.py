@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clbench.models import embedder
 from clbench.streams import ProbeTask
 
 
@@ -46,8 +47,8 @@ def embed_all(embed: Callable[[Tensor], Tensor], x: Tensor, device: torch.device
 def probe_scores(model: nn.Module, probes: Sequence[ProbeTask], device: torch.device,
                  batch_size: int = 64) -> dict[str, float]:
     """``{"probe_<task>/acc": accuracy}`` per probe; ``{}`` without probes or ``model.embed``."""
-    embed = getattr(model, "embed", None)
-    if not probes or not callable(embed):
+    embed = embedder(model)
+    if not probes or embed is None:
         return {}
     was_training = model.training
     model.eval()

@@ -15,11 +15,28 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class Registry(Generic[T]):
-    """A mapping of lower_snake names to plug-ins; registering a name twice raises."""
+    """A mapping of lower_snake names to plug-ins; registering a name twice raises.
 
-    def __init__(self, kind: str) -> None:
+    ``base`` (``"module:Class"``, imported when the first plug-in registers) is the class every
+    plug-in must subclass; ``check`` returns what is wrong with a plug-in (None when nothing).
+    """
+
+    def __init__(self, kind: str, base: str | None = None,
+                 check: Callable[[Any], str | None] | None = None) -> None:
         self.kind = kind
+        self.base = base
+        self.check = check
         self._items: dict[str, T] = {}
+
+    def _validate(self, name: str, obj: Any) -> None:
+        if self.base is not None:
+            module, _, attr = self.base.partition(":")
+            base = getattr(importlib.import_module(module), attr)
+            if not (isinstance(obj, type) and issubclass(obj, base)):
+                raise TypeError(f"{self.kind} {name!r}: {obj!r} must be a subclass of {base.__module__}.{attr}")
+        problem = self.check(obj) if self.check is not None else None
+        if problem:
+            raise TypeError(f"{self.kind} {name!r}: {problem}")
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@METHODS.register("<name>")``."""
@@ -29,6 +46,7 @@ class Registry(Generic[T]):
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._validate(name, obj)
             self._items[name] = obj
             with contextlib.suppress(AttributeError, TypeError):
                 obj.registry_name = name  # type: ignore[attr-defined]
@@ -78,9 +96,21 @@ class Registry(Generic[T]):
             self._items.update(saved)
 
 
-METHODS: Registry[Any] = Registry("method")
-SCENARIOS: Registry[Any] = Registry("scenario")
-MODELS: Registry[Any] = Registry("model")
+def _model_problem(cls: Any) -> str | None:
+    """A model plug-in declares its ``family`` (a non-empty string) and a ``Config`` dataclass."""
+    import dataclasses
+
+    family = getattr(cls, "family", None)
+    if not isinstance(family, str) or not family:
+        return f"declares no family (a non-empty string class attribute), got {family!r}"
+    if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+        return "declares no Config dataclass"
+    return None
+
+
+METHODS: Registry[Any] = Registry("method", base="clbench.protocol:Method")
+SCENARIOS: Registry[Any] = Registry("scenario", base="clbench.protocol:Scenario")
+MODELS: Registry[Any] = Registry("model", base="torch.nn:Module", check=_model_problem)
 
 register_method = METHODS.register
 register_scenario = SCENARIOS.register

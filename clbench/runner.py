@@ -26,7 +26,7 @@ from clbench.config import RunConfig, build_dataclass, to_plain
 from clbench.errors import ClbenchError
 from clbench.foundation import obtain_foundation
 from clbench.loops import RunParts, TrainingLoop, derive_seed, numeric
-from clbench.models import build_model, count_params, model_family
+from clbench.models import build_model, count_params, is_pretrained, lm_eval_handle, model_family
 from clbench.objectives import objective_for
 from clbench.probes import probe_scores
 from clbench.protocol import Method, Scenario, check_compatible, check_inputs
@@ -119,7 +119,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     # a model that arrives pretrained (Hugging Face checkpoints) is already the foundation: the
     # source then only serves calibration and the general-capability probe
     if (stream.source is not None and stream.source.probe and cfg.foundation.pretrain
-            and not getattr(model, "is_pretrained", False)):
+            and not is_pretrained(model)):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
@@ -218,7 +218,7 @@ class _Run:
         if source is not None and source.probe:
             scores[f"{source.name}/acc"] = self.loop.evaluator.split_accuracy(self.model, self.method, source.test)
         scores.update(probe_scores(self.model, self.stream.probes, self.device))  # frozen-embedding probes
-        handle = getattr(self.model, "lm_eval_handle", None)
+        handle = lm_eval_handle(self.model)
         if handle is not None and self.cfg.eval.lm_eval_tasks:
             from clbench.general import lm_eval_scores
 

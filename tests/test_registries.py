@@ -390,3 +390,19 @@ def test_every_track_protocol_config_round_trips(track: str, tmp_path: Path) -> 
     pr = ProtocolRun("naive", PROTOCOLS[track], {}, storage="", runs_dir=str(tmp_path), progress=False)
     for phase in ("tune", "eval"):
         _round_trips(pr.config(phase, {}, 0, ""), tmp_path)
+
+
+def test_registries_refuse_plug_ins_of_the_wrong_kind() -> None:
+    class NotAMethod:
+        pass
+
+    class NoFamily(torch.nn.Module):
+        Config = dataclasses.make_dataclass("C", [])
+
+    with pytest.raises(TypeError, match=r"method 'wrong_kind'.*must be a subclass of clbench.protocol.Method"):
+        METHODS.register("wrong_kind")(NotAMethod)
+    with pytest.raises(TypeError, match=r"scenario 'wrong_kind'.*clbench.protocol.Scenario"):
+        SCENARIOS.register("wrong_kind")(NotAMethod)
+    with pytest.raises(TypeError, match=r"model 'wrong_kind': declares no family"):
+        MODELS.register("wrong_kind")(NoFamily)
+    assert "wrong_kind" not in METHODS.names() + SCENARIOS.names() + MODELS.names()
