@@ -44,7 +44,7 @@ import copy
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -318,6 +318,24 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: f
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov and momentum > 0)
+
+
+class OptimizerOptions(Protocol):
+    """The optimizer options of a test-time method's config."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+
+
+def optimize_all_weights(model: nn.Module, c: OptimizerOptions) -> torch.optim.Optimizer:
+    """Every weight and bias of ``model`` trainable, under the method's optimizer (the setup of
+    teacher-student methods that update the whole model, as CoTTA's and PSMT's code do)."""
+    model.requires_grad_(True)
+    return make_optimizer(list(weight_bias_parameters(model).values()), c.optimizer, c.lr, c.momentum,
+                          c.weight_decay, c.nesterov)
 
 
 class ResetPoint:

@@ -20,7 +20,7 @@ from clbench.tta import (
     ema_update,
     follow,
     frozen_copy,
-    make_optimizer,
+    optimize_all_weights,
     relative_drift,
     reset_due,
     soft_cross_entropy,
@@ -217,9 +217,7 @@ class CoTTA(Method, AugmentsInputs):
         c = self.config
         model.train()
         use_batch_statistics(model)
-        model.requires_grad_(True)
-        params = list(weight_bias_parameters(model).values())
-        self.opt = make_optimizer(params, c.optimizer, c.lr, c.momentum, c.weight_decay, c.nesterov)
+        self.opt = optimize_all_weights(model, c)
         self._copies(model)
         self.start = ResetPoint(model, self.opt)
         return model

@@ -17,7 +17,7 @@ from clbench.tta import (
     ema_update,
     follow,
     frozen_copy,
-    make_optimizer,
+    optimize_all_weights,
     relative_drift,
     reset_due,
     use_batch_statistics,
@@ -160,9 +160,7 @@ class PSMT(Method):
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
         c = self.config
         self.configure(model)
-        model.requires_grad_(True)
-        params = list(weight_bias_parameters(model).values())
-        self.opt = make_optimizer(params, c.optimizer, c.lr, c.momentum, c.weight_decay, c.nesterov)
+        self.opt = optimize_all_weights(model, c)
         self._copies(model)
         self.start = ResetPoint(model, self.opt)
         return model
