@@ -24,8 +24,12 @@ class Evaluator:
 
     def __init__(self, device: torch.device, batch_size: int, task_mask: Tensor | None = None,
                  precision: str = "auto", progress: bool = False,
-                 objective: Objective | None = None) -> None:
+                 objective: Objective | None = None,
+                 prepare: Callable[[Tensor], Tensor] | None = None) -> None:
+        """``prepare`` maps each batch of stored inputs to model inputs before the objective's
+        ``eval_inputs`` (e.g. uint8 images to floats in [0, 1])."""
         self.objective = objective or Objective()
+        self.prepare = prepare
         self.device = device
         self.batch_size = batch_size
         self.task_mask = None if task_mask is None else task_mask.to(device)  # task-IL only
@@ -68,7 +72,8 @@ class Evaluator:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         judged = 0
         for i in range(0, len(data), self.batch_size):
-            x = self.objective.eval_inputs(data.x[i : i + self.batch_size]).to(self.device, non_blocking=True)
+            x = data.x[i : i + self.batch_size]
+            x = self.objective.eval_inputs(self.prepare(x) if self.prepare else x).to(self.device, non_blocking=True)
             task = None
             if self.task_mask is not None and exp is not None:
                 task = torch.full((len(x),), exp.task_id, dtype=torch.long, device=self.device)

@@ -125,10 +125,10 @@ class _Augment(Method):
         return Batch(aug, batch.y, batch.task)
 
 
-@torch.inference_mode()
 def _acc(model: nn.Module, data: Split) -> float:
-    model.eval()
-    correct = sum(int((model(data.x[i : i + 1024]).argmax(-1) == data.y[i : i + 1024]).sum())
-                  for i in range(0, len(data), 1024))
-    model.train()
-    return correct / max(len(data), 1)
+    """Test accuracy of the plain model (no method) through the one evaluation loop."""
+    from clbench.evaluation import Evaluator
+    from clbench.protocol import Method
+
+    device = next(model.parameters()).device
+    return Evaluator(device, 1024, precision="fp32").split_accuracy(model, Method(), data)

@@ -148,28 +148,15 @@ class TestTimeLoop(Loop):
         if isinstance(parts.method, AugmentsInputs):
             parts.method.label_preserving = label_preserving(stream.meta)
         self.batch_size = int(stream.meta.get("batch_size") or cfg.eval.batch_size)
-        self.evaluator = Evaluator(parts.device, self.batch_size, None, cfg.trainer.precision,
-                                   cfg.trainer.progress, parts.objective)
+        # predictions in the stream's batches, fp32 (methods backpropagate inside adapt), uint8 scaled
+        self.evaluator = Evaluator(parts.device, self.batch_size, None, "fp32", cfg.trainer.progress,
+                                   parts.objective, prepare=as_float)
         self.domains = domain_names(stream.meta, len(stream))
 
     def before_stream(self) -> list[float]:
-        return [self._static_accuracy(e.test) for e in self.parts.stream.experiences]
-
-    @torch.inference_mode()
-    def _static_accuracy(self, data: Split) -> float:
-        """Accuracy of ``predict`` (no adaptation) on ``data``, in the stream's batches."""
-        model, method = self.parts.model, self.parts.method
-        was_training = model.training
-        model.eval()
-        correct = 0
-        try:
-            for i in range(0, len(data), self.batch_size):
-                x = as_float(data.x[i : i + self.batch_size]).to(self.parts.device)
-                pred = method.predict(model, Batch(x, None, None)).argmax(-1).cpu()
-                correct += int((pred == data.y[i : i + self.batch_size]).sum())
-        finally:
-            model.train(was_training)
-        return correct / max(len(data), 1)
+        """``predict`` (no adaptation) on each domain, in the stream's batches."""
+        p = self.parts
+        return [self.evaluator.split_accuracy(p.model, p.method, e.test) for e in p.stream.experiences]
 
     def _online(self, data: Split) -> tuple[float, int]:
         """One pass over a domain: ``adapt`` on each unlabeled batch, its logits judged."""
