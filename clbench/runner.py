@@ -43,7 +43,7 @@ from clbench.records import (
 )
 from clbench.registry import METHODS, SCENARIOS
 from clbench.streams import Stream
-from clbench.tracking import MlflowRun, environment, heatmap_png, write_results
+from clbench.tracking import environment, heatmap_png, open_tracker, write_results
 from clbench.trainer import resolve_device
 from clbench.tta import TestTimeLoop
 
@@ -176,7 +176,7 @@ class _Run:
         self.model = self.method.setup(model, stream.info()).to(self.device)
         parts = RunParts(cfg, stream, self.model, self.method, self.device, objective)
         self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
-        self.tracker = MlflowRun(cfg.tracking)
+        self.tracker = open_tracker(cfg.tracking)
         self.progress = RunProgress(started_at=_now())
 
     def execute(self, resume: bool) -> RunRecord:

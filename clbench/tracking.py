@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -108,6 +108,31 @@ def heatmap_png(R: list[list[float]], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+class Tracker(Protocol):
+    """What the runner and the tuning protocol log through; MLflow (:class:`MlflowRun`) is one
+    backend. Every call degrades to a warning on failure: a tracker never loses a run."""
+
+    uri: str
+    run_id: str | None
+
+    def start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+              resume_id: str | None = None) -> str | None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifacts(self, paths: list[Path]) -> None: ...
+
+    def end(self, status: str, reason: str | None = None) -> None: ...
+
+
+def open_tracker(cfg: TrackingConfig, run_id: str | None = None) -> Tracker:
+    """The tracker of ``cfg`` (MLflow; with ``tracking.mlflow=false`` it records nothing), attached
+    to an existing run when ``run_id`` is given."""
+    tracker = MlflowRun(cfg)
+    tracker.run_id = run_id
+    return tracker
 
 
 @contextlib.contextmanager

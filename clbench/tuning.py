@@ -139,9 +139,9 @@ def _parent_run(pr: ProtocolRun, study: Any) -> str:
         return str(study.user_attrs["mlflow_parent_run_id"])
     from clbench.config import TrackingConfig
     from clbench.search import space_record
-    from clbench.tracking import MlflowRun
+    from clbench.tracking import open_tracker
 
-    tracker = MlflowRun(TrackingConfig(**{k: v for k, v in _tracking_overrides(pr).items()}))
+    tracker = open_tracker(TrackingConfig(**{k: v for k, v in _tracking_overrides(pr).items()}))
     rid = tracker.start(f"protocol-{pr.method}-{pr.protocol.track}",
                         {"protocol": pr.protocol.record(), "search_space": space_record(pr.space),
                          "tune_scenario": pr.protocol.tune_scenario, "eval_scenario": pr.protocol.eval_scenario,
@@ -289,10 +289,9 @@ def _tracking_config(pr: ProtocolRun) -> Any:
 def _finish_parent(pr: ProtocolRun, parent: str, record: dict[str, Any]) -> None:
     if not parent:
         return
-    from clbench.tracking import MlflowRun
+    from clbench.tracking import open_tracker
 
-    tracker = MlflowRun(_tracking_config(pr))
-    tracker.run_id = parent
+    tracker = open_tracker(_tracking_config(pr), run_id=parent)
     ev = record["evaluation"]
     tracker.log_metrics({"tune/best_val_acc": record["best_value"], "eval/acc_mean": ev["acc_mean"],
                          "eval/acc_std": ev["acc_std"], "tune/trials_used": record["tuning"]["trials_used"],

@@ -149,3 +149,34 @@ def test_existing_run_dir_needs_resume_or_force(tmp_path: Path) -> None:
         run(cfg)
     assert run(cfg, resume=True).R == first.R
     assert run(cfg, force=True).R == first.R
+
+
+def test_the_runner_logs_through_the_tracker_interface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any object with the Tracker methods is a backend: the runner names no tracking library."""
+    import clbench.runner
+
+    calls: list[tuple[str, Any]] = []
+
+    class Recorder:
+        uri, run_id = "memory://", None
+
+        def start(self, run_name: str, params: Any, tags: Any, resume_id: str | None = None) -> str:
+            calls.append(("start", run_name))
+            self.run_id = "r1"
+            return "r1"
+
+        def log_metrics(self, metrics: Any, step: int) -> None:
+            calls.append(("metrics", step))
+
+        def log_artifacts(self, paths: list[Path]) -> None:
+            calls.append(("artifacts", sorted(p.name for p in paths)))
+
+        def end(self, status: str, reason: str | None = None) -> None:
+            calls.append(("end", status))
+
+    monkeypatch.setattr(clbench.runner, "open_tracker", lambda cfg: Recorder())
+    res = run(tiny_config(tmp_path, "naive"))
+    assert calls[0] == ("start", "naive-tiny-s0") and calls[-1] == ("end", "FINISHED")
+    assert [c for c in calls if c[0] == "metrics"][1:-1] == [("metrics", i) for i in range(3)]  # per experience
+    assert ("artifacts", ["R.json", "R.png", "results.json"]) in calls
+    assert res.mlflow.run_id == "r1" and res.mlflow.tracking_uri == "memory://"
