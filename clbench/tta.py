@@ -319,7 +319,7 @@ class OptimizerOptions(Protocol):
 
 def optimize_all_weights(model: nn.Module, c: OptimizerOptions) -> torch.optim.Optimizer:
     """Every weight and bias of ``model`` trainable, under the method's optimizer (the setup of
-    teacher-student methods that update the whole model, as CoTTA's and PSMT's code do)."""
+    teacher-student methods that update the whole model)."""
     model.requires_grad_(True)
     return make_optimizer(list(weight_bias_parameters(model).values()), c.optimizer, c.lr, c.momentum,
                           c.weight_decay, c.nesterov)
