@@ -10,13 +10,8 @@ import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
-from clbench.protocol import Method
-from clbench.registry import register_method
-from clbench.streams import Batch, Experience, Split, StreamInfo
-from clbench.tta import (
-    AugmentsInputs,
+from clbench.adapt import (
     ResetPoint,
-    as_float,
     ema_update,
     follow,
     frozen_copy,
@@ -27,6 +22,10 @@ from clbench.tta import (
     use_batch_statistics,
     weight_bias_parameters,
 )
+from clbench.protocol import Method
+from clbench.registry import register_method
+from clbench.streams import Batch, Experience, Split, StreamInfo
+from clbench.tta import AugmentsInputs, as_float
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from clbench.adapt import BN_TYPES, use_batch_statistics
 from clbench.errors import IncompatibleError
 from clbench.protocol import Method
 from clbench.registry import register_method
 from clbench.streams import Batch, StreamInfo
-from clbench.tta import BN_TYPES, use_batch_statistics
 
 
 @dataclass(frozen=True)

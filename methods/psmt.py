@@ -9,10 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.protocol import Method
-from clbench.registry import register_method
-from clbench.streams import Batch, Experience, Split, StreamInfo
-from clbench.tta import (
+from clbench.adapt import (
     ResetPoint,
     ema_update,
     follow,
@@ -23,6 +20,9 @@ from clbench.tta import (
     use_batch_statistics,
     weight_bias_parameters,
 )
+from clbench.protocol import Method
+from clbench.registry import register_method
+from clbench.streams import Batch, Experience, Split, StreamInfo
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from clbench.errors import IncompatibleError
-from clbench.protocol import Method
-from clbench.registry import register_method
-from clbench.streams import Batch, Experience, StreamInfo
-from clbench.tta import (
+from clbench.adapt import (
     ResetPoint,
     make_optimizer,
     norm_modules,
@@ -21,6 +17,10 @@ from clbench.tta import (
     softmax_entropy,
     use_batch_statistics,
 )
+from clbench.errors import IncompatibleError
+from clbench.protocol import Method
+from clbench.registry import register_method
+from clbench.streams import Batch, Experience, StreamInfo
 
 Reset = Literal["never", "domain", "batch"]
 

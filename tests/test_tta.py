@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from clbench.adapt import relative_drift
 from clbench.bench import default_track
 from clbench.errors import ConfigError, DataUnavailableError, IncompatibleError
 from clbench.protocol import Method
@@ -22,7 +23,7 @@ from clbench.report import domain_error_table
 from clbench.runner import run
 from clbench.streams import Batch, Experience, Stream, StreamInfo
 from clbench.testing import TinyScenario, stub_record, tiny_config
-from clbench.tta import AugmentsInputs, domain_pass, label_preserving, relative_drift, tta_metrics
+from clbench.tta import AugmentsInputs, domain_pass, label_preserving, tta_metrics
 from scenarios.mnist import load_mnist
 from scenarios.mnist_c import CORRUPTIONS, MNISTCConfig, MNISTCStream, corrupt
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from clbench.adapt import soft_cross_entropy, weight_bias_parameters
 from clbench.models import CNNBN, CNNConfig
 from clbench.streams import Batch, Experience, Split, StreamInfo
-from clbench.tta import soft_cross_entropy, weight_bias_parameters
 from methods.cotta import PAPER_THRESHOLD, CoTTA, CoTTAConfig, cotta_augment
 
 INFO = StreamInfo("t", "test_time", 1, 4, (1, 8, 8), ((0, 1, 2, 3),))

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from clbench.adapt import weight_bias_parameters
 from clbench.models import CNNBN, CNNConfig
 from clbench.streams import Batch, Experience, Split, StreamInfo
-from clbench.tta import weight_bias_parameters
 from methods.psmt import PSMT, PSMTConfig, linear_quantile, symmetric_cross_entropy
 
 INFO = StreamInfo("t", "test_time", 1, 4, (1, 8, 8), ((0, 1, 2, 3),))

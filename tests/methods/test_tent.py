@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from clbench.adapt import softmax_entropy
 from clbench.models import CNNBN, CNNConfig
 from clbench.streams import Batch, Experience, Split, StreamInfo
 from clbench.testing import params_equal
-from clbench.tta import softmax_entropy
 from clbench.vit import ViT, ViTConfig
 from methods.tent import Tent, TentConfig
 
