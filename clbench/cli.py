@@ -86,14 +86,14 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         raise ClbenchError("protocol needs a method: clbench protocol method=<name> (see `clbench list`)")
     values.pop("method", None)
     rec = run_protocol(method, args.track, values, storage=args.storage, workers=args.workers)
-    results = [read_results(Path(d) / "results.json") for d in rec["evaluation"]["run_dirs"]]
-    tune = rec["tuning"]
-    print(f"\nphase 1: {tune['trials_used']}/{rec['protocol']['n_trials']} trials on {tune['scenario']} "
-          f"({tune['trials_failed']} failed); chosen {rec['best_params']} "
-          f"(validation ACC {rec['best_value']:.4f})")
-    print(f"phase 2: {rec['evaluation']['scenario']}, seeds {rec['evaluation']['seeds']}\n")
+    results = [read_results(Path(d) / "results.json") for d in rec.evaluation.run_dirs if d]
+    tune = rec.tuning
+    print(f"\nphase 1: {tune.trials_used}/{rec.protocol.n_trials} trials on {tune.scenario} "
+          f"({tune.trials_failed} failed); chosen {rec.best_params} "
+          f"(validation ACC {rec.best_value or float('nan'):.4f})")
+    print(f"phase 2: {rec.evaluation.scenario}, seeds {rec.evaluation.seeds}\n")
     print(aggregate_table(results))
-    protocol_dir = Path(rec["evaluation"]["run_dirs"][0]).parents[3] if results else ""
+    protocol_dir = Path(rec.evaluation.run_dirs[0] or "").parents[3] if results else ""
     print(f"\nprotocol run: {protocol_dir}\nsubmit it with: clbench submit {protocol_dir}")
     return 0
 

@@ -183,6 +183,12 @@ class RunRecord:
 
 # ---- generic (de)serialisation of the record dataclasses -------------------------------------
 
+def decode(tp: Any, value: Any, path: str) -> Any:
+    """``value`` (JSON) read as record type ``tp``; a value of the wrong type or an unknown field
+    raises :class:`ClbenchError` naming its path (for other record modules)."""
+    return _from_json(tp, value, path)
+
+
 def as_json(part: Any) -> Any:
     """The JSON value of any part of a record (``record.cost``, ``record.general``...): exactly
     what ``to_json`` writes for it (``None`` optionals left out)."""

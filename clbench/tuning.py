@@ -7,23 +7,10 @@ an *evaluation scenario* with the same configuration but disjoint data. A protoc
 leaderboard entry. The declared protocols, the run's Optuna studies and its worker processes
 live in ``clbench.study``.
 
-``protocol.json`` (schema_version 1)::
-
-    {"schema_version": 1, "kind": "clbench-protocol", "status": "finished",
-     "method": str, "track": str,
-     "protocol": {"name", "version", "n_trials", "sampler", "sampler_seed", "objective",
-                  "objective_split", "tuning_seeds"},
-     "search_space": {param: {"type": "float"|"int"|"categorical", "low", "high", "log", "choices"}},
-     "fixed": {dotted key: value},            # settings shared by both phases
-     "tuning": {"scenario", "scenario_options", "scenario_version", "scenario_hash",
-                "trials": [{"number", "params", "value", "state", "run_dir"}],
-                "trials_used": int},         # every trial started, failed ones included
-     "best_params": {param: value}, "best_value": float,
-     "evaluation": {"scenario", "scenario_options", "scenario_version", "scenario_hash",
-                    "seeds": [int], "run_dirs": [str]},   # each holds a results.json
-     "mlflow": {"parent_run_id", "tracking_uri"},
-     "env": {"git_commit", "packages", "hardware", "python"},
-     "started_at", "finished_at"}
+``protocol.json`` is a :class:`clbench.protocol_records.ProtocolRecord` (schema_version 1): the
+protocol's identity and budget, the search space, the fixed settings, every tuning trial, H* and
+its validation value, the evaluation runs per seed (their directories and compact results),
+the MLflow parent run and the environment.
 """
 
 from __future__ import annotations
@@ -37,7 +24,15 @@ from typing import Any
 
 from clbench.checkpoint import atomic_write_json
 from clbench.errors import ClbenchError, ConfigError
-from clbench.records import RunRecord, as_json
+from clbench.protocol_records import (
+    EvaluationRecord,
+    ProtocolMlflow,
+    ProtocolRecord,
+    ProtocolSpec,
+    TrialRecord,
+    TuningRecord,
+)
+from clbench.records import RunRecord, as_json, decode
 from clbench.study import (
     HEARTBEAT_S,  # noqa: F401 - re-exported (moved to clbench.study)
     PROTOCOL_RUNS_DIR,
@@ -58,9 +53,6 @@ from clbench.study import (
     tell,
     until_done,
 )
-
-PROTOCOL_SCHEMA_VERSION = 1
-
 
 # --------------------------------------------------------------------------- the protocol run
 
@@ -159,7 +151,7 @@ def _tracking_overrides(pr: ProtocolRun) -> dict[str, Any]:
 
 def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any] | None = None,
                  storage: str = "", workers: int = 1, runs_dir: str = PROTOCOL_RUNS_DIR,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True) -> ProtocolRecord:
     """Phase 1 (tune on the tuning scenario's validation split) then phase 2 (evaluate per seed).
 
     Resumable: rerunning the same command continues (finished trials and runs are kept). With a
@@ -204,10 +196,10 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
             requeue(ev, None)
         until_done(pr, ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
         record = _record(pr, study, ev, best, best_value, space_record(space), parent, started)
-        atomic_write_json(pr.dir / "protocol.json", record)
+        atomic_write_json(pr.dir / "protocol.json", record.to_json())
         _finish_parent(pr, parent, record)
-    _log(pr, f"phase 2: ACC on {p.eval_scenario} = {record['evaluation']['acc_mean']:.4f} "
-             f"± {record['evaluation']['acc_std']:.4f} over seeds {list(p.eval_seeds)}; {pr.dir / 'protocol.json'}")
+    _log(pr, f"phase 2: ACC on {p.eval_scenario} = {record.evaluation.acc_mean:.4f} "
+             f"± {record.evaluation.acc_std:.4f} over seeds {list(p.eval_seeds)}; {pr.dir / 'protocol.json'}")
     return record
 
 
@@ -234,7 +226,7 @@ def _best(study: Any) -> tuple[dict[str, Any], float]:
 
 
 def _record(pr: ProtocolRun, study: Any, ev: Any, best: dict[str, Any], best_value: float,
-            space: dict[str, Any], parent: str, started: str) -> dict[str, Any]:
+            space: dict[str, Any], parent: str, started: str) -> ProtocolRecord:
     import numpy as np
 
     from clbench.tracking import environment, tracking_uri
@@ -243,41 +235,37 @@ def _record(pr: ProtocolRun, study: Any, ev: Any, best: dict[str, Any], best_val
     trials = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: int(t.user_attrs.get("slot", -1))):
         res = t.user_attrs.get("results") or {}
-        trials.append({"number": t.number, "slot": t.user_attrs.get("slot"), "params": dict(t.params),
-                       "value": t.value, "state": t.state.name, "error": t.user_attrs.get("error"),
-                       "run_dir": res.get("run_dir"), "train_time_s": (res.get("cost") or {}).get("train_time_s")})
+        trials.append(TrialRecord(number=t.number, slot=t.user_attrs.get("slot"), params=dict(t.params),
+                                  value=t.value, state=t.state.name, error=t.user_attrs.get("error"),
+                                  run_dir=res.get("run_dir"), train_time_s=(res.get("cost") or {}).get("train_time_s")))
     evals = sorted((t for t in ev.get_trials(deepcopy=False)), key=lambda t: int(t.user_attrs["seed"]))
     results = [t.user_attrs.get("results") or {} for t in evals]
     accs = [t.value for t in evals if t.value is not None]
     tune_res: dict[str, Any] = next((t["results"] for t in (x.user_attrs for x in study.get_trials(deepcopy=False))
-                     if "results" in t), {})
-    ev_scen = results[0].get("scenario", {}) if results else {}
+                                     if "results" in t), {})
+    tune_scen, ev_scen = tune_res.get("scenario") or {}, results[0].get("scenario", {}) if results else {}
     env = environment("cpu")
-    return {
-        "schema_version": PROTOCOL_SCHEMA_VERSION, "kind": "clbench-protocol",
-        "status": "finished" if len(accs) == len(p.eval_seeds) else "failed",
-        "method": pr.method, "track": p.track, "protocol": p.record(), "search_space": space,
-        "fixed": {**p.fixed, **pr.overrides},
-        "tuning": {"scenario": p.tune_scenario, "scenario_options": p.tune_options,
-                   "scenario_version": (tune_res.get("scenario") or {}).get("version"),
-                   "scenario_hash": (tune_res.get("scenario") or {}).get("content_hash"),
-                   "trials": trials, "trials_used": len(trials),
-                   "trials_failed": sum(t["state"] == "FAIL" for t in trials),
-                   "storage": pr.storage_url if pr.embedded else "external", "study": pr.name},
-        "best_params": best, "best_value": best_value,
-        "evaluation": {"scenario": p.eval_scenario, "scenario_options": p.eval_options,
-                       "scenario_version": ev_scen.get("version"), "scenario_hash": ev_scen.get("content_hash"),
-                       "seeds": [int(t.user_attrs["seed"]) for t in evals],
-                       "run_dirs": [r.get("run_dir") for r in results], "results": results,
-                       "acc_mean": float(np.mean(accs)) if accs else float("nan"),
-                       "acc_std": float(np.std(accs)) if accs else float("nan")},
-        "mlflow": {"parent_run_id": parent, "tracking_uri": tracking_uri(_tracking_config(pr))},
-        "env": {"git_commit": env["git_commit"], "packages": env["packages"], "python": env["python"],
-                "hardware": {"platform": env["platform"], "machine": platform.machine(),
-                             "cpus": os.cpu_count(), "device": (results[0].get("env") or {}).get("device")
-                             if results else None}},
-        "started_at": started, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return ProtocolRecord(
+        status="finished" if len(accs) == len(p.eval_seeds) else "failed",
+        method=pr.method, track=p.track, protocol=decode(ProtocolSpec, p.record(), "protocol"),
+        search_space=space, fixed={**p.fixed, **pr.overrides},
+        tuning=TuningRecord(scenario=p.tune_scenario, scenario_options=dict(p.tune_options),
+                            scenario_version=tune_scen.get("version"), scenario_hash=tune_scen.get("content_hash"),
+                            trials=trials, trials_used=len(trials),
+                            trials_failed=sum(t.state == "FAIL" for t in trials),
+                            storage=pr.storage_url if pr.embedded else "external", study=pr.name),
+        best_params=best, best_value=best_value,
+        evaluation=EvaluationRecord(
+            scenario=p.eval_scenario, scenario_options=dict(p.eval_options),
+            scenario_version=ev_scen.get("version"), scenario_hash=ev_scen.get("content_hash"),
+            seeds=[int(t.user_attrs["seed"]) for t in evals], run_dirs=[r.get("run_dir") for r in results],
+            results=results, acc_mean=float(np.mean(accs)) if accs else float("nan"),
+            acc_std=float(np.std(accs)) if accs else float("nan")),
+        mlflow=ProtocolMlflow(parent_run_id=parent, tracking_uri=tracking_uri(_tracking_config(pr))),
+        env={"git_commit": env["git_commit"], "packages": env["packages"], "python": env["python"],
+             "hardware": {"platform": env["platform"], "machine": platform.machine(), "cpus": os.cpu_count(),
+                          "device": (results[0].get("env") or {}).get("device") if results else None}},
+        started_at=started, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
 def _tracking_config(pr: ProtocolRun) -> Any:
@@ -286,15 +274,15 @@ def _tracking_config(pr: ProtocolRun) -> Any:
     return TrackingConfig(**_tracking_overrides(pr))
 
 
-def _finish_parent(pr: ProtocolRun, parent: str, record: dict[str, Any]) -> None:
+def _finish_parent(pr: ProtocolRun, parent: str, record: ProtocolRecord) -> None:
     if not parent:
         return
     from clbench.tracking import open_tracker
 
     tracker = open_tracker(_tracking_config(pr), run_id=parent)
-    ev = record["evaluation"]
-    tracker.log_metrics({"tune/best_val_acc": record["best_value"], "eval/acc_mean": ev["acc_mean"],
-                         "eval/acc_std": ev["acc_std"], "tune/trials_used": record["tuning"]["trials_used"],
-                         "tune/trials_failed": record["tuning"]["trials_failed"]}, step=0)
+    ev, tune = record.evaluation, record.tuning
+    tracker.log_metrics({"tune/best_val_acc": record.best_value or float("nan"),
+                         "eval/acc_mean": ev.acc_mean or float("nan"), "eval/acc_std": ev.acc_std or float("nan"),
+                         "tune/trials_used": tune.trials_used, "tune/trials_failed": tune.trials_failed}, step=0)
     tracker.log_artifacts([pr.dir / "protocol.json"])
     tracker.end("FINISHED")

@@ -135,3 +135,25 @@ def test_the_same_config_gives_the_same_R_as_the_committed_run(tmp_path: Path) -
     values.update({"tracking.runs_dir": str(tmp_path), "tracking.mlflow": False, "trainer.progress": False})
     out = run(build_run_config(values))
     assert out.R == data["R"] and out.R_pretrain == data["R_pretrain"]
+
+
+PROTOCOL_FIXTURES = sorted((Path(__file__).parent / "fixtures" / "protocols").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", PROTOCOL_FIXTURES, ids=[p.stem for p in PROTOCOL_FIXTURES])
+def test_committed_protocol_records_load_and_round_trip(path: Path) -> None:
+    from clbench.protocol_records import ProtocolRecord
+
+    data = json.loads(path.read_text())
+    record = ProtocolRecord.from_json(data, str(path))
+    assert _same(record.to_json(), data)
+    assert record.tuning.trials_used == len(record.tuning.trials) and record.evaluation.seeds == [0, 1, 2]
+    # a file written before the failure counters, storage and compact results existed still loads
+    old = {**data, "tuning": {k: v for k, v in data["tuning"].items() if k not in ("trials_failed", "storage", "study")},
+           "evaluation": {k: v for k, v in data["evaluation"].items() if k not in ("results", "acc_mean", "acc_std")}}
+    assert ProtocolRecord.from_json(old).tuning.trials_failed == 0
+    with pytest.raises(ClbenchError, match=r"protocol.json.tuning.trials\[0\].value: expected a number"):
+        bad = {**data, "tuning": {**data["tuning"], "trials": [{**data["tuning"]["trials"][0], "value": "high"}]}}
+        ProtocolRecord.from_json(bad)
+    with pytest.raises(ClbenchError, match="not a clbench protocol record"):
+        ProtocolRecord.from_json({**data, "kind": "other"})

@@ -52,27 +52,27 @@ def test_draw_is_seeded_distinct_and_capped_by_the_grid() -> None:
 
 def test_two_phases_budget_objective_and_mlflow_nesting(tmp_path: Path, tiny: Protocol) -> None:
     rec = run_protocol("ewc", "tiny", runs_dir=str(tmp_path), progress=False)
-    assert rec["status"] == "finished" and rec["protocol"]["n_trials"] == 3
-    trials = rec["tuning"]["trials"]
-    assert rec["tuning"]["trials_used"] == 3 and sorted(t["slot"] for t in trials) == [0, 1, 2]
-    assert [t["params"] for t in trials] == draw(METHODS.get("ewc").search_space, 3, 0)
+    assert rec.status == "finished" and rec.protocol.n_trials == 3
+    trials = rec.tuning.trials
+    assert rec.tuning.trials_used == 3 and sorted(t.slot for t in trials) == [0, 1, 2]
+    assert [t.params for t in trials] == draw(METHODS.get("ewc").search_space, 3, 0)
     # H* = the best *validation* ACC of the tuning scenario
-    best = max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["value"])
-    assert rec["best_params"] == best["params"]
+    best = max((t for t in trials if t.state == "COMPLETE"), key=lambda t: t.value)
+    assert rec.best_params == best.params
     for t in trials:
-        res = RunRecord.from_json(json.loads((Path(t["run_dir"]) / "results.json").read_text()))
+        res = RunRecord.from_json(json.loads((Path(t.run_dir) / "results.json").read_text()))
         assert res.scenario.name == "split_digits"
-        assert t["value"] == pytest.approx(sum(res.R_val[-1]) / len(res.R_val[-1]))
+        assert t.value == pytest.approx(sum(res.R_val[-1]) / len(res.R_val[-1]))
     # phase 2: once per seed on the evaluation scenario, with H*
-    ev = rec["evaluation"]
-    assert ev["seeds"] == [0, 1] and ev["scenario"] == "split_mnist"
-    assert ev["scenario_hash"] != rec["tuning"]["scenario_hash"]
-    for seed, run_dir in zip(ev["seeds"], ev["run_dirs"], strict=True):
+    ev = rec.evaluation
+    assert ev.seeds == [0, 1] and ev.scenario == "split_mnist"
+    assert ev.scenario_hash != rec.tuning.scenario_hash
+    for seed, run_dir in zip(ev.seeds, ev.run_dirs, strict=True):
         res = RunRecord.from_json(json.loads((Path(run_dir) / "results.json").read_text()))
-        assert res.config["seed"] == seed and res.config["trainer"]["lr"] == rec["best_params"]["trainer.lr"]
-        assert res.config["method_options"]["ewc_lambda"] == rec["best_params"]["method.ewc_lambda"]
-    assert Path(tmp_path, "tiny", "ewc", rec["tuning"]["study"], "protocol.json").is_file()
-    children = _mlflow_children(rec["mlflow"]["parent_run_id"])
+        assert res.config["seed"] == seed and res.config["trainer"]["lr"] == rec.best_params["trainer.lr"]
+        assert res.config["method_options"]["ewc_lambda"] == rec.best_params["method.ewc_lambda"]
+    assert Path(tmp_path, "tiny", "ewc", rec.tuning.study, "protocol.json").is_file()
+    children = _mlflow_children(rec.mlflow.parent_run_id)
     assert len(children) == 3 + 2
 
 
@@ -107,8 +107,8 @@ def test_interrupted_protocol_resumes_without_rerunning_finished_trials(
     rec = run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
     tune_calls = [c for c in calls if c.startswith("split_digits")]
     assert first not in tune_calls and len(tune_calls) == 2  # the finished trial is not rerun
-    assert rec["tuning"]["trials_used"] == 3 and rec["tuning"]["trials_failed"] == 0
-    assert sorted(t["slot"] for t in rec["tuning"]["trials"]) == [0, 1, 2]
+    assert rec.tuning.trials_used == 3 and rec.tuning.trials_failed == 0
+    assert sorted(t.slot for t in rec.tuning.trials) == [0, 1, 2]
 
 
 def test_crashed_trial_is_failed_and_counted_in_the_budget(
@@ -127,10 +127,10 @@ def test_crashed_trial_is_failed_and_counted_in_the_budget(
 
     monkeypatch.setattr(runner, "run", nan_once)
     rec = run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
-    states = sorted(t["state"] for t in rec["tuning"]["trials"])
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"] and rec["tuning"]["trials_used"] == 3
-    failed = next(t for t in rec["tuning"]["trials"] if t["state"] == "FAIL")
-    assert "nan" in failed["error"] and rec["best_params"] != failed["params"]
+    states = sorted(t.state for t in rec.tuning.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"] and rec.tuning.trials_used == 3
+    failed = next(t for t in rec.tuning.trials if t.state == "FAIL")
+    assert "nan" in failed.error and rec.best_params != failed.params
 
 
 def test_a_second_local_process_on_the_same_protocol_is_refused(tmp_path: Path, tiny: Protocol) -> None:
@@ -236,17 +236,17 @@ def test_two_workers_against_postgresql_lose_and_duplicate_nothing(tmp_path: Pat
     _barrier_between_workers(tmp_path, monkeypatch)
     rec = run_protocol("ewc", "tiny", storage=postgres, workers=2, runs_dir=str(tmp_path), progress=False)
     storage = optuna.storages.RDBStorage(postgres)
-    trials = optuna.load_study(study_name=rec["tuning"]["study"], storage=storage).get_trials()
+    trials = optuna.load_study(study_name=rec.tuning.study, storage=storage).get_trials()
     assert len(trials) == 4 and sorted(t.user_attrs["slot"] for t in trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
-    evals = optuna.load_study(study_name=rec["tuning"]["study"] + "-eval", storage=storage).get_trials()
+    evals = optuna.load_study(study_name=rec.tuning.study + "-eval", storage=storage).get_trials()
     assert sorted(t.user_attrs["seed"] for t in evals) == [0, 1]
     # every trial and evaluation run exactly once on disk and in MLflow
-    tune_dirs = list((tmp_path / "tiny" / "ewc" / rec["tuning"]["study"] / "tune").glob("*/*/*/results.json"))
-    eval_dirs = list((tmp_path / "tiny" / "ewc" / rec["tuning"]["study"] / "eval").glob("*/*/*/results.json"))
+    tune_dirs = list((tmp_path / "tiny" / "ewc" / rec.tuning.study / "tune").glob("*/*/*/results.json"))
+    eval_dirs = list((tmp_path / "tiny" / "ewc" / rec.tuning.study / "eval").glob("*/*/*/results.json"))
     assert len(tune_dirs) == 4 and len(eval_dirs) == 2
-    children = _mlflow_children(rec["mlflow"]["parent_run_id"])
+    children = _mlflow_children(rec.mlflow.parent_run_id)
     assert len(children) == 6 and len({c.data.tags["run_dir"] for c in children}) == 6
     workers = {t.user_attrs.get("worker") for t in trials}
     assert len(workers) == 2  # both worker processes took trials

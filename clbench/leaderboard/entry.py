@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.errors import ClbenchError
+from clbench.protocol_records import ProtocolRecord
 from clbench.records import RunRecord, as_json
 
 ENTRY_SCHEMA_VERSION = 1
@@ -74,10 +75,10 @@ def entry_from_protocol(protocol_dir: str | Path) -> dict[str, Any]:
             disagree with protocol.json (method, scenario, hash, seeds, hyperparameters).
     """
     pdir = Path(protocol_dir)
-    proto = _read_json(pdir / "protocol.json")
+    proto = ProtocolRecord.from_json(_read_json(pdir / "protocol.json"), str(pdir / "protocol.json"))
     try:
         _check_protocol(proto)
-        runs = [_read_run(_find_run(pdir, rd) / "results.json") for rd in proto["evaluation"]["run_dirs"]]
+        runs = [_read_run(_find_run(pdir, rd or "") / "results.json") for rd in proto.evaluation.run_dirs]
         _check_runs(proto, runs)
         entry = _build_entry(proto, runs)
     except (KeyError, TypeError, IndexError) as exc:
@@ -86,40 +87,39 @@ def entry_from_protocol(protocol_dir: str | Path) -> dict[str, Any]:
     return entry
 
 
-def _build_entry(proto: Mapping[str, Any], runs: Sequence[RunRecord]) -> dict[str, Any]:
-    p, tun, ev = proto["protocol"], proto["tuning"], proto["evaluation"]
-    best = dict(proto["best_params"])
+def _build_entry(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> dict[str, Any]:
+    p, tun, ev = proto.protocol, proto.tuning, proto.evaluation
+    best = dict(proto.best_params)
     per_run = [_run_record(r) for r in runs]
-    env = dict(proto.get("env") or {})
+    env = dict(proto.env)
     first = runs[0].env
     hardware = {**{k: first.get(k) for k in ("device", "device_name", "platform", "world_size")},
                 **(env.get("hardware") or {})}
     entry = {
         "schema_version": ENTRY_SCHEMA_VERSION, "kind": ENTRY_KIND,
-        "track": proto["track"], "method": proto["method"],
-        "protocol": {"name": p["name"], "version": _str(p["version"])},
-        "hyperparameters": best, "config": {**proto.get("fixed", {}), **best},
-        "search_space": proto.get("search_space", {}),
-        "budget": {"n_trials": p["n_trials"],
-                   "trials_used": max(int(tun.get("trials_used", 0)), len(tun.get("trials", []))),
-                   "sampler": p["sampler"], "sampler_seed": p["sampler_seed"],
-                   "objective": p["objective"], "objective_split": p["objective_split"],
-                   "tuning_seeds": list(p.get("tuning_seeds", [])),
-                   "trials_failed": sum(t.get("state") == "FAIL" for t in tun.get("trials", [])),
-                   "tuning_train_time_s": sum(float(t.get("train_time_s") or 0.0)
-                                              for t in tun.get("trials", []))},
-        "tuning": {"scenario": tun["scenario"], "version": _str(tun["scenario_version"]),
-                   "content_hash": tun["scenario_hash"], "options": tun.get("scenario_options", {}),
-                   "best_value": proto.get("best_value")},
-        "evaluation": {"scenario": ev["scenario"], "version": _str(ev["scenario_version"]),
-                       "content_hash": ev["scenario_hash"], "options": ev.get("scenario_options", {})},
-        "seeds": list(ev["seeds"]), "runs": per_run,
+        "track": proto.track, "method": proto.method,
+        "protocol": {"name": p.name, "version": _str(p.version)},
+        "hyperparameters": best, "config": {**proto.fixed, **best},
+        "search_space": proto.search_space,
+        "budget": {"n_trials": p.n_trials,
+                   "trials_used": max(tun.trials_used, len(tun.trials)),
+                   "sampler": p.sampler, "sampler_seed": p.sampler_seed,
+                   "objective": p.objective, "objective_split": p.objective_split,
+                   "tuning_seeds": list(p.tuning_seeds),
+                   "trials_failed": sum(t.state == "FAIL" for t in tun.trials),
+                   "tuning_train_time_s": sum(float(t.train_time_s or 0.0) for t in tun.trials)},
+        "tuning": {"scenario": tun.scenario, "version": _str(tun.scenario_version),
+                   "content_hash": tun.scenario_hash, "options": tun.scenario_options,
+                   "best_value": proto.best_value},
+        "evaluation": {"scenario": ev.scenario, "version": _str(ev.scenario_version),
+                       "content_hash": ev.scenario_hash, "options": ev.scenario_options},
+        "seeds": list(ev.seeds), "runs": per_run,
         "summary": summarize_metrics([r.metrics for r in runs]),
         "cost": {k: _mean_std([getattr(r.cost, k) for r in runs]) for k in SUMMARY_COST},
         "env": {"git_commit": env.get("git_commit") or first.get("git_commit"),
                 "packages": env.get("packages") or first.get("packages", {}),
                 "hardware": hardware, "python": env.get("python") or first.get("python")},
-        "mlflow": proto.get("mlflow"),
+        "mlflow": as_json(proto.mlflow),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return dict(_plain(entry))
@@ -156,28 +156,25 @@ def _mean_std(values: Iterable[Any]) -> dict[str, Any]:
     return {"mean": mean, "std": math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)), "n": len(xs)}
 
 
-def _check_protocol(proto: Mapping[str, Any]) -> None:
-    if not isinstance(proto, dict) or proto.get("kind") != "clbench-protocol" \
-            or proto.get("schema_version") != 1:
-        raise ClbenchError("protocol.json is not a clbench protocol record (kind/schema_version)")
-    if proto.get("status") != "finished":
-        raise ClbenchError(f"protocol run is not finished (status={proto.get('status')!r})")
-    if not proto["evaluation"]["run_dirs"]:
+def _check_protocol(proto: ProtocolRecord) -> None:
+    if proto.status != "finished":
+        raise ClbenchError(f"protocol run is not finished (status={proto.status!r})")
+    if not proto.evaluation.run_dirs:
         raise ClbenchError("protocol.json lists no evaluation runs")
 
 
-def _check_runs(proto: Mapping[str, Any], runs: Sequence[RunRecord]) -> None:
-    ev = proto["evaluation"]
-    expected = {**proto.get("fixed", {}), **proto["best_params"]}
+def _check_runs(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> None:
+    ev = proto.evaluation
+    expected = {**proto.fixed, **proto.best_params}
     seeds = [r.seeds.seed for r in runs]
-    if seeds != list(ev["seeds"]):
-        raise ClbenchError(f"evaluation runs have seeds {seeds}, protocol.json lists {ev['seeds']}")
+    if seeds != list(ev.seeds):
+        raise ClbenchError(f"evaluation runs have seeds {seeds}, protocol.json lists {ev.seeds}")
     for r in runs:
         where = f"evaluation run seed {r.seeds.seed}"
         if r.status != "finished":
             raise ClbenchError(f"{where} is not finished")
         got = (r.config["method"], r.scenario.name, r.scenario.content_hash, str(r.scenario.version))
-        want = (proto["method"], ev["scenario"], ev["scenario_hash"], str(ev["scenario_version"]))
+        want = (proto.method, ev.scenario, ev.scenario_hash, str(ev.scenario_version))
         if got != want:
             raise ClbenchError(f"{where} is (method, scenario, hash, version) {got}, protocol.json {want}")
         flat = _flatten(r.config)
