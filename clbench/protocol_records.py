@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clbench.errors import ClbenchError
-from clbench.records import as_json, decode
+from clbench.jsonrecords import as_json, decode
 
 PROTOCOL_SCHEMA_VERSION = 1
 PROTOCOL_KIND = "clbench-protocol"

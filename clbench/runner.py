@@ -7,12 +7,9 @@ from the last one and gives the same R as an uninterrupted run (per-experience r
 
 from __future__ import annotations
 
-import hashlib
-import random
 import resource
 import shutil
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,14 +19,14 @@ import torch
 from torch import nn
 
 from clbench.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from clbench.config import RunConfig, build_dataclass, to_plain
+from clbench.config import RunConfig, to_plain
 from clbench.errors import ClbenchError
 from clbench.foundation import obtain_foundation
 from clbench.loops import RunParts, TrainingLoop, derive_seed, numeric
 from clbench.models import build_model, count_params, is_pretrained, lm_eval_handle, model_family
 from clbench.objectives import objective_for
 from clbench.probes import probe_scores
-from clbench.protocol import Method, Scenario, check_compatible, check_inputs
+from clbench.protocol import check_compatible, check_inputs
 from clbench.records import (
     CostRecord,
     ExperienceRecord,
@@ -41,56 +38,13 @@ from clbench.records import (
     ScenarioRecord,
     SeedRecord,
 )
-from clbench.registry import METHODS, SCENARIOS
+from clbench.resolve import Resolved, resolve, run_dir_for, seed_everything, state_hash
 from clbench.streams import Stream
 from clbench.tracking import environment, heatmap_png, open_tracker, write_results
 from clbench.trainer import resolve_device
 from clbench.tta import TestTimeLoop
 
 STATUS = "status.json"
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A validated run: the config plus the plug-ins' typed option objects."""
-
-    cfg: RunConfig
-    method_cls: type[Method]
-    method_cfg: Any
-    scenario: Scenario
-
-    def config_dict(self) -> dict[str, Any]:
-        d = self.cfg.to_dict()
-        d["method_options"] = to_plain(self.method_cfg)
-        d["scenario_options"] = to_plain(self.scenario.config)
-        return d
-
-
-def resolve(cfg: RunConfig) -> Resolved:
-    """Look up plug-ins and validate their options (raises ConfigError; builds nothing)."""
-    method_cls = METHODS.get(cfg.method)
-    method_cfg = build_dataclass(method_cls.Config, cfg.method_options, "method")
-    scenario_cls = SCENARIOS.get(cfg.scenario)
-    scenario_cfg = build_dataclass(scenario_cls.Config, cfg.scenario_options, "scenario")
-    return Resolved(cfg, method_cls, method_cfg, scenario_cls(scenario_cfg))
-
-
-def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.tracking.runs_dir) / cfg.scenario / cfg.method / f"seed{cfg.seed}-{cfg.key()}"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def state_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
