@@ -13,11 +13,20 @@ import torch
 CHECKPOINT = "checkpoint.pt"
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0o666 minus the process umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename: never a half-written file."""
+    """Write ``data`` to ``path`` via a temp file + rename: never a half-written file. The file
+    gets the permissions the umask gives (``mkstemp`` alone would make it 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -37,6 +46,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     path = run_dir / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CHECKPOINT}.")
+    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         torch.save(state, tmp)

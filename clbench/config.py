@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -184,7 +185,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config", str(path), "an existing YAML file")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_yaml(p, "config") or {}
     if not isinstance(data, Mapping):
         raise ConfigError("config", str(path), "a YAML mapping at top level")
     return flatten(data)
@@ -217,6 +218,8 @@ def build_run_config(values: Mapping[str, Any], base: RunConfig | None = None) -
     for name in ("method", "scenario", "model"):
         kwargs[name] = _coerce(f"{name}", top.get(name, getattr(base, name)), str)
     kwargs["seed"] = _coerce("seed", top.get("seed", base.seed), int)
+    if not 0 <= kwargs["seed"] < 2**63:
+        raise ConfigError("seed", kwargs["seed"], "an integer in [0, 2**63)")
     for name in _PLUGIN_SECTIONS:
         # plain values (tuples as lists), as YAML and the command line give them: a config read
         # back from its own dump (or declared in a track) is then equal, not only of equal key()
@@ -310,11 +313,40 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
 
 def _positive(obj: Any, prefix: str, names: Sequence[str]) -> None:
     for n in names:
-        if getattr(obj, n) <= 0:
-            raise ConfigError(f"{prefix}.{n}", getattr(obj, n), "a value > 0")
+        v = getattr(obj, n)
+        if not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{prefix}.{n}", v, "a finite value > 0")
 
 
 def _non_negative(obj: Any, prefix: str, names: Sequence[str]) -> None:
     for n in names:
-        if getattr(obj, n) < 0:
-            raise ConfigError(f"{prefix}.{n}", getattr(obj, n), "a value >= 0")
+        v = getattr(obj, n)
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{prefix}.{n}", v, "a finite value >= 0")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a mapping that repeats a key (YAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path`` (safe loader, duplicate keys refused); an unreadable,
+    non-UTF-8 or malformed file (tags included) raises one ConfigError naming it."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ConfigError(what, str(path), f"a readable UTF-8 YAML file ({detail})") from exc

@@ -20,7 +20,7 @@ from torch import nn
 
 from clbench.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from clbench.config import RunConfig, to_plain
-from clbench.errors import ClbenchError
+from clbench.errors import ClbenchError, ConfigError
 from clbench.foundation import obtain_foundation
 from clbench.loops import RunParts, TrainingLoop, derive_seed, numeric
 from clbench.models import build_model, count_params, is_pretrained, lm_eval_handle, model_family
@@ -58,11 +58,11 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     cfg = _distributed(cfg)
     res = resolve(cfg)
     run_dir = run_dir_for(cfg)
+    runs_root = Path(cfg.tracking.runs_dir)
+    if any(p.exists() and not p.is_dir() for p in (runs_root, *runs_root.parents)):
+        raise ConfigError("tracking.runs_dir", str(runs_root), "a directory (or a path that does not exist yet)")
     if resume and (run_dir / "results.json").is_file():
-        import json
-
-        path = run_dir / "results.json"
-        return RunRecord.from_json(json.loads(path.read_text()), str(path))
+        return _finished(run_dir / "results.json")
     stream = res.scenario.build()
     seed_everything(cfg.seed)
     model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
@@ -78,6 +78,17 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
     _prepare_dir(run_dir, resume, force)
     return _Run(res, stream, model, run_dir, foundation).execute(resume)
+
+
+def _finished(path: Path) -> RunRecord:
+    """The record of a finished run; a damaged results.json is one clear error."""
+    import json
+
+    try:
+        return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ClbenchError(f"{path} is damaged ({type(exc).__name__}: {exc}); rerun with --force to "
+                           "train this run again") from exc
 
 
 def _distributed(cfg: RunConfig) -> RunConfig:
@@ -226,7 +237,8 @@ class _Run:
         record = self._record()
         path = write_results(self.run_dir, record)
         (self.run_dir / STATUS).unlink(missing_ok=True)
-        self.tracker.log_metrics({**record.metrics, **numeric(to_plain(record.cost))}, step=len(self.stream) - 1)
+        cost = {f"cost/{k}": v for k, v in numeric(to_plain(record.cost)).items()}  # not the per-experience names
+        self.tracker.log_metrics({**record.metrics, **cost}, step=len(self.stream) - 1)
         r_json = self.run_dir / "R.json"
         atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
         title = f"{self.cfg.method} on {self.cfg.scenario} (seed {self.cfg.seed})"

@@ -42,8 +42,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from clbench.config import read_yaml
 from clbench.errors import ClbenchError, ConfigError
 from clbench.metrics import METRICS
 
@@ -175,11 +174,7 @@ def parse_track(doc: Any, path: Path) -> Track:
 def _load(root: str) -> dict[str, Track]:
     out: dict[str, Track] = {}
     for path in sorted(Path(root).glob("*/track.yaml")):
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ClbenchError(f"{path}: not valid YAML ({type(exc).__name__})") from exc
-        track = parse_track(doc, path)
+        track = parse_track(read_yaml(path, "track.yaml"), path)
         out[track.name] = track
     return out
 

@@ -33,7 +33,7 @@ def test_exponent_without_dot_is_a_float() -> None:
     [
         ("trainer.lr", "abc", "trainer.lr='abc'; allowed: a number"),
         ("trainer.optimizer", "rmsprop", "allowed: sgd, adam, adamw"),
-        ("trainer.epochs", 0, "trainer.epochs=0; allowed: a value > 0"),
+        ("trainer.epochs", 0, "trainer.epochs=0; allowed: a finite value > 0"),
         ("trainer.epochs", 1.5, "allowed: an integer"),
         ("trainer.foo", 1, "trainer.foo=1; allowed: batch_size, device"),
         ("bogus", 1, "override key='bogus'"),

@@ -48,13 +48,17 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
     entries or a health check (``health.json``, shown above the ranking).
 
     Only entries that validate are ranked (by mean ACC, best first); the others are listed as
-    rejected with their reasons. Returns the written paths.
+    rejected with their reasons. Track folders that are symbolic links are skipped. Returns the
+    written paths.
     """
     root = Path(leaderboards_dir)
     if not root.is_dir():
         raise ClbenchError(f"no leaderboard directory at {root}")
     written: list[Path] = []
+    inside = root.resolve()
     for track_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if track_dir.is_symlink() or track_dir.resolve().parent != inside:
+            continue  # never write through a link that leads out of the leaderboards folder
         valid, rejected = [], []
         health = health_record(track_dir)
         if not entry_files(track_dir) and health is None:

@@ -1,0 +1,80 @@
+"""Bad input gets one clear error; files are written as the umask says; boards stay in their folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from clbench.config import build_run_config, load_yaml
+from clbench.errors import ClbenchError, ConfigError
+from clbench.runner import run, run_dir_for
+from clbench.testing import tiny_config
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_learning_rates_are_refused_before_anything_runs(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"trainer.lr.*a finite value >= 0"):
+        build_run_config({"trainer.lr": float(value)})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70])
+def test_seeds_outside_63_bits_are_refused(seed: int) -> None:
+    with pytest.raises(ConfigError, match=r"seed.*\[0, 2\*\*63\)"):
+        build_run_config({"seed": seed})
+
+
+def test_yaml_with_duplicate_keys_tags_or_bad_bytes_is_one_clear_error(tmp_path: Path) -> None:
+    cases = {"dup.yaml": "trainer:\n  lr: 0.1\n  lr: 0.2\n", "tag.yaml": "trainer: !!python/object:os.system {}\n",
+             "broken.yaml": "trainer: [1, 2\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "latin1.yaml").write_bytes("method: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="duplicate key 'lr'"):
+        load_yaml(tmp_path / "dup.yaml")
+    for name in ("tag.yaml", "broken.yaml", "latin1.yaml"):
+        with pytest.raises(ConfigError, match=r"config=.*a readable UTF-8 YAML file"):
+            load_yaml(tmp_path / name)
+    (tmp_path / "ok.yaml").write_text("trainer:\n  lr: 0.1\n")
+    assert load_yaml(tmp_path / "ok.yaml") == {"trainer.lr": 0.1}
+
+
+def test_a_runs_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(ConfigError, match="tracking.runs_dir"):
+        run(tiny_config(tmp_path, "naive"))
+
+
+def test_a_truncated_results_json_is_one_clear_error_on_resume(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "naive")
+    run(cfg)
+    path = run_dir_for(cfg) / "results.json"
+    path.write_text(path.read_text()[:200])
+    with pytest.raises(ClbenchError, match=r"results.json is damaged .* --force"):
+        run(cfg, resume=True)
+    assert run(cfg, force=True).status == "finished"
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        res = run(tiny_config(tmp_path, "naive"))
+    finally:
+        os.umask(old)
+    for name in ("results.json", "R.json", "checkpoint.pt"):
+        assert (Path(res.run_dir) / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_render_never_writes_through_a_symlinked_track_folder(tmp_path: Path) -> None:
+    from clbench.leaderboard import render
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "health.json").write_text(json.dumps({"criteria": [], "passed": True}))
+    (boards / "x").symlink_to(outside, target_is_directory=True)
+    assert render(boards) == []
+    assert not (outside / "README.md").exists() and not (outside / "index.html").exists()
