@@ -1,10 +1,16 @@
 """Owns what a run is before it runs: the config resolved into plug-ins and validated options,
-its run directory, seeding and the hash of a model's weights. Builds nothing heavy."""
+its run directory (and the lock that gives it one owner), seeding and the hash of a model's
+weights. Builds nothing heavy."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import random
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,7 @@ import torch
 from torch import nn
 
 from clbench.config import RunConfig, build_dataclass, to_plain
+from clbench.errors import ClbenchError
 from clbench.protocol import Method, Scenario
 from clbench.registry import METHODS, SCENARIOS
 
@@ -59,3 +66,39 @@ def state_hash(model: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock (``flock`` on ``<run dir>.lock`` beside it) while a process works
+    in ``run_dir``: a second process on the same directory (a duplicate run, a second
+    ``--resume``, a ``--force`` while the owner is alive) gets one clear error."""
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            raise ClbenchError(f"run directory {run_dir} is in use by another process (pid {owner}); "
+                               "wait for it to finish or stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if run_dir.exists() and force:
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise ClbenchError(
+            f"run directory {run_dir} already exists; pass --resume to continue it "
+            "or --force to start over"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from the last one and gives the same R as an uninterrupted run (per-experience r
 from __future__ import annotations
 
 import resource
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,15 @@ from clbench.records import (
     ScenarioRecord,
     SeedRecord,
 )
-from clbench.resolve import Resolved, resolve, run_dir_for, seed_everything, state_hash
+from clbench.resolve import (
+    Resolved,
+    prepare_dir,
+    resolve,
+    run_dir_for,
+    run_dir_lock,
+    seed_everything,
+    state_hash,
+)
 from clbench.streams import Stream
 from clbench.tracking import environment, heatmap_png, open_tracker, write_results
 from clbench.trainer import resolve_device
@@ -76,8 +83,9 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
             and not is_pretrained(model)):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
-    _prepare_dir(run_dir, resume, force)
-    return _Run(res, stream, model, run_dir, foundation).execute(resume)
+    with run_dir_lock(run_dir):  # one process per run directory, for the whole run
+        prepare_dir(run_dir, resume, force)
+        return _Run(res, stream, model, run_dir, foundation).execute(resume)
 
 
 def _finished(path: Path) -> RunRecord:
@@ -111,17 +119,6 @@ def _distributed(cfg: RunConfig) -> RunConfig:
     tracking = replace(cfg.tracking, mlflow=False,
                        runs_dir=str(Path(cfg.tracking.runs_dir) / "_replicas" / f"rank{state.process_index}"))
     return replace(cfg, tracking=tracking)
-
-
-def _prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    if run_dir.exists() and force:
-        shutil.rmtree(run_dir)
-    elif run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise ClbenchError(
-            f"run directory {run_dir} already exists; pass --resume to continue it "
-            "or --force to start over"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 class _Run:

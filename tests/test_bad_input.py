@@ -78,3 +78,21 @@ def test_render_never_writes_through_a_symlinked_track_folder(tmp_path: Path) ->
     (boards / "x").symlink_to(outside, target_is_directory=True)
     assert render(boards) == []
     assert not (outside / "README.md").exists() and not (outside / "index.html").exists()
+
+
+def test_a_run_directory_has_one_owner_at_a_time(tmp_path: Path) -> None:
+    import fcntl
+
+    cfg = tiny_config(tmp_path, "naive")
+    first = run(cfg)
+    lock = run_dir_for(cfg).with_name(run_dir_for(cfg).name + ".lock")
+    with open(lock, "a+") as fh:  # another owner (flock: a second open file conflicts, same process or not)
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for kwargs in ({"resume": True}, {"force": True}, {}):
+            if kwargs.get("resume"):
+                assert run(cfg, **kwargs).R == first.R  # a finished run is only read
+                continue
+            with pytest.raises(ClbenchError, match="is in use by another process"):
+                run(cfg, **kwargs)
+        assert (Path(first.run_dir) / "results.json").is_file()  # --force deleted nothing
+    assert run(cfg, force=True).R == first.R  # free again once the owner lets go
