@@ -47,7 +47,7 @@ from clbench.resolve import (
     state_hash,
 )
 from clbench.streams import Stream
-from clbench.tracking import environment, heatmap_png, open_tracker, write_results
+from clbench.tracking import Tracker, environment, heatmap_png, open_tracker, write_results
 from clbench.trainer import resolve_device
 from clbench.tta import TestTimeLoop
 
@@ -69,7 +69,11 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     if any(p.exists() and not p.is_dir() for p in (runs_root, *runs_root.parents)):
         raise ConfigError("tracking.runs_dir", str(runs_root), "a directory (or a path that does not exist yet)")
     if resume and (run_dir / "results.json").is_file():
-        return _finished(run_dir / "results.json")
+        record = _finished(run_dir / "results.json")
+        if not ((run_dir / "R.json").is_file() and (run_dir / "R.png").is_file()):  # killed while finishing
+            with run_dir_lock(run_dir):
+                finish_outputs(run_dir, record, cfg, open_tracker(cfg.tracking, run_id=record.mlflow.run_id))
+        return record
     stream = res.scenario.build()
     seed_everything(cfg.seed)
     model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
@@ -86,6 +90,20 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     with run_dir_lock(run_dir):  # one process per run directory, for the whole run
         prepare_dir(run_dir, resume, force)
         return _Run(res, stream, model, run_dir, foundation).execute(resume)
+
+
+def finish_outputs(run_dir: Path, record: RunRecord, cfg: RunConfig, tracker: Tracker,
+                   extra: list[Path] | None = None) -> None:
+    """Everything after ``results.json``: R.json, R.png, final metrics, artifacts, FINISHED.
+    Each step can be redone, so ``--resume`` completes a finish that a kill interrupted."""
+    (run_dir / STATUS).unlink(missing_ok=True)
+    cost = {f"cost/{k}": v for k, v in numeric(to_plain(record.cost)).items()}  # not the per-experience names
+    tracker.log_metrics({**record.metrics, **cost}, step=max(record.scenario.n_experiences - 1, 0))
+    r_json = run_dir / "R.json"
+    atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
+    png = heatmap_png(record.R, run_dir / "R.png", f"{cfg.method} on {cfg.scenario} (seed {cfg.seed})")
+    tracker.log_artifacts([run_dir / "results.json", r_json, png, *(extra or [])])
+    tracker.end("FINISHED")
 
 
 def _finished(path: Path) -> RunRecord:
@@ -232,16 +250,8 @@ class _Run:
 
     def _finish(self) -> RunRecord:
         record = self._record()
-        path = write_results(self.run_dir, record)
-        (self.run_dir / STATUS).unlink(missing_ok=True)
-        cost = {f"cost/{k}": v for k, v in numeric(to_plain(record.cost)).items()}  # not the per-experience names
-        self.tracker.log_metrics({**record.metrics, **cost}, step=len(self.stream) - 1)
-        r_json = self.run_dir / "R.json"
-        atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
-        title = f"{self.cfg.method} on {self.cfg.scenario} (seed {self.cfg.seed})"
-        png = heatmap_png(record.R, self.run_dir / "R.png", title)
-        self.tracker.log_artifacts([path, r_json, png, *self.method.artifacts(self.run_dir)])
-        self.tracker.end("FINISHED")
+        write_results(self.run_dir, record)
+        finish_outputs(self.run_dir, record, self.cfg, self.tracker, self.method.artifacts(self.run_dir))
         return record
 
     def _general_summary(self) -> dict[str, float]:

@@ -202,7 +202,13 @@ class MlflowRun:
             return
         if reason:
             self._call("set_tag", lambda c: c.set_tag(self.run_id, "failure_reason", reason[:4000]))
+        elif status == "FINISHED":  # a run that failed before and finished on --resume
+            self._call("delete_tag", lambda c: self._drop_tag(c, "failure_reason"))
         self._call("terminate", lambda c: c.set_terminated(self.run_id, status))
+
+    def _drop_tag(self, client: Any, key: str) -> None:
+        if key in client.get_run(self.run_id).data.tags:
+            client.delete_tag(self.run_id, key)
 
     def _log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -180,3 +180,22 @@ def test_the_runner_logs_through_the_tracker_interface(tmp_path: Path, monkeypat
     assert [c for c in calls if c[0] == "metrics"][1:-1] == [("metrics", i) for i in range(3)]  # per experience
     assert ("artifacts", ["R.json", "R.png", "results.json"]) in calls
     assert res.mlflow.run_id == "r1" and res.mlflow.tracking_uri == "memory://"
+
+
+def test_resume_completes_a_finish_that_a_kill_interrupted(tmp_path: Path) -> None:
+    cfg = _mlflow_cfg(tmp_path)
+    first = run(cfg)
+    rd, rid = Path(first.run_dir), first.mlflow.run_id
+    client = _client(tmp_path)
+    # as if killed just after results.json: no R.json/R.png, the MLflow run still RUNNING,
+    # and a failure_reason left from an earlier interrupted attempt
+    (rd / "R.json").unlink()
+    (rd / "R.png").unlink()
+    client.update_run(rid, status="RUNNING")
+    client.set_tag(rid, "failure_reason", "KeyboardInterrupt: signal 15")
+    again = run(cfg, resume=True)
+    assert again.R == first.R and (rd / "R.json").is_file() and (rd / "R.png").is_file()
+    info = client.get_run(rid)
+    assert info.info.status == "FINISHED" and "failure_reason" not in info.data.tags
+    assert info.data.metrics["acc"] == pytest.approx(first.metrics["acc"])
+    assert "cost/optimizer_steps" in info.data.metrics
