@@ -257,6 +257,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    # later SIGTERMs are ignored, so that a second signal cannot cut the recording of the first
+    # (the run's status, the MLflow run's KILLED state)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

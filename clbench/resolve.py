@@ -94,6 +94,8 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
 
 
 def prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Create (``force``: recreate) the run directory, refusing to reuse one without ``resume``;
+    temp files of atomic writes a kill left behind are removed (the caller holds the lock)."""
     if run_dir.exists() and force:
         shutil.rmtree(run_dir)
     elif run_dir.exists() and not resume and any(run_dir.iterdir()):
@@ -102,3 +104,6 @@ def prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
             "or --force to start over"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in run_dir.glob(".*.*"):  # ".<name>.<random>" from mkstemp in clbench.checkpoint
+        if tmp.is_file():
+            tmp.unlink()

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from clbench.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from clbench.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+)
 from clbench.config import RunConfig, to_plain
 from clbench.errors import ClbenchError, ConfigError
 from clbench.foundation import obtain_foundation
@@ -52,6 +57,7 @@ from clbench.trainer import resolve_device
 from clbench.tta import TestTimeLoop
 
 STATUS = "status.json"
+MLFLOW_ID = "mlflow_run_id"  # the MLflow run of this directory, written when it starts
 
 
 def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
@@ -90,6 +96,13 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     with run_dir_lock(run_dir):  # one process per run directory, for the whole run
         prepare_dir(run_dir, resume, force)
         return _Run(res, stream, model, run_dir, foundation).execute(resume)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def finish_outputs(run_dir: Path, record: RunRecord, cfg: RunConfig, tracker: Tracker,
@@ -244,9 +257,11 @@ class _Run:
         if cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
         name = cfg.tracking.run_name or f"{cfg.method}-{cfg.scenario}-s{cfg.seed}"
-        rid = self.tracker.start(name, self.res.config_dict(),
-                                 tags, resume_id=self.progress.mlflow_run_id)
+        known = self.progress.mlflow_run_id or _read_text(self.run_dir / MLFLOW_ID)  # killed before a checkpoint
+        rid = self.tracker.start(name, self.res.config_dict(), tags, resume_id=known)
         self.progress.mlflow_run_id = rid
+        if rid:
+            atomic_write_bytes(self.run_dir / MLFLOW_ID, rid.encode())
 
     def _finish(self) -> RunRecord:
         record = self._record()

@@ -199,3 +199,29 @@ def test_resume_completes_a_finish_that_a_kill_interrupted(tmp_path: Path) -> No
     assert info.info.status == "FINISHED" and "failure_reason" not in info.data.tags
     assert info.data.metrics["acc"] == pytest.approx(first.metrics["acc"])
     assert "cost/optimizer_steps" in info.data.metrics
+
+
+def test_a_run_killed_before_its_first_checkpoint_keeps_one_mlflow_run(tmp_path: Path) -> None:
+    from methods.naive import Naive
+
+    class KilledOnce(Naive):
+        killed = False
+
+        def on_experience_start(self, exp: Any, model: Any) -> None:
+            if not KilledOnce.killed:
+                KilledOnce.killed = True
+                raise KeyboardInterrupt("signal 15")
+
+    with METHODS.override("killed_once", KilledOnce):
+        cfg = _mlflow_cfg(tmp_path, "killed_once")
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+        rd = run_dir_for(cfg)
+        assert not (rd / "checkpoint.pt").exists() and (rd / "mlflow_run_id").is_file()
+        (rd / ".checkpoint.pt.abc123").write_bytes(b"half")  # a temp file a kill -9 would leave
+        res = run(cfg, resume=True)
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("clbench").experiment_id])
+    assert [r.info.run_id for r in runs] == [res.mlflow.run_id]  # resumed into the same MLflow run
+    assert runs[0].info.status == "FINISHED" and "failure_reason" not in runs[0].data.tags
+    assert not (rd / ".checkpoint.pt.abc123").exists()
