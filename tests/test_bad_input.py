@@ -96,3 +96,25 @@ def test_a_run_directory_has_one_owner_at_a_time(tmp_path: Path) -> None:
                 run(cfg, **kwargs)
         assert (Path(first.run_dir) / "results.json").is_file()  # --force deleted nothing
     assert run(cfg, force=True).R == first.R  # free again once the owner lets go
+
+
+def test_a_damaged_checkpoint_is_refused_with_one_line_naming_force(tmp_path: Path) -> None:
+    import torch
+
+    from clbench.checkpoint import CHECKPOINT, DIGEST, load_checkpoint, save_checkpoint
+
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir, {"model": {"w": torch.arange(1024, dtype=torch.float32)}, "progress": {"done": 1}})
+    assert load_checkpoint(run_dir)["progress"] == {"done": 1}  # type: ignore[index]
+    raw = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    raw["model"]["w"][100:1100] = 0.0  # 4 kB of one tensor changed on disk, the digest kept
+    torch.save(raw, run_dir / CHECKPOINT)
+    with pytest.raises(ClbenchError, match=r"checkpoint .* is damaged \(its content does not match its sha256\).*--force"):
+        load_checkpoint(run_dir)
+    data = (run_dir / CHECKPOINT).read_bytes()
+    (run_dir / CHECKPOINT).write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ClbenchError, match=r"is damaged \(.*\); rerun with --force"):
+        load_checkpoint(run_dir)
+    del raw[DIGEST]  # written before digests existed: loads unchecked
+    torch.save(raw, run_dir / CHECKPOINT)
+    assert load_checkpoint(run_dir) is not None
