@@ -241,9 +241,21 @@ def _inflate(e: dict[str, Any]) -> None:
     e["summary"] = lb.summarize_runs(e["runs"])
 
 
+def _short_pretrain(e: dict[str, Any]) -> None:  # used to switch off the metrics-from-R check
+    e["runs"][0]["R_pretrain"] = e["runs"][0]["R_pretrain"][:1]
+    e["runs"][0]["metrics"]["acc"] = 0.95
+    e["summary"] = lb.summarize_runs(e["runs"])
+
+
+def _out_of_range(e: dict[str, Any]) -> None:
+    e["runs"][0]["R"][0][0] = 1.7
+
+
 @pytest.mark.parametrize(
     ("mutate", "rehash", "reason"),
     [
+        (_short_pretrain, True, "runs[0].R_pretrain must hold one number in [0, 1] per experience"),
+        (_out_of_range, True, "runs[0].R has values outside [0, 1]"),
         (_drop_budget, True, "missing field budget.n_trials"),
         (_string_acc, True, "runs[0].metrics.acc: expected a number or null"),
         (_tamper, False, "content_hash mismatch"),

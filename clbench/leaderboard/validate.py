@@ -104,10 +104,14 @@ def _run_schema_errors(run: Any, where: str) -> list[str]:
     errs = _check_fields(run, _RUN_SCHEMA, where + ".")
     if errs:
         return errs
-    R = run["R"]
+    R, b = run["R"], run["R_pretrain"]
     if not (R and all(isinstance(row, list) and len(row) == len(R) and all(_is_num(x) for x in row)
                       for row in R)):
         errs.append(f"{where}.R must be a non-empty square matrix of numbers")
+    elif not all(0.0 <= x <= 1.0 for row in R for x in row):
+        errs.append(f"{where}.R has values outside [0, 1]")
+    if b is not None and not (len(b) == len(R) and all(_is_num(x) and 0.0 <= x <= 1.0 for x in b)):
+        errs.append(f"{where}.R_pretrain must hold one number in [0, 1] per experience ({len(R)})")
     errs += [f"{where}.metrics.{k}: expected a number or null" for k, v in run["metrics"].items()
              if not _typed(v, _OPT_NUM)]
     errs += [f"missing field {where}.metrics.{k}" for k in ("acc", "bwt", "forgetting", "plasticity")
