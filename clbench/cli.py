@@ -263,6 +263,11 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# how each verb continues after an interrupt (the protocol resumes by rerunning the same command)
+RESUME_HINT = {"cmd_protocol": "rerun the same command to continue (finished trials are kept)",
+               "cmd_track": "rerun the same command to continue (finished runs are kept)"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # a kill (SIGTERM) ends like Ctrl-C: the run is marked KILLED and its checkpoint kept
@@ -273,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("clbench: interrupted; resume with --resume", file=sys.stderr)
+        print(f"clbench: interrupted; {RESUME_HINT.get(args.fn.__name__, 'resume with --resume')}", file=sys.stderr)
         return 130
 
 

@@ -118,3 +118,17 @@ def test_a_damaged_checkpoint_is_refused_with_one_line_naming_force(tmp_path: Pa
     del raw[DIGEST]  # written before digests existed: loads unchecked
     torch.save(raw, run_dir / CHECKPOINT)
     assert load_checkpoint(run_dir) is not None
+
+
+def test_an_interrupted_protocol_says_how_to_continue(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import clbench.tuning
+    from clbench.cli import main
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clbench.tuning, "run_protocol", interrupted)
+    assert main(["protocol", "method=naive", "--track", "vision_cil"]) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to continue" in err and "--resume" not in err
