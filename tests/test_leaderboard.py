@@ -393,3 +393,10 @@ def test_board_shows_the_track_health_and_skips_tracks_without_entries_or_health
     assert "health.json" not in readme  # not listed as a rejected entry
     page = (good.parent / "index.html").read_text()
     assert "<h2>Track health: FAILS</h2>" in page and "<td>0.029</td><td>0.050</td><td>FAIL</td>" in page
+
+
+def test_markdown_cells_escape_links_and_emphasis() -> None:
+    from clbench.leaderboard.markdown import _md_cell
+
+    cell = _md_cell("[click](http://evil.example) *bold* `code` a|b <b>")
+    assert cell == r"\[click\]\(http://evil.example\) \*bold\* \`code\` a\|b &lt;b&gt;"

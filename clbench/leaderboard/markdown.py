@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,8 +13,13 @@ from clbench.tuning import Protocol
 MARK_START, MARK_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*\[\]()!#|~])")  # "_" kept: registry names are lower_snake
+
+
 def _md_cell(text: str) -> str:
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+    """Text for a Markdown table cell: HTML escaped, and Markdown's own syntax (links, emphasis,
+    code, pipes) backslash-escaped, so an entry's strings can never become markup."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
 
 
 def _readme(track: str, proto: Protocol | None, valid: Sequence[Mapping[str, Any]],
