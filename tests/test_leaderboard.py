@@ -400,3 +400,19 @@ def test_markdown_cells_escape_links_and_emphasis() -> None:
 
     cell = _md_cell("[click](http://evil.example) *bold* `code` a|b <b>")
     assert cell == r"\[click\]\(http://evil.example\) \*bold\* \`code\` a\|b &lt;b&gt;"
+
+
+def test_a_huge_or_deeply_nested_file_is_rejected_without_stopping_the_board(tmp_path: Path) -> None:
+    from clbench.leaderboard import validate as v
+
+    good = lb.submit(make_protocol_dir(tmp_path), tmp_path / "boards")
+    track = good.parent
+    (track / "deep.json").write_text("[" * 100000 + "]" * 100000)  # past Python's recursion limit
+    (track / "nested.json").write_text("[" * 40 + "]" * 40)
+    (track / "huge.json").write_bytes(b" " * (v.MAX_ENTRY_BYTES + 1))
+    out = lb.validate_dir(tmp_path / "boards")
+    assert out[good] == []
+    assert out[track / "deep.json"] == ["malformed JSON: nested too deeply"]
+    assert out[track / "nested.json"] == [f"entry nests deeper than {v.MAX_ENTRY_DEPTH} levels"]
+    assert "at most" in out[track / "huge.json"][0]
+    assert lb.render(tmp_path / "boards")  # the board still renders

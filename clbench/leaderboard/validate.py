@@ -257,13 +257,32 @@ def registered_scenario_versions() -> dict[str, str]:
     return dict(_VERSIONS)
 
 
+#: limits that keep one hostile file from stopping validate/render for the whole board
+MAX_ENTRY_BYTES = 4 * 2**20
+MAX_ENTRY_DEPTH = 16
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    """Nesting depth of a parsed JSON value (stops counting past the limit)."""
+    if level > MAX_ENTRY_DEPTH or not isinstance(obj, dict | list):
+        return level
+    children = obj.values() if isinstance(obj, dict) else obj
+    return max((_depth(c, level + 1) for c in children), default=level + 1)
+
+
 def validate_file(path: Path, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
                   scenario_versions: Mapping[str, str] | None = None) -> tuple[Any, list[str]]:
     """(parsed entry or None, reasons) for one entry file, including where it lies."""
     try:
+        if path.stat().st_size > MAX_ENTRY_BYTES:
+            return None, [f"entry file is {path.stat().st_size} bytes; at most {MAX_ENTRY_BYTES} are read"]
         entry = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, [f"malformed JSON: {exc}"]
+    except RecursionError:
+        return None, ["malformed JSON: nested too deeply"]
+    if _depth(entry) > MAX_ENTRY_DEPTH:
+        return None, [f"entry nests deeper than {MAX_ENTRY_DEPTH} levels"]
     reasons = validate_entry(entry, protocols, scenario_versions=scenario_versions)
     if isinstance(entry, dict) and isinstance(entry.get("method"), str) and isinstance(entry.get("track"), str):
         want = f"{entry['track']}/{entry_filename(entry['method'])}"
