@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -284,6 +285,31 @@ def tell(study: Any, trial: Any, state: Any, value: float | None = None) -> None
 # --------------------------------------------------------------------------- workers
 
 
+def _orphan_proof(parent: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """Run ``target(*args)`` in a worker that dies with the process that spawned it: Linux's
+    parent-death signal where available, else a thread that watches the parent's pid. A worker
+    left running after a ``kill -9`` of its parent would keep claiming trials that a rerun
+    requeues, so trials would run twice."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if not sys.platform.startswith("linux"):
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    target(*args)
+
+
 def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int, phase: str) -> None:
     """``target(*args)`` in this process (one worker) or in ``workers`` spawned processes."""
     if workers <= 1:
@@ -292,7 +318,7 @@ def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=args) for _ in range(workers)]
+    procs = [ctx.Process(target=_orphan_proof, args=(os.getpid(), target, args)) for _ in range(workers)]
     for p in procs:
         p.start()
     try:
