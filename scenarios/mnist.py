@@ -65,9 +65,36 @@ def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, or use scenario.data=mnist5k"
         )
     _verify(folder, [img, lab])
-    with gzip.open(img) as fi, gzip.open(lab) as fl:
-        X = np.frombuffer(fi.read(), np.uint8, offset=16).reshape(-1, 784)
-        y = np.frombuffer(fl.read(), np.uint8, offset=8)
+    try:
+        with gzip.open(img) as fi, gzip.open(lab) as fl:
+            raw_x, raw_y = fi.read(), fl.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataUnavailableError(f"MNIST IDX files in {folder} are not readable gzip ({exc})") from exc
+    return _parse_idx(raw_x, raw_y, folder)
+
+
+def _parse_idx(raw_x: bytes, raw_y: bytes, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from IDX bytes, checked structurally (magic numbers, header counts,
+    28x28 size, payload lengths, label range 0-9), with or without a SHA256SUMS file."""
+    import struct
+
+    def bad(what: str) -> DataUnavailableError:
+        return DataUnavailableError(f"MNIST IDX files in {folder} are malformed: {what}")
+
+    if len(raw_x) < 16 or len(raw_y) < 8:
+        raise bad("shorter than their headers")
+    magic_x, n_x, rows, cols = struct.unpack(">IIII", raw_x[:16])
+    magic_y, n_y = struct.unpack(">II", raw_y[:8])
+    if (magic_x, magic_y) != (2051, 2049):
+        raise bad(f"magic numbers {magic_x}/{magic_y}, expected 2051/2049")
+    if (rows, cols) != (28, 28) or n_x != n_y:
+        raise bad(f"{n_x} images of {rows}x{cols} for {n_y} labels (expected as many 28x28 images as labels)")
+    if len(raw_x) != 16 + n_x * 784 or len(raw_y) != 8 + n_y:
+        raise bad(f"payloads of {len(raw_x) - 16} and {len(raw_y) - 8} bytes for {n_x} images / {n_y} labels")
+    X = np.frombuffer(raw_x, np.uint8, offset=16).reshape(-1, 784)
+    y = np.frombuffer(raw_y, np.uint8, offset=8)
+    if len(y) and int(y.max()) > 9:
+        raise bad(f"label {int(y.max())} outside 0-9")
     return X, y
 
 

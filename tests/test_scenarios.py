@@ -99,3 +99,32 @@ def test_digit_twins_of_the_tracks_share_shape_not_data() -> None:
     assert rd.source is not None and rm.source is not None
     assert torch.equal(rd.source.test.x, rm.source.test.x)  # one foundation serves both
     assert rd.experiences[0].train.x.shape[1:] == rm.experiences[0].train.x.shape[1:]
+
+
+def _idx(tmp_path: Path, n_images: int, labels: list[int], name: str) -> Path:
+    import gzip
+    import struct
+
+    folder = tmp_path / name
+    folder.mkdir()
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, n_images, 28, 28) + bytes(n_images * 784))
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + bytes(labels))
+    return folder
+
+
+def test_idx_files_without_checksums_are_still_checked_structurally(tmp_path: Path) -> None:
+    from clbench.errors import DataUnavailableError
+    from scenarios.mnist import load_mnist
+
+    x, y = load_mnist("mnist10k", str(_idx(tmp_path, 3, [0, 9, 4], "ok")))
+    assert x.shape == (3, 1, 28, 28) and y.tolist() == [0, 9, 4]
+    with pytest.raises(DataUnavailableError, match="4 images of 28x28 for 3 labels"):
+        load_mnist("mnist10k", str(_idx(tmp_path, 4, [0, 1, 2], "count")))
+    with pytest.raises(DataUnavailableError, match="label 200 outside 0-9"):
+        load_mnist("mnist10k", str(_idx(tmp_path, 2, [1, 200], "range")))
+    corrupt = _idx(tmp_path, 2, [1, 2], "gzip")
+    (corrupt / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataUnavailableError, match="not readable gzip"):
+        load_mnist("mnist10k", str(corrupt))
