@@ -60,13 +60,13 @@ def test_protocol_runs_are_nested_in_a_tracking_server(tmp_path: Path, mlflow_se
     monkeypatch.setitem(tuning.PROTOCOLS, "tiny", tiny)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     rec = run_protocol("naive", "tiny", {"tracking.uri": mlflow_server}, runs_dir=str(tmp_path), progress=False)
-    assert rec["mlflow"]["tracking_uri"] == mlflow_server
+    assert rec.mlflow.tracking_uri == mlflow_server
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("clbench")
     runs = client.search_runs([exp.experiment_id])
-    parent = client.get_run(rec["mlflow"]["parent_run_id"])
+    parent = client.get_run(rec.mlflow.parent_run_id)
     assert parent.info.status == "FINISHED" and "eval/acc_mean" in parent.data.metrics
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 + 1 and all(r.info.status == "FINISHED" for r in children)
     assert all("acc" in r.data.metrics for r in children)
-    assert os.path.isfile(Path(rec["evaluation"]["run_dirs"][0]) / "results.json")
+    assert os.path.isfile(Path(rec.evaluation.run_dirs[0] or "") / "results.json")
