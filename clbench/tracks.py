@@ -42,9 +42,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from clbench.config import read_yaml
 from clbench.errors import ClbenchError, ConfigError
 from clbench.metrics import METRICS
+from clbench.yamlio import read_yaml
 
 TRACK_SCHEMA_VERSION = 1
 STATUSES = ("active", "pending", "dropped", "retired", "accelerator")
