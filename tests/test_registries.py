@@ -349,15 +349,16 @@ def _yaml_layout(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _round_trips(cfg: RunConfig, tmp: Path) -> None:
+def _read_back(cfg: RunConfig, tmp: Path) -> list[RunConfig]:
+    """``cfg`` written as YAML and read back, and rebuilt from its plain dotted dict."""
     layout = _yaml_layout(cfg)
-    text = yaml.safe_dump(layout, sort_keys=True)  # plain YAML: no Python tags
     path = tmp / "config.yaml"
-    path.write_text(text)
-    for values in (load_yaml(path), flatten(layout)):
-        back = build_run_config(values)
-        assert back == cfg
-        assert back.key() == cfg.key() and back.to_dict() == cfg.to_dict()
+    path.write_text(yaml.safe_dump(layout, sort_keys=True))  # plain YAML: no Python tags
+    return [build_run_config(values) for values in (load_yaml(path), flatten(layout))]
+
+
+def _same(back: RunConfig, cfg: RunConfig) -> bool:
+    return back == cfg and back.key() == cfg.key() and back.to_dict() == cfg.to_dict()
 
 
 def _examples(tmp: Path) -> list[RunConfig]:
@@ -373,7 +374,7 @@ def _examples(tmp: Path) -> list[RunConfig]:
 
 def test_config_round_trips_through_dict_and_yaml(tmp_path: Path) -> None:
     for cfg in _examples(tmp_path):
-        _round_trips(cfg, tmp_path)
+        assert all(_same(back, cfg) for back in _read_back(cfg, tmp_path)), cfg
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -382,14 +383,16 @@ def test_search_space_run_configs_round_trip(name: str, tmp_path: Path) -> None:
     points = _points(pr.space)
     for point in (points[0], points[-1]):
         for phase in ("tune", "eval"):
-            _round_trips(pr.config(phase, point, 1, ""), tmp_path)
+            cfg = pr.config(phase, point, 1, "")
+            assert all(_same(back, cfg) for back in _read_back(cfg, tmp_path)), (phase, point)
 
 
 @pytest.mark.parametrize("track", sorted(PROTOCOLS))
 def test_every_track_protocol_config_round_trips(track: str, tmp_path: Path) -> None:
     pr = ProtocolRun("naive", PROTOCOLS[track], {}, storage="", runs_dir=str(tmp_path), progress=False)
     for phase in ("tune", "eval"):
-        _round_trips(pr.config(phase, {}, 0, ""), tmp_path)
+        cfg = pr.config(phase, {}, 0, "")
+        assert all(_same(back, cfg) for back in _read_back(cfg, tmp_path)), phase
 
 
 def test_registries_refuse_plug_ins_of_the_wrong_kind() -> None:
