@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clbench.streams import Batch, Split, Stream
+from clbench.splits import Batch, Split
 
 OBJECTIVES = ("classification", "causal_lm", "causal_lm_text", "causal_lm_generate")
 
@@ -31,6 +31,8 @@ class Objective:
     """Class-logit classification (the default)."""
 
     name = "classification"
+    #: the outputs are class logits, which a task-incremental stream masks to the sample's task
+    class_logits = True
     # objectives that judge a whole split by generation set this (see GenerationObjective.judge)
     judge: Callable[..., float] | None = None
 
@@ -59,6 +61,7 @@ class CausalLMObjective(Objective):
     """Answer-token LM loss; first-verbaliser-token class scores (see the module docstring)."""
 
     name = "causal_lm"
+    class_logits = False  # token logits; the class scores come from :meth:`scores`
 
     def __init__(self, first_tokens: Tensor, pad_id: int) -> None:
         self.first_tokens = first_tokens  # (C,) token id of each class's first answer token
@@ -90,6 +93,7 @@ class LanguageModelingObjective(Objective):
     """
 
     name = "causal_lm_text"
+    class_logits = False
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         ids, mask = batch.x[:, 0], batch.x[:, 1]
@@ -124,7 +128,7 @@ class GenerationObjective(CausalLMObjective):
     def judge(self, infer: Callable[[Batch], Tensor], data: Split, exp_index: int | None,
               task: int | None, batch_size: int, device: torch.device) -> float:
         """Mean metric of greedy generations over ``data`` (exact match outside the stream)."""
-        from clbench.text_models import load_tokenizer
+        from clbench.hf import load_tokenizer
         from clbench.textmetrics import METRIC_FNS
 
         tok = load_tokenizer(self.tokenizer_id)
@@ -177,18 +181,3 @@ class GenerationObjective(CausalLMObjective):
 def answer_start(mask: Tensor) -> Tensor:
     """Index of the first answer token per row of a 0/1 answer mask (N, L)."""
     return mask.int().argmax(dim=1)
-
-
-def objective_for(stream: Stream) -> Objective:
-    """The objective a stream declares in ``meta["objective"]`` (default classification)."""
-    name = stream.meta.get("objective", "classification")
-    if name == "causal_lm_text":
-        return LanguageModelingObjective()
-    if name == "causal_lm_generate":
-        m = stream.meta
-        return GenerationObjective(int(m["pad_id"]), m.get("eos_id"), str(m["tokenizer"]),
-                                   list(m["task_metrics"]), [int(b) for b in m["max_new_tokens"]])
-    if name == "causal_lm":
-        return CausalLMObjective(torch.as_tensor(stream.meta["first_tokens"], dtype=torch.long),
-                                 int(stream.meta["pad_id"]))
-    return Objective()

@@ -164,7 +164,7 @@ def check_compatible(method: type[Method], stream: Stream, model_family: str) ->
             f"method {name!r} does not declare adapts_at_test_time; test_time scenario "
             f"{stream.name!r} needs a test-time adaptation method (or a no-adaptation baseline)"
         )
-    objective = stream.meta.get("objective", "classification")
+    objective = stream.objective.name
     if objective not in method.objectives:
         raise IncompatibleError(
             f"method {name!r} does not support the {objective} objective of scenario "

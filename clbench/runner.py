@@ -28,7 +28,6 @@ from clbench.errors import ClbenchError, ConfigError
 from clbench.foundation import obtain_foundation
 from clbench.loops import RunParts, TrainingLoop, derive_seed, numeric
 from clbench.models import build_model, count_params, is_pretrained, lm_eval_handle, model_family
-from clbench.objectives import objective_for
 from clbench.probes import probe_scores
 from clbench.protocol import check_compatible, check_inputs
 from clbench.records import (
@@ -164,7 +163,7 @@ class _Run:
         self.device = resolve_device(cfg.trainer.device)
         self.init_hash = state_hash(model)
         self.method = res.method_cls(res.method_cfg)
-        objective = objective_for(stream)
+        objective = stream.objective
         self.method.objective = objective
         self.model = self.method.setup(model, stream.info()).to(self.device)
         parts = RunParts(cfg, stream, self.model, self.method, self.device, objective)

@@ -1,57 +1,31 @@
-"""Owns the data model of a CL scenario: Split, Experience, Stream, StreamInfo and Batch.
+"""Owns the data model of a CL scenario: Experience, Stream and StreamInfo (``Split`` and
+``Batch`` are defined in :mod:`clbench.splits` and re-exported here).
 
 Data stays as tensors end to end (no Dataset/DataLoader on the hot path). A ``Stream`` is an
-ordered tuple of experiences; each has train/val/test splits, a task id and its class set.
+ordered tuple of experiences; each has train/val/test splits, a task id and its class set. The
+stream carries the :class:`~clbench.objectives.Objective` its outputs are trained and judged by,
+built by the scenario (classification unless the scenario says otherwise).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+
+from clbench.objectives import Objective
+from clbench.splits import Batch, Split
+
+__all__ = ["SCENARIO_TYPES", "Batch", "Experience", "ProbeTask", "ScenarioType", "SourceData", "Split",
+           "Stream", "StreamInfo"]
 
 ScenarioType = Literal["class_incremental", "domain_incremental", "task_incremental", "test_time"]
 # test_time: unlabeled target domains seen once, online (each domain's data is its ``test`` split;
 # the loop lives in clbench/tta.py and hides the labels from the method)
 SCENARIO_TYPES: tuple[str, ...] = ("class_incremental", "domain_incremental", "task_incremental",
                                    "test_time")
-
-
-@dataclass(frozen=True)
-class Split:
-    """Inputs ``x`` (N, ...), integer labels ``y`` (N,) and, optionally, per-sample task ids
-    ``task`` (N,) for training data mixed from several tasks (else the experience's task id)."""
-
-    x: Tensor
-    y: Tensor
-    task: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
-        if self.task is not None and len(self.task) != len(self.y):
-            raise ValueError(f"split has {len(self.y)} labels but {len(self.task)} task ids")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def subset(self, idx: Tensor) -> Split:
-        return Split(self.x[idx], self.y[idx], None if self.task is None else self.task[idx])
-
-    def tagged(self, task_id: int) -> Split:
-        """The same split with every sample's task id set to ``task_id``."""
-        return Split(self.x, self.y, torch.full((len(self.y),), task_id, dtype=torch.long))
-
-    @staticmethod
-    def concat(splits: Sequence[Split]) -> Split:
-        """Inputs and labels concatenated; task ids too when every split carries them."""
-        tasks = [s.task for s in splits]
-        task = torch.cat(tasks) if tasks and all(t is not None for t in tasks) else None  # type: ignore[arg-type]
-        return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]), task)
 
 
 @dataclass(frozen=True)
@@ -123,10 +97,15 @@ class Stream:
     source: SourceData | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     probes: tuple[ProbeTask, ...] = ()  # general-capability probe tasks (not trained on)
+    objective: Objective = field(default_factory=Objective)  # loss and judging of the outputs
 
     def __post_init__(self) -> None:
         if self.scenario_type not in SCENARIO_TYPES:
             raise ValueError(f"scenario_type {self.scenario_type!r} not in {SCENARIO_TYPES}")
+        recorded = self.meta.get("objective", Objective.name)
+        if recorded != self.objective.name:  # meta is the provenance results.json records
+            raise ValueError(f"stream {self.name!r} records objective {recorded!r} in meta but carries "
+                             f"{self.objective.name!r}")
         if not self.experiences:
             raise ValueError("a stream needs at least one experience")
 
@@ -172,21 +151,3 @@ def _update(h: Any, s: Split) -> None:
         c = t.detach().cpu().contiguous()
         h.update(str((tuple(c.shape), str(c.dtype))).encode())
         h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
-
-
-@dataclass
-class Batch:
-    """A minibatch: inputs, labels (None when hidden) and task ids (None when hidden)."""
-
-    x: Tensor
-    y: Tensor | None
-    task: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        def mv(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
-        return Batch(mv(self.x), mv(self.y), mv(self.task))  # type: ignore[arg-type]

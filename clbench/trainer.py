@@ -166,7 +166,7 @@ class Trainer:
         stats.forward_samples += len(batch.y)
         with autocast_for(self.device, self.cfg.precision):
             outputs = model(batch.x)
-            if self.task_mask is not None and self.objective.name == "classification":
+            if self.task_mask is not None and self.objective.class_logits:
                 outputs = mask_by_task(outputs, self.task_mask, batch.task)  # type: ignore[arg-type]
             base = self.objective.loss(outputs, batch)
             loss = method.loss(model, batch, outputs, base)

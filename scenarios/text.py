@@ -40,6 +40,7 @@ import torch
 
 from clbench.errors import ConfigError, DataUnavailableError
 from clbench.hf import MINILM_ID
+from clbench.objectives import CausalLMObjective, GenerationObjective, Objective
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, ProbeTask, SourceData, Split, Stream
@@ -203,12 +204,16 @@ def tasks_to_stream(tasks: list[TextTask], c: TextCLConfig, missing: list[str]) 
     probes, probe_missing = _probes(c, [t.name for t in tasks])
     if c.probe_tasks:
         meta.update(probe_tasks=[p.name for p in probes], probe_missing=probe_missing)
+    objective = Objective()
     if c.mode == "generation" and any(not t.labels for t in tasks):
-        meta.update(objective="causal_lm_generate", **_generation_meta(tasks, c))
+        meta.update(objective=GenerationObjective.name, **_generation_meta(tasks, c))
+        objective = GenerationObjective(meta["pad_id"], meta["eos_id"], c.tokenizer, meta["task_metrics"],
+                                        meta["max_new_tokens"])
     elif c.mode == "generation":
-        meta.update(objective="causal_lm", **_verbaliser(tasks, c.tokenizer))
+        meta.update(objective=CausalLMObjective.name, **_verbaliser(tasks, c.tokenizer))
+        objective = CausalLMObjective(torch.as_tensor(meta["first_tokens"], dtype=torch.long), meta["pad_id"])
     return Stream("text_cl", VERSION, c.setting, tuple(exps), offset, "text classification CL",
-                  source=calibration_source(c), meta=meta, probes=probes)
+                  source=calibration_source(c), meta=meta, probes=probes, objective=objective)
 
 
 #: How a class reads as text: per-task templates, else per-family, else the label alone

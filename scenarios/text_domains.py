@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from clbench.hf import SMOLLM2_ID
+from clbench.objectives import LanguageModelingObjective
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, SourceData, Split, Stream
@@ -125,6 +126,8 @@ class TextDomains(Scenario):
             parts = three_way(blocks(DOMAINS[d](), c.tokenizer, c.max_length, c.max_blocks, DATA_SEED + i + 1),
                               DATA_SEED + i + 1)
             exps.append(Experience(i, 0, (0,), *parts))
-        meta = {"tokenizer": c.tokenizer, "objective": "causal_lm_text", "domains": list(c.domains)}
+        objective = LanguageModelingObjective()
+        meta = {"tokenizer": c.tokenizer, "objective": objective.name, "domains": list(c.domains)}
         return Stream("text_domains", VERSION, "domain_incremental", tuple(exps), 1,
-                      self.__doc__ or "", source=SourceData("python_docs", *src), meta=meta)
+                      self.__doc__ or "", source=SourceData("python_docs", *src), meta=meta,
+                      objective=objective)

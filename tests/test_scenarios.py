@@ -128,3 +128,16 @@ def test_idx_files_without_checksums_are_still_checked_structurally(tmp_path: Pa
     (corrupt / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataUnavailableError, match="not readable gzip"):
         load_mnist("mnist10k", str(corrupt))
+
+
+def test_a_stream_carries_its_objective_and_its_record_must_agree() -> None:
+    from dataclasses import replace
+
+    from clbench.objectives import LanguageModelingObjective, Objective
+
+    s = _build("split_digits")
+    assert type(s.objective) is Objective and "objective" not in s.meta  # classification by default
+    with pytest.raises(ValueError, match="records objective 'classification' in meta but carries 'causal_lm_text'"):
+        replace(s, objective=LanguageModelingObjective())
+    lm = replace(s, objective=LanguageModelingObjective(), meta={"objective": "causal_lm_text"})
+    assert lm.objective.name == "causal_lm_text" and not lm.objective.class_logits

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clbench.errors import IncompatibleError
-from clbench.objectives import CausalLMObjective
+from clbench.objectives import CausalLMObjective, GenerationObjective
 from clbench.protocol import Method
 from clbench.registry import METHODS, SCENARIOS
 from clbench.runner import run
@@ -168,6 +168,7 @@ def test_trace_fomc_generation_stream_reports_missing_tasks() -> None:
         s = cls(cfg).build()
     assert s.meta["tasks"] == ["fomc"] and "meetingbank" in s.meta["missing"]
     assert s.meta["objective"] == "causal_lm" and s.num_classes == 3
+    assert isinstance(s.objective, CausalLMObjective) and s.objective.first_tokens.tolist() == s.meta["first_tokens"]
     assert s.experiences[0].train.x.shape == (30, 2, 64) and len(s.experiences[0].test) == 20
 
 
@@ -215,6 +216,7 @@ def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
 
     stream = SCENARIOS.get(open_scenario)().build()
     assert stream.meta["objective"] == "causal_lm_generate"
+    assert isinstance(stream.objective, GenerationObjective) and stream.objective.max_new_tokens == stream.meta["max_new_tokens"]
     assert stream.meta["task_metrics"] == ["accuracy", "rouge_l"]
     assert stream.experiences[1].classes == (2,) and len(stream.experiences[1].test) == 4
     opts: dict[str, Any] = {"scenario": open_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
