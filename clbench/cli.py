@@ -28,7 +28,8 @@ from clbench.records import RunRecord
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from clbench.config import build_run_config, load_yaml, parse_overrides
+    from clbench.config import build_run_config, load_yaml
+    from clbench.options import parse_overrides
     from clbench.report import show
     from clbench.runner import run
 
@@ -59,7 +60,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from clbench.bench import default_track, run_bench
-    from clbench.config import parse_overrides
+    from clbench.options import parse_overrides
     from clbench.tuning import PROTOCOLS
 
     values = parse_overrides(args.overrides)
@@ -76,7 +77,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from clbench.config import parse_overrides
+    from clbench.options import parse_overrides
     from clbench.report import aggregate_table
     from clbench.tuning import run_protocol
 

@@ -1,4 +1,5 @@
-"""Owns the typed run configuration: frozen dataclasses, YAML loading and dotted overrides.
+"""Owns the typed run configuration: frozen dataclasses, YAML loading and dotted overrides (the
+value checks live in :mod:`clbench.options`).
 
 Overrides are ``key=value`` strings. ``method=<name>`` picks the method, ``method.<field>=v`` sets a
 field of that method's own config dataclass (the same for ``scenario.`` and ``model.``), and
@@ -9,20 +10,15 @@ field of that method's own config dataclass (the same for ``scenario.`` and ``mo
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from clbench.errors import ConfigError
+from clbench.options import coerce, flatten, non_negative, positive, replace_checked, to_plain
 from clbench.yamlio import read_yaml
 
 
@@ -47,8 +43,8 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
-        _non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip"))
+        positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
+        non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip"))
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ class EvalConfig:
     lm_eval_limit: int = 200
 
     def __post_init__(self) -> None:
-        _positive(self, "eval", ("batch_size",))
+        positive(self, "eval", ("batch_size",))
 
 
 @dataclass(frozen=True)
@@ -88,8 +84,8 @@ class FoundationConfig:
     augment_degrees: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive(self, "foundation", ("epochs", "batch_size"))
-        _non_negative(self, "foundation", ("augment_degrees",))
+        positive(self, "foundation", ("epochs", "batch_size"))
+        non_negative(self, "foundation", ("augment_degrees",))
 
 
 @dataclass(frozen=True)
@@ -143,44 +139,6 @@ _SECTIONS = {"trainer": TrainerConfig, "eval": EvalConfig, "foundation": Foundat
              "tracking": TrackingConfig}
 
 
-def to_plain(obj: Any) -> Any:
-    """Recursively convert dataclasses/mappings/tuples to JSON-friendly Python values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values go through ``yaml.safe_load`` (``0.1`` -> float)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError("override", item, "key=value, e.g. trainer.lr=0.1")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out[key.strip()] = value
-    return out
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> dotted keys (``{"trainer": {"lr": 1}}`` -> ``{"trainer.lr": 1}``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, name + "."))
-        else:
-            out[name] = v
-    return out
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML run config (safe loader) into dotted keys."""
     p = Path(path)
@@ -217,8 +175,8 @@ def build_run_config(values: Mapping[str, Any], base: RunConfig | None = None) -
     for name in _SECTIONS:
         kwargs[name] = replace_checked(getattr(base, name), sections[name], name)
     for name in ("method", "scenario", "model"):
-        kwargs[name] = _coerce(f"{name}", top.get(name, getattr(base, name)), str)
-    kwargs["seed"] = _coerce("seed", top.get("seed", base.seed), int)
+        kwargs[name] = coerce(f"{name}", top.get(name, getattr(base, name)), str)
+    kwargs["seed"] = coerce("seed", top.get("seed", base.seed), int)
     if not 0 <= kwargs["seed"] < 2**63:
         raise ConfigError("seed", kwargs["seed"], "an integer in [0, 2**63)")
     for name in _PLUGIN_SECTIONS:
@@ -226,102 +184,3 @@ def build_run_config(values: Mapping[str, Any], base: RunConfig | None = None) -
         # back from its own dump (or declared in a track) is then equal, not only of equal key()
         kwargs[f"{name}_options"] = {k: to_plain(v) for k, v in plugin[name].items()}
     return RunConfig(**kwargs)
-
-
-def replace_checked(obj: Any, changes: Mapping[str, Any], prefix: str) -> Any:
-    """``dataclasses.replace`` with unknown-field and type checks on every change."""
-    return build_dataclass(type(obj), {**to_shallow(obj), **changes}, prefix)
-
-
-def to_shallow(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-
-def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``values``, checking names and types.
-
-    Raises:
-        ConfigError: unknown field (lists the valid ones) or a value of the wrong type/choice.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in fields:
-            raise ConfigError(f"{prefix}.{name}", value, sorted(fields) or "(no options)")
-        kwargs[name] = _coerce(f"{prefix}.{name}", value, hints[name])
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(prefix, dict(values), str(exc)) from exc
-
-
-def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Check/convert ``value`` to type ``tp`` (int, float, bool, str, Literal, Optional, tuple)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(name, value, args)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(name, value, arg)
-            except ConfigError as exc:
-                errors.append(exc.allowed)
-        raise ConfigError(name, value, " or ".join(errors))
-    if origin in (tuple, Sequence) or tp is tuple:
-        if isinstance(value, str | int | float):
-            value = [value]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(name, value, "a list")
-        inner = args[0] if args else Any
-        return tuple(_coerce(name, v, inner) for v in value)
-    if origin in (dict, Mapping) or tp in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(name, value, "a mapping")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(name, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(name, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(name, value, "a number") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(name, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            return str(value)
-        return value
-    return value
-
-
-def _positive(obj: Any, prefix: str, names: Sequence[str]) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"{prefix}.{n}", v, "a finite value > 0")
-
-
-def _non_negative(obj: Any, prefix: str, names: Sequence[str]) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{prefix}.{n}", v, "a finite value >= 0")
-

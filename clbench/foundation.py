@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from clbench.checkpoint import atomic_write_json
-from clbench.config import FoundationConfig, TrainerConfig, to_plain
+from clbench.config import FoundationConfig, TrainerConfig
+from clbench.options import to_plain
 from clbench.protocol import Method
 from clbench.streams import Batch, Experience, SourceData, Split, Stream
 from clbench.trainer import Trainer

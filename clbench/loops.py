@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from clbench import metrics as M
-from clbench.config import RunConfig, to_plain
+from clbench.config import RunConfig
 from clbench.evaluation import Evaluator
 from clbench.models import count_params
 from clbench.objectives import Objective
+from clbench.options import to_plain
 from clbench.protocol import Method
 from clbench.records import CostRecord, ExperienceRecord, RunProgress, RunRecord
 from clbench.streams import Stream

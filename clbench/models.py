@@ -115,7 +115,7 @@ class CNNBN(nn.Module):
 
 def build_model(name: str, info: StreamInfo, options: dict[str, Any]) -> tuple[nn.Module, Any]:
     """Resolve ``name`` (``auto`` -> the default) and build it; returns (model, config)."""
-    from clbench.config import build_dataclass
+    from clbench.options import build_dataclass
     from clbench.registry import MODELS
 
     cls = MODELS.get(DEFAULT_MODEL if name == "auto" else name)

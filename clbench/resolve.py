@@ -1,6 +1,6 @@
 """Owns what a run is before it runs: the config resolved into plug-ins and validated options,
-its run directory (and the lock that gives it one owner), seeding and the hash of a model's
-weights. Builds nothing heavy."""
+its run directory (and the lock that gives it one owner; a distributed replica's own directory),
+seeding and the hash of a model's weights. Builds nothing heavy."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from clbench.config import RunConfig, build_dataclass, to_plain
+from clbench.config import RunConfig
 from clbench.errors import ClbenchError
+from clbench.options import build_dataclass, to_plain
 from clbench.protocol import Method, Scenario
 from clbench.registry import METHODS, SCENARIOS
 
@@ -107,3 +108,25 @@ def prepare_dir(run_dir: Path, resume: bool, force: bool) -> None:
     for tmp in run_dir.glob(".*.*"):  # ".<name>.<random>" from mkstemp in clbench.checkpoint
         if tmp.is_file():
             tmp.unlink()
+
+
+def distributed_view(cfg: RunConfig) -> RunConfig:
+    """Under ``accelerate launch``/``torchrun`` (WORLD_SIZE > 1): join the process group through
+    accelerate (NCCL on GPUs, one device per process; gloo on CPU). Replicas other than rank 0
+    train and evaluate identically but write only under ``<runs_dir>/_replicas/rank<r>``, without
+    MLflow, so the run directory and the MLflow run are written once."""
+    import os
+    from dataclasses import replace
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return cfg
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.device.type == "cuda":
+        torch.cuda.set_device(state.device)
+    if state.process_index == 0:
+        return cfg
+    tracking = replace(cfg.tracking, mlflow=False,
+                       runs_dir=str(Path(cfg.tracking.runs_dir) / "_replicas" / f"rank{state.process_index}"))
+    return replace(cfg, tracking=tracking)

@@ -23,11 +23,13 @@ from clbench.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from clbench.config import RunConfig, to_plain
+from clbench.config import RunConfig
 from clbench.errors import ClbenchError, ConfigError
+from clbench.finish import MLFLOW_ID, STATUS, finish_outputs, read_finished, read_text
 from clbench.foundation import obtain_foundation
-from clbench.loops import RunParts, TrainingLoop, derive_seed, numeric
+from clbench.loops import RunParts, TrainingLoop, derive_seed
 from clbench.models import build_model, count_params, is_pretrained, lm_eval_handle, model_family
+from clbench.options import to_plain
 from clbench.probes import probe_scores
 from clbench.protocol import check_compatible, check_inputs
 from clbench.records import (
@@ -43,6 +45,7 @@ from clbench.records import (
 )
 from clbench.resolve import (
     Resolved,
+    distributed_view,
     prepare_dir,
     resolve,
     run_dir_for,
@@ -51,12 +54,9 @@ from clbench.resolve import (
     state_hash,
 )
 from clbench.streams import Stream
-from clbench.tracking import Tracker, environment, heatmap_png, open_tracker, write_results
+from clbench.tracking import environment, open_tracker, write_results
 from clbench.trainer import resolve_device
 from clbench.tta import TestTimeLoop
-
-STATUS = "status.json"
-MLFLOW_ID = "mlflow_run_id"  # the MLflow run of this directory, written when it starts
 
 
 def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
@@ -67,14 +67,14 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
             as is).
         force: delete an existing run directory for this config and start over.
     """
-    cfg = _distributed(cfg)
+    cfg = distributed_view(cfg)
     res = resolve(cfg)
     run_dir = run_dir_for(cfg)
     runs_root = Path(cfg.tracking.runs_dir)
     if any(p.exists() and not p.is_dir() for p in (runs_root, *runs_root.parents)):
         raise ConfigError("tracking.runs_dir", str(runs_root), "a directory (or a path that does not exist yet)")
     if resume and (run_dir / "results.json").is_file():
-        record = _finished(run_dir / "results.json")
+        record = read_finished(run_dir / "results.json")
         if not ((run_dir / "R.json").is_file() and (run_dir / "R.png").is_file()):  # killed while finishing
             with run_dir_lock(run_dir):
                 finish_outputs(run_dir, record, cfg, open_tracker(cfg.tracking, run_id=record.mlflow.run_id))
@@ -95,60 +95,6 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     with run_dir_lock(run_dir):  # one process per run directory, for the whole run
         prepare_dir(run_dir, resume, force)
         return _Run(res, stream, model, run_dir, foundation).execute(resume)
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def finish_outputs(run_dir: Path, record: RunRecord, cfg: RunConfig, tracker: Tracker,
-                   extra: list[Path] | None = None) -> None:
-    """Everything after ``results.json``: R.json, R.png, final metrics, artifacts, FINISHED.
-    Each step can be redone, so ``--resume`` completes a finish that a kill interrupted."""
-    (run_dir / STATUS).unlink(missing_ok=True)
-    cost = {f"cost/{k}": v for k, v in numeric(to_plain(record.cost)).items()}  # not the per-experience names
-    tracker.log_metrics({**record.metrics, **cost}, step=max(record.scenario.n_experiences - 1, 0))
-    r_json = run_dir / "R.json"
-    atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
-    png = heatmap_png(record.R, run_dir / "R.png", f"{cfg.method} on {cfg.scenario} (seed {cfg.seed})")
-    tracker.log_artifacts([run_dir / "results.json", r_json, png, *(extra or [])])
-    tracker.end("FINISHED")
-
-
-def _finished(path: Path) -> RunRecord:
-    """The record of a finished run; a damaged results.json is one clear error."""
-    import json
-
-    try:
-        return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ClbenchError(f"{path} is damaged ({type(exc).__name__}: {exc}); rerun with --force to "
-                           "train this run again") from exc
-
-
-def _distributed(cfg: RunConfig) -> RunConfig:
-    """Under ``accelerate launch``/``torchrun`` (WORLD_SIZE > 1): join the process group through
-    accelerate (NCCL on GPUs, one device per process; gloo on CPU). Replicas other than rank 0
-    train and evaluate identically but write only under ``<runs_dir>/_replicas/rank<r>``, without
-    MLflow, so the run directory and the MLflow run are written once."""
-    import os
-    from dataclasses import replace
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return cfg
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.device.type == "cuda":
-        torch.cuda.set_device(state.device)
-    if state.process_index == 0:
-        return cfg
-    tracking = replace(cfg.tracking, mlflow=False,
-                       runs_dir=str(Path(cfg.tracking.runs_dir) / "_replicas" / f"rank{state.process_index}"))
-    return replace(cfg, tracking=tracking)
 
 
 class _Run:
@@ -256,7 +202,7 @@ class _Run:
         if cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
         name = cfg.tracking.run_name or f"{cfg.method}-{cfg.scenario}-s{cfg.seed}"
-        known = self.progress.mlflow_run_id or _read_text(self.run_dir / MLFLOW_ID)  # killed before a checkpoint
+        known = self.progress.mlflow_run_id or read_text(self.run_dir / MLFLOW_ID)  # killed before a checkpoint
         rid = self.tracker.start(name, self.res.config_dict(), tags, resume_id=known)
         self.progress.mlflow_run_id = rid
         if rid:

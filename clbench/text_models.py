@@ -23,11 +23,10 @@ from clbench.hf import (
     load_encoder,
     load_tokenizer,
     mean_pool,
-    tiny_bert,
-    tiny_llama,
 )
 from clbench.registry import register_model
 from clbench.streams import StreamInfo
+from clbench.tiny_models import tiny_bert, tiny_llama
 
 #: Chunk size of length-sorted encoding without gradients (see ``HFEncoderClassifier.embed``).
 EVAL_CHUNK = 32

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from clbench.checkpoint import atomic_write_bytes, atomic_write_json
-from clbench.config import TrackingConfig, flatten
+from clbench.config import TrackingConfig
+from clbench.options import flatten
 from clbench.records import RunRecord
 
 RESULTS = "results.json"

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clbench.config import to_plain
 from clbench.evaluation import Evaluator
 from clbench.loops import Loop, RunParts, derive_seed, method_metrics
+from clbench.options import to_plain
 from clbench.records import CostRecord, ExperienceRecord, RunProgress, RunRecord, TestTimeRecord
 from clbench.streams import Batch, Experience, Split
 

@@ -34,25 +34,19 @@ from clbench.protocol_records import (
 )
 from clbench.records import RunRecord, as_json, decode
 from clbench.study import (
-    HEARTBEAT_S,  # noqa: F401 - re-exported (moved to clbench.study)
     PROTOCOL_RUNS_DIR,
     PROTOCOLS,  # noqa: F401 - re-exported (moved to clbench.study)
-    STALE_AFTER_S,  # noqa: F401 - re-exported (moved to clbench.study)
     Protocol,  # noqa: F401 - re-exported (moved to clbench.study)
     ProtocolRun,
-    claim,
     exclusive,
-    heartbeat,
     load_optuna,
     open_eval,
     open_study,
     protocol_for,
     protocol_of,  # noqa: F401 - re-exported (moved to clbench.study)
-    requeue,
     study_exists,
-    tell,
-    until_done,
 )
+from clbench.workers import claim, heartbeat, requeue, tell, until_done
 
 # --------------------------------------------------------------------------- the protocol run
 
@@ -185,7 +179,7 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
         parent = _parent_run(pr, study)
         _log(pr, f"phase 1: {len(slots)} of {size(space)} configurations of {sorted(space)} on "
                  f"{p.tune_scenario} ({pr.dir})")
-        until_done(pr, study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
+        until_done(not pr.embedded, study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
         best, best_value = _best(study)
         _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})")
         eval_slots = [{"seed": s} for s in p.eval_seeds]
@@ -194,7 +188,7 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
             ev = open_eval(pr, eval_slots)
         if pr.embedded:
             requeue(ev, None)
-        until_done(pr, ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
+        until_done(not pr.embedded, ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
         record = _record(pr, study, ev, best, best_value, space_record(space), parent, started)
         atomic_write_json(pr.dir / "protocol.json", record.to_json())
         _finish_parent(pr, parent, record)

@@ -17,14 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from clbench.config import (
-    RunConfig,
-    TrackingConfig,
-    TrainerConfig,
-    build_dataclass,
-    build_run_config,
-)
+from clbench.config import RunConfig, TrackingConfig, TrainerConfig, build_run_config
 from clbench.errors import ConfigError, DataUnavailableError
+from clbench.options import build_dataclass
 from clbench.protocol import Scenario
 from clbench.registry import SCENARIOS
 from clbench.runner import resolve, run

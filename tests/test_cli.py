@@ -59,7 +59,8 @@ def test_bad_input_exits_2_with_one_message(args: list[str], message: str, capsy
 
 
 def test_show_by_mlflow_run_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from clbench.config import build_run_config, parse_overrides
+    from clbench.config import build_run_config
+    from clbench.options import parse_overrides
     from clbench.runner import run
 
     register_tiny()

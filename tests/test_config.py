@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from clbench.config import RunConfig, build_run_config, load_yaml, parse_overrides
+from clbench.config import RunConfig, build_run_config, load_yaml
 from clbench.errors import ConfigError
+from clbench.options import parse_overrides
 
 
 def test_overrides_parse_types() -> None:

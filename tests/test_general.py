@@ -51,7 +51,8 @@ def test_local_task_files_written_once(tmp_path: Path) -> None:
 
 @needs_minilm
 def test_lm_eval_on_in_memory_tiny_llama(tmp_path: Path) -> None:
-    from clbench.hf import MINILM_ID, load_tokenizer, tiny_llama
+    from clbench.hf import MINILM_ID, load_tokenizer
+    from clbench.tiny_models import tiny_llama
 
     tok = load_tokenizer(MINILM_ID, padding_side="left")
     model = tiny_llama(tok)
@@ -120,7 +121,8 @@ def test_local_tasks_do_not_shadow_hub_tasks(tmp_path: Path) -> None:
 @needs_data
 @needs_minilm
 def test_data_tasks_run_on_tiny_llama(tmp_path: Path) -> None:
-    from clbench.hf import MINILM_ID, load_tokenizer, tiny_llama
+    from clbench.hf import MINILM_ID, load_tokenizer
+    from clbench.tiny_models import tiny_llama
 
     tok = load_tokenizer(MINILM_ID, padding_side="left")
     scores = lm_eval_scores(tiny_llama(tok), tok, DATA_TASK_NAMES, limit=2, cache_dir=tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clbench import hf
+from clbench import hf, tiny_models
 from clbench.errors import DataUnavailableError
 
 # The user's real cache, read (never written) to find an already-converted SmolLM2 tokenizer.
@@ -102,10 +102,10 @@ def test_minilm_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_tiny_llama_forward_backward() -> None:
-    model = hf.tiny_llama()
-    ids = torch.randint(0, hf.TINY_VOCAB, (2, 16))
+    model = tiny_models.tiny_llama()
+    ids = torch.randint(0, tiny_models.TINY_VOCAB, (2, 16))
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
-    assert out.logits.shape == (2, 16, hf.TINY_VOCAB) and torch.isfinite(out.loss)
+    assert out.logits.shape == (2, 16, tiny_models.TINY_VOCAB) and torch.isfinite(out.loss)
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -113,8 +113,8 @@ def test_tiny_llama_forward_backward() -> None:
 
 
 def test_tiny_bert_forward_backward() -> None:
-    model = hf.tiny_bert(hidden=32, heads=2)
-    ids = torch.randint(0, hf.TINY_VOCAB, (3, 10))
+    model = tiny_models.tiny_bert(hidden=32, heads=2)
+    ids = torch.randint(0, tiny_models.TINY_VOCAB, (3, 10))
     hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
     assert hidden.shape == (3, 10, 32)
     hidden.pow(2).mean().backward()
@@ -125,7 +125,7 @@ def test_tiny_models_are_seeded_without_touching_global_rng() -> None:
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
-    a, b, c = hf.tiny_llama(seed=0), hf.tiny_llama(seed=0), hf.tiny_llama(seed=1)
+    a, b, c = tiny_models.tiny_llama(seed=0), tiny_models.tiny_llama(seed=0), tiny_models.tiny_llama(seed=1)
     assert torch.equal(torch.rand(1), expected)
     w = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(a.state_dict()[w], b.state_dict()[w])
@@ -137,7 +137,7 @@ def test_tiny_models_are_seeded_without_touching_global_rng() -> None:
                            "or clbench.hf.resolve_pretrained once)")
 def test_tiny_llama_with_smollm2_tokenizer() -> None:
     tokenizer = hf.load_tokenizer(hf.SMOLLM2_ID, REAL_CACHE, padding_side="left")
-    model = hf.tiny_llama(tokenizer)
+    model = tiny_models.tiny_llama(tokenizer)
     texts = ["Hello world", "A longer second prompt here"]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     assert batch["attention_mask"][0, 0] == 0  # left padding

@@ -1,4 +1,5 @@
-"""Leaderboard entries: build from a protocol run, submit, validate (each rejection), render.
+"""Leaderboard entries: build from a protocol run, submit, validate (each rejection), render;
+the typed entry: committed entries round-trip bit-identically and match the published schema.
 
 The protocol run is fixture data written by ``make_protocol_dir``: a protocol.json in the
 documented schema (clbench/tuning.py) and one results.json per evaluation seed, with metrics
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_records import _validate
 
 from clbench import leaderboard as lb
 from clbench import metrics as M
 from clbench.cli import main
 from clbench.errors import ClbenchError
+from clbench.jsonrecords import as_json
+from clbench.leaderboard.entry import entry_files
 from clbench.records import GeneralRecord
 from clbench.testing import stub_record
 from clbench.tuning import PROTOCOLS
@@ -25,6 +29,9 @@ from clbench.tuning import PROTOCOLS
 VERSIONS = {"split_digits": "1", "split_mnist": "1"}
 N = PROTOCOLS["vision"].n_trials
 TUNE_HASH, EVAL_HASH = "a" * 64, "b" * 64
+BOARDS = Path(__file__).parents[1] / "leaderboards"
+COMMITTED = entry_files(BOARDS, recursive=True)
+SCHEMA = Path(__file__).parents[1] / "docs" / "leaderboard-entry.schema.json"
 HOSTILE = "<script>document.title='PWNED'</script><img src=x onerror=\"document.body.dataset.pwned=1\">"
 
 
@@ -107,7 +114,13 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entry(tmp_path: Path, **kw: Any) -> dict[str, Any]:
-    return lb.entry_from_protocol(make_protocol_dir(tmp_path, **kw))
+    """An entry's JSON form (what its file holds), built from fixture data."""
+    return lb.entry_from_protocol(make_protocol_dir(tmp_path, **kw)).to_json()
+
+
+def _resummarize(e: dict[str, Any]) -> None:
+    """Recompute an entry dict's summary from its runs (a forger keeping it consistent)."""
+    e["summary"] = as_json(lb.summarize_metrics([r["metrics"] for r in e["runs"]]))
 
 
 def _rehash(entry: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +129,9 @@ def _rehash(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_entry_holds_protocol_budget_scenarios_runs_and_a_valid_hash(tmp_path: Path) -> None:
-    e = _entry(tmp_path, general=True)
+    rec = lb.entry_from_protocol(make_protocol_dir(tmp_path, general=True))
+    e = rec.to_json()
+    assert lb.LeaderboardEntry.from_json(e) == rec and lb.validate_entry(rec) == []
     assert e["schema_version"] == 1 and e["kind"] == "clbench-leaderboard-entry"
     assert (e["track"], e["method"]) == ("vision", "fixture_method")
     assert e["hyperparameters"] == {"trainer.lr": 0.05, "method.strength": 0.5}
@@ -232,19 +247,19 @@ def _test_split(e: dict[str, Any]) -> None:
 
 def _fewer_seeds(e: dict[str, Any]) -> None:
     e["seeds"], e["runs"] = [0], e["runs"][:1]
-    e["summary"] = lb.summarize_runs(e["runs"])
+    _resummarize(e)
 
 
 def _inflate(e: dict[str, Any]) -> None:
     for r in e["runs"]:
         r["metrics"]["acc"] += 0.2
-    e["summary"] = lb.summarize_runs(e["runs"])
+    _resummarize(e)
 
 
 def _short_pretrain(e: dict[str, Any]) -> None:  # used to switch off the metrics-from-R check
     e["runs"][0]["R_pretrain"] = e["runs"][0]["R_pretrain"][:1]
     e["runs"][0]["metrics"]["acc"] = 0.95
-    e["summary"] = lb.summarize_runs(e["runs"])
+    _resummarize(e)
 
 
 def _out_of_range(e: dict[str, Any]) -> None:
@@ -256,8 +271,8 @@ def _out_of_range(e: dict[str, Any]) -> None:
     [
         (_short_pretrain, True, "runs[0].R_pretrain must hold one number in [0, 1] per experience"),
         (_out_of_range, True, "runs[0].R has values outside [0, 1]"),
-        (_drop_budget, True, "missing field budget.n_trials"),
-        (_string_acc, True, "runs[0].metrics.acc: expected a number or null"),
+        (_drop_budget, True, "entry.budget: missing field 'n_trials'"),
+        (_string_acc, True, "entry.runs[0].metrics.acc: expected a number, got '0.99'"),
         (_tamper, False, "content_hash mismatch"),
         (_exceed, True, f"budget exceeded: {N + 1} trials used > {N} allowed"),
         (_declare_more, True, f"declared n_trials=50 differs from the vision protocol's {N}"),
@@ -416,3 +431,69 @@ def test_a_huge_or_deeply_nested_file_is_rejected_without_stopping_the_board(tmp
     assert out[track / "nested.json"] == [f"entry nests deeper than {v.MAX_ENTRY_DEPTH} levels"]
     assert "at most" in out[track / "huge.json"][0]
     assert lb.render(tmp_path / "boards")  # the board still renders
+
+
+# ---------------------------------------------------------------------------------------------
+# the typed entry
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[f"{p.parent.name}/{p.stem}" for p in COMMITTED])
+def test_committed_entries_parse_round_trip_bit_identically_and_keep_their_hash(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    rec = lb.LeaderboardEntry.from_json(data, str(path))
+    out = rec.to_json()
+    assert out == data and lb.canonical_json(out) == lb.canonical_json(data)
+    assert json.dumps(out, indent=2, ensure_ascii=False) + "\n" == text  # as `clbench submit` writes it
+    assert lb.content_hash(out) == lb.content_hash(data) == rec.content_hash
+    _validate(data, lb.json_schema())
+
+
+def test_the_published_entry_schema_is_generated_from_the_record() -> None:
+    assert json.loads(SCHEMA.read_text()) == lb.json_schema(), \
+        "docs/leaderboard-entry.schema.json is stale: python -m clbench.leaderboard > docs/leaderboard-entry.schema.json"
+
+
+def test_a_built_entry_round_trips_and_the_schema_rejects_what_the_record_rejects(tmp_path: Path) -> None:
+    rec = lb.entry_from_protocol(make_protocol_dir(tmp_path, general=True))
+    e = rec.to_json()
+    assert lb.LeaderboardEntry.from_json(json.loads(json.dumps(e))) == rec
+    _validate(e, lb.json_schema())
+    for bad in ({**e, "extra": 1}, {**e, "kind": "other"}, {**e, "seeds": "0"},
+                {**e, "budget": {**e["budget"], "n_trials": 1.5}}):
+        with pytest.raises(AssertionError):
+            _validate(bad, lb.json_schema())
+        with pytest.raises(ClbenchError):
+            lb.LeaderboardEntry.from_json(bad)
+
+
+def _bad_type(e: dict[str, Any]) -> None:
+    e["budget"]["n_trials"] = "8"
+
+
+def _unknown_field(e: dict[str, Any]) -> None:
+    e["tuning"]["note"] = "hand-added"
+
+
+def _wrong_kind(e: dict[str, Any]) -> None:
+    e["kind"] = "something-else"
+
+
+def _nan_metric(e: dict[str, Any]) -> None:
+    e["runs"][0]["metrics"]["bwt"] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (_bad_type, "entry.budget.n_trials: expected an integer, got '8'"),
+        (_unknown_field, "entry.tuning: unknown field(s) note"),
+        (_wrong_kind, "entry: kind/schema_version 'something-else'/1; expected 'clbench-leaderboard-entry'/1"),
+        (_nan_metric, "entry.runs[0].metrics.bwt: non-finite number nan"),
+    ],
+)
+def test_bad_input_gives_one_error_naming_field_and_value(tmp_path: Path, mutate: Any, reason: str) -> None:
+    e = _entry(tmp_path)
+    mutate(e)
+    reasons = lb.validate_entry(e)
+    assert len(reasons) == 1 and reason in reasons[0], reasons

@@ -20,10 +20,11 @@ import torch
 import yaml
 
 from clbench.bench import default_track
-from clbench.config import RunConfig, build_dataclass, build_run_config, flatten, load_yaml
+from clbench.config import RunConfig, build_run_config, load_yaml
 from clbench.errors import ConfigError
 from clbench.hf import MINILM_ID
 from clbench.models import DEFAULT_MODEL, build_model, model_family
+from clbench.options import build_dataclass, flatten
 from clbench.protocol import Scenario
 from clbench.registry import METHODS, MODELS, SCENARIOS, Registry
 from clbench.runner import resolve

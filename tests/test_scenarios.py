@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clbench.config import build_dataclass
 from clbench.errors import DataUnavailableError
+from clbench.options import build_dataclass
 from clbench.registry import SCENARIOS
 
 OFFLINE = ["split_mnist", "permuted_mnist", "rotated_mnist", "split_digits", "permuted_digits",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clbench.config import build_dataclass
 from clbench.errors import ConfigError, IncompatibleError
+from clbench.options import build_dataclass
 from clbench.registry import METHODS, SCENARIOS
 from clbench.runner import run
 from clbench.testing import tiny_config

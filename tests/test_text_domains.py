@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from clbench.config import build_dataclass
 from clbench.objectives import LanguageModelingObjective
+from clbench.options import build_dataclass
 from clbench.registry import SCENARIOS
 from clbench.runner import run
 from clbench.streams import Batch

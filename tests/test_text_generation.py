@@ -158,7 +158,7 @@ def test_token_fisher_and_token_distillation_by_hand() -> None:
 @pytest.mark.skipif(not (shared_data_dir() / "trace-partial").is_dir(),
                     reason="../shared/data/trace-partial is absent (only beside the checkout)")
 def test_trace_fomc_generation_stream_reports_missing_tasks() -> None:
-    from clbench.config import build_dataclass
+    from clbench.options import build_dataclass
 
     cls = SCENARIOS.get("text_cl")
     cfg = build_dataclass(cls.Config, {"benchmark": "trace", "mode": "generation", "tokenizer": TOK,

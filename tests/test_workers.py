@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 PARENT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from clbench.study import run_workers
+from clbench.workers import run_workers
 from sleepmod import sleeper
 run_workers(sleeper, (sys.argv[1],), 2, "test")
 """

@@ -9,35 +9,46 @@ are listed with their reasons and never ranked.
 
 Modules, each importing only those above it:
 
-- :mod:`~clbench.leaderboard.entry`: the entry schema, building an entry, canonical JSON and hash
+- :mod:`~clbench.leaderboard.record`: the typed entry (:class:`LeaderboardEntry`), its JSON and
+  JSON Schema, canonical JSON and content hash
+- :mod:`~clbench.leaderboard.entry`: building an entry from a protocol run, entry files
 - :mod:`~clbench.leaderboard.validate`: why an entry may not be ranked
 - :mod:`~clbench.leaderboard.columns`: rank order and the columns the boards show
 - :mod:`~clbench.leaderboard.markdown`: the table block in ``<track>/README.md``
 - :mod:`~clbench.leaderboard.plots`: the inline SVG plots
 - :mod:`~clbench.leaderboard.html`: the ``<track>/index.html`` page (CSS/JS in ``static/``)
 - :mod:`~clbench.leaderboard.publish`: ``submit`` and ``render``, which write the files
+
+``python -m clbench.leaderboard > docs/leaderboard-entry.schema.json`` writes the published
+JSON Schema of an entry.
 """
 
 from __future__ import annotations
 
 from clbench.leaderboard.entry import (
-    COST_KEYS,
-    ENTRY_KIND,
-    ENTRY_SCHEMA_VERSION,
     RUN_METRICS,
-    SUMMARY_COST,
-    canonical_json,
-    content_hash,
     entry_filename,
     entry_from_protocol,
+    summarize_metrics,
     summarize_runs,
 )
 from clbench.leaderboard.html import render_html
 from clbench.leaderboard.markdown import MARK_END, MARK_START
 from clbench.leaderboard.plots import heatmap_svg, mean_matrix, retention_svg, scatter_svg
 from clbench.leaderboard.publish import render, submit
+from clbench.leaderboard.record import (
+    COST_KEYS,
+    ENTRY_KIND,
+    ENTRY_SCHEMA_VERSION,
+    SUMMARY_COST,
+    LeaderboardEntry,
+    canonical_json,
+    content_hash,
+    json_schema,
+)
 from clbench.leaderboard.validate import (
     NEUTRAL_KEYS,
+    check_entry,
     registered_scenario_versions,
     validate_dir,
     validate_entry,
@@ -46,8 +57,8 @@ from clbench.leaderboard.validate import (
 
 __all__ = [
     "COST_KEYS", "ENTRY_KIND", "ENTRY_SCHEMA_VERSION", "MARK_END", "MARK_START", "NEUTRAL_KEYS",
-    "RUN_METRICS", "SUMMARY_COST", "canonical_json", "content_hash", "entry_filename",
-    "entry_from_protocol", "heatmap_svg", "mean_matrix", "registered_scenario_versions", "render",
-    "render_html", "retention_svg", "scatter_svg", "submit", "summarize_runs", "validate_dir",
-    "validate_entry", "validate_file",
+    "RUN_METRICS", "SUMMARY_COST", "LeaderboardEntry", "canonical_json", "check_entry", "content_hash",
+    "entry_filename", "entry_from_protocol", "heatmap_svg", "json_schema", "mean_matrix",
+    "registered_scenario_versions", "render", "render_html", "retention_svg", "scatter_svg", "submit",
+    "summarize_metrics", "summarize_runs", "validate_dir", "validate_entry", "validate_file",
 ]

@@ -7,56 +7,65 @@ Shared by the Markdown table (:mod:`clbench.leaderboard.markdown`), the HTML pag
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from clbench.leaderboard.entry import _is_num
+from clbench.leaderboard.record import LeaderboardEntry, MeanStd, is_num
 from clbench.metrics import metric_label
 from clbench.tuning import Protocol
 
 
-def _rank_key(entry: Mapping[str, Any]) -> tuple[float, str]:
-    acc = _mean(entry, "acc")
-    return (-acc if acc is not None else math.inf, entry["method"])
+def _rank_key(entry: LeaderboardEntry) -> tuple[float, str]:
+    acc = metric_mean(entry, "acc")
+    return (-acc if acc is not None else math.inf, entry.method)
 
 
-def _mean(entry: Mapping[str, Any], key: str, part: str = "summary") -> float | None:
-    v = entry[part].get(key, {}).get("mean")
-    return float(v) if _is_num(v) else None
+def metric_mean(entry: LeaderboardEntry, metric: str) -> float | None:
+    """The mean over seeds of ``metric`` (a key of the entry's summary), None when it has none."""
+    return _mean(entry.summary.get(metric))
 
 
-def _pm(entry: Mapping[str, Any], key: str, part: str = "summary", digits: int = 3) -> str:
-    s = entry[part].get(key) or {}
-    if not _is_num(s.get("mean")):
+def metric_std(entry: LeaderboardEntry, metric: str) -> float:
+    """The std over seeds of ``metric``; 0.0 when it has none."""
+    s = entry.summary.get(metric)
+    return (s.std if s is not None else None) or 0.0
+
+
+def _mean(s: MeanStd | None) -> float | None:
+    v = None if s is None else s.mean
+    return float(v) if v is not None and is_num(v) else None
+
+
+def _pm(s: MeanStd | None, digits: int = 3) -> str:
+    if s is None or s.mean is None or not is_num(s.mean):
         return "n/a"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if _is_num(s.get("std")) else f"{s['mean']:.{digits}f}"
+    return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}" if is_num(s.std) else f"{s.mean:.{digits}f}"
 
 
-def _has_general(entries: Sequence[Mapping[str, Any]]) -> bool:
-    return any(_mean(e, "general_retention") is not None for e in entries)
+def _has_general(entries: Sequence[LeaderboardEntry]) -> bool:
+    return any(metric_mean(e, "general_retention") is not None for e in entries)
 
 
-Column = tuple[str, str, str, Callable[[Mapping[str, Any]], str], Callable[[Mapping[str, Any]], Any]]
+Column = tuple[str, str, str, Callable[[LeaderboardEntry], str], Callable[[LeaderboardEntry], Any]]
 
 
-def _columns(entries: Sequence[Mapping[str, Any]]) -> list[Column]:
+def _metric_column(key: str, metric: str) -> Column:
+    return (key, metric_label(metric), "num", lambda e: _pm(e.summary.get(metric)),
+            lambda e: metric_mean(e, metric))
+
+
+def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
     """(key, header, type, text(entry), sort value(entry)) for the board's columns."""
-    cols: list[Column] = [
-        ("method", "Method", "text", lambda e: e["method"], lambda e: e["method"]),
-        ("acc", metric_label("acc"), "num", lambda e: _pm(e, "acc"), lambda e: _mean(e, "acc")),
-        ("bwt", metric_label("bwt"), "num", lambda e: _pm(e, "bwt"), lambda e: _mean(e, "bwt")),
-        ("forgetting", metric_label("forgetting"), "num", lambda e: _pm(e, "forgetting"), lambda e: _mean(e, "forgetting")),
-        ("plasticity", metric_label("plasticity"), "num", lambda e: _pm(e, "plasticity"), lambda e: _mean(e, "plasticity")),
-    ]
+    cols: list[Column] = [("method", "Method", "text", lambda e: e.method, lambda e: e.method)]
+    cols += [_metric_column(m, m) for m in ("acc", "bwt", "forgetting", "plasticity")]
     if _has_general(entries):
-        cols.append(("general", metric_label("general_retention"), "num", lambda e: _pm(e, "general_retention"),
-                     lambda e: _mean(e, "general_retention")))
+        cols.append(_metric_column("general", "general_retention"))
     cols += [
-        ("time", "Train time (s)", "num", lambda e: _pm(e, "train_time_s", "cost", 1),
-         lambda e: _mean(e, "train_time_s", "cost")),
-        ("trials", "Trials", "num", lambda e: f"{e['budget']['trials_used']}/{e['budget']['n_trials']}",
-         lambda e: e["budget"]["trials_used"]),
-        ("seeds", "Seeds", "num", lambda e: ", ".join(str(s) for s in e["seeds"]), lambda e: len(e["seeds"])),
+        ("time", "Train time (s)", "num", lambda e: _pm(e.cost.train_time_s, 1),
+         lambda e: _mean(e.cost.train_time_s)),
+        ("trials", "Trials", "num", lambda e: f"{e.budget.trials_used}/{e.budget.n_trials}",
+         lambda e: e.budget.trials_used),
+        ("seeds", "Seeds", "num", lambda e: ", ".join(str(s) for s in e.seeds), lambda e: len(e.seeds)),
     ]
     return cols
 

@@ -1,35 +1,13 @@
-"""Owns the leaderboard entry: its schema, building it from a finished protocol run, canonical JSON.
+"""Owns building a leaderboard entry from a finished protocol run, and where entry files lie.
 
-An entry is ``leaderboards/<track>/<method>.json``: one method's score under a track's fixed
-tuning protocol (``clbench.tuning.PROTOCOLS``), machine-written by ``clbench submit`` from a
-finished protocol run.
-
-Entry (``schema_version`` 1, ``kind`` ``clbench-leaderboard-entry``)::
-
-    {"schema_version", "kind", "track", "method",
-     "protocol": {"name", "version"},
-     "hyperparameters": {param: value},                 # H*, chosen in phase 1
-     "config": {dotted key: value},                     # protocol's fixed settings + H*
-     "search_space": {param: {...}},
-     "budget": {"n_trials", "trials_used", "sampler", "sampler_seed", "objective",
-                "objective_split", "tuning_seeds", "trials_failed", "tuning_train_time_s"},
-     "tuning": {"scenario", "version", "content_hash", "options", "best_value"},
-     "evaluation": {"scenario", "version", "content_hash", "options"},
-     "seeds": [int],
-     "runs": [{"seed", "R", "R_pretrain", "metrics", "general", "cost"}],  # one per seed
-     "summary": {metric: {"mean", "std", "n"}},         # over seeds; population std
-     "cost": {counter: {"mean", "std", "n"}},           # train/wall time, samples, steps
-     "env": {"git_commit", "packages", "hardware", "python"},
-     "mlflow": {...} | null, "created_at": ISO-8601,
-     "content_hash": sha256 of the canonical JSON of everything else}
-
-Canonical JSON: sorted keys, ``(",", ":")`` separators, UTF-8, no NaN (non-finite numbers are
-stored as ``null``).
+``clbench submit`` reads ``protocol.json`` (:class:`~clbench.protocol_records.ProtocolRecord`)
+and each evaluation run's ``results.json`` (:class:`~clbench.records.RunRecord`), checks they
+agree, and builds the typed entry (:class:`~clbench.leaderboard.record.LeaderboardEntry`, whose
+module owns the entry's schema, canonical JSON and content hash).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -39,16 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from clbench.errors import ClbenchError
+from clbench.leaderboard.record import (
+    COST_KEYS,
+    SUMMARY_COST,
+    CostSummary,
+    EntryBudget,
+    EntryEnv,
+    EntryGeneral,
+    EntryMlflow,
+    EntryProtocol,
+    EntryRun,
+    EntryRunCost,
+    EntryScenario,
+    EntryTuning,
+    LeaderboardEntry,
+    MeanStd,
+    is_num,
+)
 from clbench.protocol_records import ProtocolRecord
-from clbench.records import RunRecord, as_json
+from clbench.records import RunRecord
 
-ENTRY_SCHEMA_VERSION = 1
-ENTRY_KIND = "clbench-leaderboard-entry"
 RUN_METRICS = ("acc", "bwt", "forgetting", "plasticity", "avg_inc_acc")
-COST_KEYS = ("train_time_s", "wall_time_s", "train_samples", "optimizer_steps", "train_samples_per_s",
-             "peak_rss_mb", "peak_cuda_mb", "trainable_params", "total_params")
-SUMMARY_COST = ("train_time_s", "wall_time_s", "train_samples", "optimizer_steps")
-_NUM = (int, float)
 #: JSON files a track folder holds beside its entries (the track's health check record)
 NOT_ENTRIES = frozenset({"health.json"})
 
@@ -58,12 +47,18 @@ def entry_files(folder: Path, recursive: bool = False) -> list[Path]:
     found = folder.rglob("*.json") if recursive else folder.glob("*.json")
     return sorted(f for f in found if not f.name.startswith(".") and f.name not in NOT_ENTRIES)
 
+
+def entry_filename(method: str) -> str:
+    """``<method>.json`` with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", method).lstrip(".")[:120] or "_"
+    return stem + ".json"
+
 # ---------------------------------------------------------------------------------------------
 # building an entry
 
 
-def entry_from_protocol(protocol_dir: str | Path) -> dict[str, Any]:
-    """The leaderboard entry of a finished protocol run.
+def entry_from_protocol(protocol_dir: str | Path) -> LeaderboardEntry:
+    """The leaderboard entry of a finished protocol run, with its content hash.
 
     Args:
         protocol_dir: folder holding ``protocol.json``; its ``evaluation.run_dirs`` (absolute,
@@ -80,80 +75,91 @@ def entry_from_protocol(protocol_dir: str | Path) -> dict[str, Any]:
         _check_protocol(proto)
         runs = [_read_run(_find_run(pdir, rd or "") / "results.json") for rd in proto.evaluation.run_dirs]
         _check_runs(proto, runs)
-        entry = _build_entry(proto, runs)
+        return _build_entry(proto, runs).with_hash()
     except (KeyError, TypeError, IndexError) as exc:
         raise ClbenchError(f"{pdir / 'protocol.json'} or its results.json lack a field: {exc!r}") from exc
-    entry["content_hash"] = content_hash(entry)
-    return entry
+    except ValueError as exc:  # a non-finite number where the entry needs one (no canonical JSON)
+        raise ClbenchError(f"{pdir / 'protocol.json'} or its results.json: {exc}") from exc
 
 
-def _build_entry(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> dict[str, Any]:
+def _build_entry(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> LeaderboardEntry:
     p, tun, ev = proto.protocol, proto.tuning, proto.evaluation
-    best = dict(proto.best_params)
-    per_run = [_run_record(r) for r in runs]
-    env = dict(proto.env)
-    first = runs[0].env
-    hardware = {**{k: first.get(k) for k in ("device", "device_name", "platform", "world_size")},
+    best = _plain(proto.best_params)
+    return LeaderboardEntry(
+        track=proto.track, method=proto.method,
+        protocol=EntryProtocol(name=p.name, version=str(p.version)),
+        hyperparameters=best, config=_plain({**proto.fixed, **best}),
+        search_space=_plain(proto.search_space),
+        budget=EntryBudget(
+            n_trials=p.n_trials, trials_used=max(tun.trials_used, len(tun.trials)),
+            sampler=p.sampler, sampler_seed=p.sampler_seed, objective=p.objective,
+            objective_split=p.objective_split, tuning_seeds=list(p.tuning_seeds),
+            trials_failed=sum(t.state == "FAIL" for t in tun.trials),
+            tuning_train_time_s=sum((float(t.train_time_s or 0.0) for t in tun.trials), 0.0)),
+        tuning=EntryTuning(scenario=tun.scenario, version=_str(tun.scenario_version, "tuning.scenario_version"),
+                           content_hash=_str(tun.scenario_hash, "tuning.scenario_hash"),
+                           options=_plain(tun.scenario_options), best_value=_finite(proto.best_value)),
+        evaluation=EntryScenario(scenario=ev.scenario, version=_str(ev.scenario_version, "evaluation.scenario_version"),
+                                 content_hash=_str(ev.scenario_hash, "evaluation.scenario_hash"),
+                                 options=_plain(ev.scenario_options)),
+        seeds=list(ev.seeds), runs=[_run_record(r) for r in runs],
+        summary=summarize_metrics([r.metrics for r in runs]),
+        cost=CostSummary(**{k: mean_std([getattr(r.cost, k) for r in runs]) for k in SUMMARY_COST}),
+        env=_env(proto, runs[0]),
+        mlflow=EntryMlflow(parent_run_id=proto.mlflow.parent_run_id, tracking_uri=proto.mlflow.tracking_uri),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), content_hash="")
+
+
+def _env(proto: ProtocolRecord, first: RunRecord) -> EntryEnv:
+    """The protocol's environment, completed from the first evaluation run's."""
+    env, run_env = proto.env, first.env
+    hardware = {**{k: run_env.get(k) for k in ("device", "device_name", "platform", "world_size")},
                 **(env.get("hardware") or {})}
-    entry = {
-        "schema_version": ENTRY_SCHEMA_VERSION, "kind": ENTRY_KIND,
-        "track": proto.track, "method": proto.method,
-        "protocol": {"name": p.name, "version": _str(p.version)},
-        "hyperparameters": best, "config": {**proto.fixed, **best},
-        "search_space": proto.search_space,
-        "budget": {"n_trials": p.n_trials,
-                   "trials_used": max(tun.trials_used, len(tun.trials)),
-                   "sampler": p.sampler, "sampler_seed": p.sampler_seed,
-                   "objective": p.objective, "objective_split": p.objective_split,
-                   "tuning_seeds": list(p.tuning_seeds),
-                   "trials_failed": sum(t.state == "FAIL" for t in tun.trials),
-                   "tuning_train_time_s": sum(float(t.train_time_s or 0.0) for t in tun.trials)},
-        "tuning": {"scenario": tun.scenario, "version": _str(tun.scenario_version),
-                   "content_hash": tun.scenario_hash, "options": tun.scenario_options,
-                   "best_value": proto.best_value},
-        "evaluation": {"scenario": ev.scenario, "version": _str(ev.scenario_version),
-                       "content_hash": ev.scenario_hash, "options": ev.scenario_options},
-        "seeds": list(ev.seeds), "runs": per_run,
-        "summary": summarize_metrics([r.metrics for r in runs]),
-        "cost": {k: _mean_std([getattr(r.cost, k) for r in runs]) for k in SUMMARY_COST},
-        "env": {"git_commit": env.get("git_commit") or first.get("git_commit"),
-                "packages": env.get("packages") or first.get("packages", {}),
-                "hardware": hardware, "python": env.get("python") or first.get("python")},
-        "mlflow": as_json(proto.mlflow),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    return dict(_plain(entry))
+    return EntryEnv(git_commit=env.get("git_commit") or run_env.get("git_commit"),
+                    packages=_plain(env.get("packages") or run_env.get("packages", {})),
+                    hardware=_plain(hardware), python=env.get("python") or run_env.get("python"))
 
 
-def _str(v: Any) -> str | None:
-    return None if v is None else str(v)
+def _str(v: Any, name: str) -> str:
+    if v is None:
+        raise ClbenchError(f"protocol.json records no {name}")
+    return str(v)
 
 
-def _run_record(r: RunRecord) -> dict[str, Any]:
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _run_record(r: RunRecord) -> EntryRun:
     """An entry's ``runs`` item: the parts of one evaluation run's record that a board shows."""
-    return {"seed": r.seeds.seed, "R": r.R, "R_pretrain": r.R_pretrain,
-            "metrics": dict(r.metrics),
-            "general": as_json(r.general) if r.general.before else None,
-            "cost": {k: getattr(r.cost, k) for k in COST_KEYS}}  # CostRecord fields, always present
+    g = r.general
+    general = EntryGeneral(before=_finite_map(g.before), after=[_finite_map(a) for a in g.after]) if g.before else None
+    return EntryRun(seed=r.seeds.seed, R=r.R, R_pretrain=r.R_pretrain, metrics=_finite_map(r.metrics),
+                    general=general, cost=EntryRunCost(**{k: getattr(r.cost, k) for k in COST_KEYS}))
 
 
-def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _finite_map(d: Mapping[str, float] | None) -> dict[str, float | None]:
+    return {str(k): _finite(v) for k, v in (d or {}).items()}
+
+
+def summarize_runs(runs: Sequence[EntryRun]) -> dict[str, MeanStd]:
     """Mean, population std and count over seeds of every metric an entry's ``runs`` report."""
-    return summarize_metrics([r["metrics"] for r in runs])
+    return summarize_metrics([r.metrics for r in runs])
 
 
-def summarize_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def summarize_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, MeanStd]:
     """Mean, population std and count over seeds of every metric in ``metrics`` (one per seed)."""
     keys = sorted({k for m in metrics for k in m})
-    return {k: _mean_std([m.get(k) for m in metrics]) for k in keys}
+    return {k: mean_std([m.get(k) for m in metrics]) for k in keys}
 
 
-def _mean_std(values: Iterable[Any]) -> dict[str, Any]:
-    xs = [float(v) for v in values if _is_num(v) and math.isfinite(v)]
+def mean_std(values: Iterable[Any]) -> MeanStd:
+    """Mean and population std of the finite numbers in ``values`` (None, None, 0 when none)."""
+    xs = [float(v) for v in values if is_num(v)]
     if not xs:
-        return {"mean": None, "std": None, "n": 0}
+        return MeanStd(mean=None, std=None, n=0)
     mean = sum(xs) / len(xs)
-    return {"mean": mean, "std": math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)), "n": len(xs)}
+    return MeanStd(mean=mean, std=math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)), n=len(xs))
 
 
 def _check_protocol(proto: ProtocolRecord) -> None:
@@ -239,36 +245,3 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def content_hash(entry: Mapping[str, Any]) -> str:
-    """sha256 (hex) over the canonical JSON of ``entry`` without its ``content_hash`` field."""
-    return hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "content_hash"})).hexdigest()
-
-
-def entry_filename(method: str) -> str:
-    """``<method>.json`` with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", method).lstrip(".")[:120] or "_"
-    return stem + ".json"
-
-
-# ---------------------------------------------------------------------------------------------
-# number checks (shared with validation and rendering)
-
-
-def _typed(v: Any, want: type | tuple[type, ...]) -> bool:
-    wants = want if isinstance(want, tuple) else (want,)
-    if isinstance(v, bool):
-        return bool in wants
-    if isinstance(v, float) and not math.isfinite(v):
-        return False
-    return isinstance(v, wants)
-
-
-def _is_num(v: Any) -> bool:
-    return _typed(v, _NUM)

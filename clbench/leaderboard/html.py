@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
+from clbench.jsonrecords import as_json
 from clbench.leaderboard.columns import _columns, _has_general, _protocol_line
 from clbench.leaderboard.plots import _e, heatmap_svg, retention_svg, scatter_svg
+from clbench.leaderboard.record import LeaderboardEntry
 from clbench.tuning import Protocol
 
 _STATIC = files("clbench.leaderboard") / "static"
@@ -23,7 +25,7 @@ _CSS = (_STATIC / "board.css").read_text(encoding="utf-8")
 _JS = (_STATIC / "board.js").read_text(encoding="utf-8")
 
 
-def render_html(track: str, proto: Protocol | None, valid: Sequence[Mapping[str, Any]],
+def render_html(track: str, proto: Protocol | None, valid: Sequence[LeaderboardEntry],
                 rejected: Sequence[tuple[str, list[str]]], health: Mapping[str, Any] | None = None) -> str:
     """The self-contained page of one track (CSP forbids network and foreign scripts)."""
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
@@ -47,7 +49,7 @@ def render_html(track: str, proto: Protocol | None, valid: Sequence[Mapping[str,
         if _has_general(valid):
             parts.append(_figure(retention_svg(valid), "General-capability retention (after / before)"))
         parts.append("</div><h2>Accuracy matrices R (mean over seeds)</h2><div class=\"plots\">")
-        parts += [_figure(heatmap_svg(e), e["method"]) for e in valid]
+        parts += [_figure(heatmap_svg(e), e.method) for e in valid]
         parts += ["</div>", "<h2>Entry details</h2>", *(_details(e) for e in valid)]
     if rejected:
         parts.append('<h2>Rejected entries (not ranked)</h2><ul class="rejected">')
@@ -78,7 +80,7 @@ def _num(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, int | float) and not isinstance(v, bool) else _e(v)
 
 
-def _html_table(valid: Sequence[Mapping[str, Any]]) -> str:
+def _html_table(valid: Sequence[LeaderboardEntry]) -> str:
     cols = _columns(valid)
     head = '<th data-key="rank" data-type="num">#</th>' + "".join(
         f'<th data-key="{k}" data-type="{t}" scope="col"{_ACC_SORTED if k == "acc" else ""}>'
@@ -90,19 +92,19 @@ def _html_table(valid: Sequence[Mapping[str, Any]]) -> str:
             v = sort(e)
             dv = "" if v is None else (repr(float(v)) if t == "num" else str(v))
             cells.append(f'<td data-v="{_e(dv)}">{_e(text(e))}</td>')
-        rows.append(f'<tr data-method="{_e(e["method"])}">{"".join(cells)}</tr>')
+        rows.append(f'<tr data-method="{_e(e.method)}">{"".join(cells)}</tr>')
     return (f'<div class="scroll"><table id="board"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _details(e: Mapping[str, Any]) -> str:
-    env = e["env"]
-    info = {"hyperparameters": e["hyperparameters"], "config": e["config"], "budget": e["budget"],
-            "tuning": e["tuning"], "evaluation": e["evaluation"], "cost": e["cost"],
-            "git_commit": env["git_commit"], "hardware": env["hardware"], "python": env["python"],
-            "packages": env["packages"], "created_at": e["created_at"], "content_hash": e["content_hash"]}
-    return (f"<details><summary>{_e(e['method'])}</summary>"
-            f"<pre>{_e(json.dumps(info, indent=2, ensure_ascii=False))}</pre></details>")
+def _details(e: LeaderboardEntry) -> str:
+    env = e.env
+    info = {"hyperparameters": e.hyperparameters, "config": e.config, "budget": e.budget,
+            "tuning": e.tuning, "evaluation": e.evaluation, "cost": e.cost,
+            "git_commit": env.git_commit, "hardware": env.hardware, "python": env.python,
+            "packages": env.packages, "created_at": e.created_at, "content_hash": e.content_hash}
+    return (f"<details><summary>{_e(e.method)}</summary>"
+            f"<pre>{_e(json.dumps(as_json(info), indent=2, ensure_ascii=False))}</pre></details>")
 
 
 def _figure(svg: str, caption: str) -> str:

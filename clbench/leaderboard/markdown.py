@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clbench.leaderboard.columns import _columns, _protocol_line
+from clbench.leaderboard.record import LeaderboardEntry
 from clbench.tuning import Protocol
 
 MARK_START, MARK_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
@@ -22,7 +23,7 @@ def _md_cell(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
 
 
-def _readme(track: str, proto: Protocol | None, valid: Sequence[Mapping[str, Any]],
+def _readme(track: str, proto: Protocol | None, valid: Sequence[LeaderboardEntry],
             rejected: Sequence[tuple[str, list[str]]], old: str | None,
             health: Mapping[str, Any] | None = None) -> str:
     cols = _columns(valid)

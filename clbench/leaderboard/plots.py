@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from clbench.leaderboard.columns import _mean
+from clbench.leaderboard.columns import metric_mean, metric_std
+from clbench.leaderboard.record import LeaderboardEntry
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
             "#bcbd22", "#7f7f7f")
@@ -21,16 +22,16 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _color(entries: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]) -> str:
+def _color(entries: Sequence[LeaderboardEntry], entry: LeaderboardEntry) -> str:
     """One colour per method, the same in every plot (by rank)."""
     return _PALETTE[list(entries).index(entry) % len(_PALETTE)]
 
 
-def _points(entries: Sequence[Mapping[str, Any]], *keys: str) -> list[tuple[Mapping[str, Any], list[float]]]:
+def _points(entries: Sequence[LeaderboardEntry], *keys: str) -> list[tuple[LeaderboardEntry, list[float]]]:
     """(entry, [mean of each key]) for the entries that have every key."""
     out = []
     for e in entries:
-        vals = [_mean(e, k) for k in keys]
+        vals = [metric_mean(e, k) for k in keys]
         if all(v is not None for v in vals):
             out.append((e, [float(v or 0.0) for v in vals]))
     return out
@@ -74,7 +75,7 @@ def _place_labels(points: Sequence[tuple[float, float, str]], w: float, h: float
     return out
 
 
-def scatter_svg(entries: Sequence[Mapping[str, Any]], w: int = 460, h: int = 340) -> str:
+def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340) -> str:
     """ACC (y) vs forgetting (x), one labelled point per method with ± std whiskers."""
     pts = [(e, x, y) for e, (x, y) in _points(entries, "forgetting", "acc")]
     ml, mr, mt, mb = 52, 16, 14, 44
@@ -102,26 +103,26 @@ def scatter_svg(entries: Sequence[Mapping[str, Any]], w: int = 460, h: int = 340
                f"Forgetting (lower is better)</text>"
                f'<text transform="translate(14 {(mt + h - mb) / 2}) rotate(-90)" font-size="12" '
                f'text-anchor="middle">ACC (higher is better)</text>')
-    labels = _place_labels([(px(x), py(y), _short(e["method"], 26)) for e, x, y in pts], w, h)
+    labels = _place_labels([(px(x), py(y), _short(e.method, 26)) for e, x, y in pts], w, h)
     for (e, x, y), (lx, ly, anchor) in zip(pts, labels, strict=True):
-        sx, sy = e["summary"]["forgetting"].get("std") or 0.0, e["summary"]["acc"].get("std") or 0.0
+        sx, sy = metric_std(e, "forgetting"), metric_std(e, "acc")
         c, cx, cy = _color(entries, e), px(x), py(y)
         lead = (f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{lx:.1f}" y2="{ly - 4:.1f}" stroke="{c}" '
                 f'stroke-width="0.6"/>' if abs(ly - cy) > 12 else "")
-        out.append(f'<g class="point" data-method="{_e(e["method"])}"><title>{_e(e["method"])}: ACC '
+        out.append(f'<g class="point" data-method="{_e(e.method)}"><title>{_e(e.method)}: ACC '
                    f"{y:.3f}, forgetting {x:.3f}</title>{lead}"
                    f'<line x1="{px(x - sx):.1f}" x2="{px(x + sx):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" stroke="{c}"/>'
                    f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{py(y - sy):.1f}" y2="{py(y + sy):.1f}" stroke="{c}"/>'
                    f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"/>'
                    f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="12" fill="{c}" text-anchor="{anchor}">'
-                   f'{_e(_short(e["method"], 26))}</text></g>')
+                   f'{_e(_short(e.method, 26))}</text></g>')
     out.append("</svg>")
     return "".join(out)
 
 
-def mean_matrix(entry: Mapping[str, Any]) -> list[list[float]]:
+def mean_matrix(entry: LeaderboardEntry) -> list[list[float]]:
     """Element-wise mean of R over the entry's seeds."""
-    Rs = [r["R"] for r in entry["runs"]]
+    Rs = [r.R for r in entry.runs]
     T = len(Rs[0])
     return [[sum(R[i][j] for R in Rs) / len(Rs) for j in range(T)] for i in range(T)]
 
@@ -133,13 +134,13 @@ def _heat(v: float) -> str:
     return f"rgb({r},{g},{b})"
 
 
-def heatmap_svg(entry: Mapping[str, Any], cell: int = 34) -> str:
+def heatmap_svg(entry: LeaderboardEntry, cell: int = 34) -> str:
     """Mean R as a heatmap: rows = trained through experience i, columns = tested on j."""
     R = mean_matrix(entry)
     T, ml, mt = len(R), 40, 34
     cell = max(12, min(cell, 340 // max(T, 1)))
     w, h = ml + T * cell + 8, mt + T * cell + 8
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" data-method="{_e(entry["method"])}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" data-method="{_e(entry.method)}" '
            f'width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="R heatmap">',
            f'<text x="{ml}" y="12" font-size="11">tested on →</text>',
            f'<text transform="translate(11 {mt + T * cell / 2}) rotate(-90)" font-size="11" '
@@ -159,12 +160,12 @@ def heatmap_svg(entry: Mapping[str, Any], cell: int = 34) -> str:
     return "".join(out)
 
 
-def retention_svg(entries: Sequence[Mapping[str, Any]], w: int = 460) -> str:
+def retention_svg(entries: Sequence[LeaderboardEntry], w: int = 460) -> str:
     """Horizontal bars of general-capability retention (1.0 = nothing lost), ± std."""
     rows = [(e, v) for e, (v,) in _points(entries, "general_retention")]
     ml, mr, bar, gap, mt = 150, 60, 20, 8, 10
     h = mt + len(rows) * (bar + gap) + 30
-    top = max(1.2, *(v + (e["summary"]["general_retention"].get("std") or 0) for e, v in rows))
+    top = max(1.2, *(v + metric_std(e, "general_retention") for e, v in rows))
 
     def px(v: float) -> float:
         return ml + v / top * (w - ml - mr)
@@ -172,9 +173,9 @@ def retention_svg(entries: Sequence[Mapping[str, Any]], w: int = 460) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="plot-retention" width="{w}" height="{h}" '
            f'viewBox="0 0 {w} {h}" role="img" aria-label="general-capability retention">']
     for k, (e, v) in enumerate(rows):
-        y, sd = mt + k * (bar + gap), e["summary"]["general_retention"].get("std") or 0.0
-        out.append(f'<g class="bar" data-method="{_e(e["method"])}"><title>{_e(e["method"])}: {v:.3f}</title>'
-                   f'<text x="{ml - 6}" y="{y + bar / 2 + 4}" font-size="12" text-anchor="end">{_e(_short(e["method"], 19))}</text>'
+        y, sd = mt + k * (bar + gap), metric_std(e, "general_retention")
+        out.append(f'<g class="bar" data-method="{_e(e.method)}"><title>{_e(e.method)}: {v:.3f}</title>'
+                   f'<text x="{ml - 6}" y="{y + bar / 2 + 4}" font-size="12" text-anchor="end">{_e(_short(e.method, 19))}</text>'
                    f'<rect x="{ml}" y="{y}" width="{max(px(v) - ml, 0):.1f}" height="{bar}" fill="{_color(entries, e)}"/>'
                    f'<line x1="{px(v - sd):.1f}" x2="{px(v + sd):.1f}" y1="{y + bar / 2}" y2="{y + bar / 2}" stroke="#222"/>'
                    f'<text x="{px(v + sd) + 4:.1f}" y="{y + bar / 2 + 4}" font-size="11">{v:.3f}</text></g>')

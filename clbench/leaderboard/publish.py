@@ -17,6 +17,7 @@ from clbench.leaderboard.columns import _rank_key
 from clbench.leaderboard.entry import entry_filename, entry_files, entry_from_protocol
 from clbench.leaderboard.html import render_html
 from clbench.leaderboard.markdown import _readme
+from clbench.leaderboard.record import LeaderboardEntry
 from clbench.leaderboard.validate import validate_entry, validate_file
 from clbench.tuning import PROTOCOLS, Protocol
 
@@ -32,8 +33,8 @@ def submit(protocol_dir: str | Path, leaderboards_dir: str | Path = "leaderboard
     reasons = validate_entry(entry, scenario_versions=scenario_versions)
     if reasons:
         raise ClbenchError(f"entry from {protocol_dir} rejected: " + "; ".join(reasons))
-    path = Path(leaderboards_dir) / entry["track"] / entry_filename(entry["method"])
-    _atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    path = Path(leaderboards_dir) / entry.track / entry_filename(entry.method)
+    _atomic_write(path, json.dumps(entry.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path
 
 
@@ -59,13 +60,14 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
     for track_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         if track_dir.is_symlink() or track_dir.resolve().parent != inside:
             continue  # never write through a link that leads out of the leaderboards folder
-        valid, rejected = [], []
+        valid: list[LeaderboardEntry] = []
+        rejected: list[tuple[str, list[str]]] = []
         health = health_record(track_dir)
         if not entry_files(track_dir) and health is None:
             continue  # a declared track with neither entries nor a health check has no board yet
         for f in entry_files(track_dir):
             entry, reasons = validate_file(f, protocols, scenario_versions=scenario_versions)
-            if reasons:
+            if reasons or entry is None:
                 rejected.append((f.name, reasons))
             else:
                 valid.append(entry)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from clbench.config import TrainerConfig, build_dataclass
+from clbench.config import TrainerConfig
 from clbench.errors import ConfigError
+from clbench.options import build_dataclass
 from clbench.runner import run
 from clbench.testing import tiny_config, tiny_stream
 from methods.classp import CLASSP, CLASSPConfig, CLASSPOptimizer

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.config import build_dataclass
 from clbench.errors import ConfigError
+from clbench.options import build_dataclass
 from clbench.streams import Batch
 from clbench.testing import tiny_stream
 from methods.ewc import EWC, EWCConfig

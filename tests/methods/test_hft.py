@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from clbench.config import TrainerConfig, build_dataclass
+from clbench.config import TrainerConfig
 from clbench.errors import ConfigError
 from clbench.models import MLP, MLPConfig
+from clbench.options import build_dataclass
 from clbench.protocol import Method
 from clbench.runner import run
 from clbench.streams import Experience

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from clbench.config import build_dataclass
 from clbench.errors import ConfigError
+from clbench.options import build_dataclass
 from clbench.streams import Batch, Experience, Split
 from clbench.testing import tiny_stream
 from clbench.trainer import mask_to_classes

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from clbench.config import build_dataclass
 from clbench.errors import ConfigError
+from clbench.options import build_dataclass
 from clbench.runner import run
 from clbench.streams import Experience, Split, StreamInfo
 from clbench.testing import tiny_vit_config

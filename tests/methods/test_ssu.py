@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from clbench.config import TrainerConfig, build_dataclass
+from clbench.config import TrainerConfig
 from clbench.errors import ConfigError, IncompatibleError
 from clbench.models import build_model
+from clbench.options import build_dataclass
 from clbench.runner import run
 from clbench.streams import Split
 from clbench.testing import tiny_config, tiny_stream, tiny_vit_config

@@ -1,0 +1,233 @@
+"""Owns the typed leaderboard entry: dataclasses, (de)serialisation, canonical JSON, content hash
+and the published JSON Schema (``docs/leaderboard-entry.schema.json``, written by
+``python -m clbench.leaderboard > docs/leaderboard-entry.schema.json``).
+
+An entry is ``leaderboards/<track>/<method>.json``: one method's score under a track's fixed
+tuning protocol, written by ``clbench submit`` (:mod:`clbench.leaderboard.entry`). It is a
+:class:`LeaderboardEntry`; ``to_json`` gives the file's dict (``schema_version`` and ``kind``
+first), ``from_json`` reads one back and names the path of any missing, unknown or mistyped field.
+
+Entry (``schema_version`` 1, ``kind`` ``clbench-leaderboard-entry``)::
+
+    {"schema_version", "kind", "track", "method",
+     "protocol": {"name", "version"},
+     "hyperparameters": {param: value},                 # H*, chosen in phase 1
+     "config": {dotted key: value},                     # protocol's fixed settings + H*
+     "search_space": {param: {...}},
+     "budget": {"n_trials", "trials_used", "sampler", "sampler_seed", "objective",
+                "objective_split", "tuning_seeds", "trials_failed", "tuning_train_time_s"},
+     "tuning": {"scenario", "version", "content_hash", "options", "best_value"},
+     "evaluation": {"scenario", "version", "content_hash", "options"},
+     "seeds": [int],
+     "runs": [{"seed", "R", "R_pretrain", "metrics", "general", "cost"}],  # one per seed
+     "summary": {metric: {"mean", "std", "n"}},         # over seeds; population std
+     "cost": {counter: {"mean", "std", "n"}},           # train/wall time, samples, steps
+     "env": {"git_commit", "packages", "hardware", "python"},
+     "mlflow": {"parent_run_id", "tracking_uri"} | null, "created_at": ISO-8601,
+     "content_hash": sha256 of the canonical JSON of everything else}
+
+Canonical JSON: sorted keys, ``(",", ":")`` separators, UTF-8, no NaN (non-finite numbers are
+stored as ``null``). The hash covers the dict as read from the file; ``to_json(from_json(d))``
+gives ``d`` back for every entry ``clbench submit`` writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clbench.errors import ClbenchError
+from clbench.jsonrecords import as_json, dataclass_schema, decode
+
+ENTRY_SCHEMA_VERSION = 1
+ENTRY_KIND = "clbench-leaderboard-entry"
+
+
+@dataclass(frozen=True)
+class EntryProtocol:
+    """The tuning protocol the entry was produced under: its name and version."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class EntryBudget:
+    """What phase 1 spent: declared and used trials, sampler, objective and the split it used."""
+
+    n_trials: int
+    trials_used: int
+    sampler: str
+    sampler_seed: int
+    objective: str
+    objective_split: str
+    tuning_seeds: list[int]
+    trials_failed: int
+    tuning_train_time_s: float
+
+
+@dataclass(frozen=True)
+class EntryScenario:
+    """A phase's scenario: registry name, VERSION, content hash and options."""
+
+    scenario: str
+    version: str
+    content_hash: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EntryTuning(EntryScenario):
+    """The tuning scenario (phase 1) and the best validation objective reached on it."""
+
+    best_value: float | None
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean, population std and count over seeds (mean and std null when no seed has a number)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class EntryGeneral:
+    """General-capability scores of one run: before the stream and after each experience."""
+
+    before: dict[str, float | None]
+    after: list[dict[str, float | None]]
+
+
+@dataclass(frozen=True)
+class EntryRunCost:
+    """What one evaluation run cost (a subset of the run record's cost)."""
+
+    train_time_s: float
+    wall_time_s: float
+    train_samples: int
+    optimizer_steps: int
+    train_samples_per_s: float
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+    trainable_params: int
+    total_params: int
+
+
+@dataclass(frozen=True)
+class EntryRun:
+    """One evaluation seed: its accuracy matrix R, pre-training row, metrics, general scores, cost."""
+
+    seed: int
+    R: list[list[float]]
+    R_pretrain: list[float] | None
+    metrics: dict[str, float | None]
+    general: EntryGeneral | None
+    cost: EntryRunCost
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    """Cost counters over seeds: training and wall time, samples, optimizer steps."""
+
+    train_time_s: MeanStd
+    wall_time_s: MeanStd
+    train_samples: MeanStd
+    optimizer_steps: MeanStd
+
+
+@dataclass(frozen=True)
+class EntryEnv:
+    """Where the entry was produced: git commit, package versions, hardware, Python."""
+
+    git_commit: str | None
+    packages: dict[str, str | None]
+    hardware: dict[str, Any]
+    python: str | None
+
+
+@dataclass(frozen=True)
+class EntryMlflow:
+    """The protocol's MLflow parent run, where it was tracked."""
+
+    parent_run_id: str | None
+    tracking_uri: str | None
+
+
+@dataclass(frozen=True)
+class LeaderboardEntry:
+    """One method's score under a track's tuning protocol (``leaderboards/<track>/<method>.json``)."""
+
+    track: str
+    method: str
+    protocol: EntryProtocol
+    hyperparameters: dict[str, Any]
+    config: dict[str, Any]
+    search_space: dict[str, Any]
+    budget: EntryBudget
+    tuning: EntryTuning
+    evaluation: EntryScenario
+    seeds: list[int]
+    runs: list[EntryRun]
+    summary: dict[str, MeanStd]
+    cost: CostSummary
+    env: EntryEnv
+    mlflow: EntryMlflow | None
+    created_at: str
+    content_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry file's dict: ``schema_version`` and ``kind`` first."""
+        return {"schema_version": ENTRY_SCHEMA_VERSION, "kind": ENTRY_KIND, **as_json(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "entry") -> LeaderboardEntry:
+        """Read an entry dict; anything but a schema-1 entry raises one ClbenchError naming the path."""
+        if not isinstance(data, Mapping):
+            raise ClbenchError(f"{where} must be a JSON object, got {type(data).__name__}")
+        kind, version = data.get("kind"), data.get("schema_version")
+        if kind != ENTRY_KIND or isinstance(version, bool) or version != ENTRY_SCHEMA_VERSION:
+            raise ClbenchError(f"{where}: kind/schema_version {kind!r}/{version!r}; expected "
+                               f"{ENTRY_KIND!r}/{ENTRY_SCHEMA_VERSION}")
+        body = {k: v for k, v in data.items() if k not in ("schema_version", "kind")}
+        return decode(cls, body, where)  # type: ignore[no-any-return]
+
+    def with_hash(self) -> LeaderboardEntry:
+        """This entry with ``content_hash`` set to the hash of the rest."""
+        return dataclasses.replace(self, content_hash=content_hash(self.to_json()))
+
+
+#: ``runs[].cost`` counters and the counters ``cost`` summarises over seeds
+COST_KEYS = tuple(f.name for f in dataclasses.fields(EntryRunCost))
+SUMMARY_COST = tuple(f.name for f in dataclasses.fields(CostSummary))
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def content_hash(entry: Mapping[str, Any]) -> str:
+    """sha256 (hex) over the canonical JSON of ``entry`` without its ``content_hash`` field."""
+    return hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "content_hash"})).hexdigest()
+
+
+def is_num(v: Any) -> bool:
+    """A finite int or float (not a bool): what an entry may hold where a number is due."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of an entry file, derived from :class:`LeaderboardEntry`."""
+    schema = dataclass_schema(LeaderboardEntry, "clbench leaderboard entry", ENTRY_SCHEMA_VERSION)
+    props = dict(schema["properties"])
+    schema["properties"] = {"schema_version": props.pop("schema_version"), "kind": {"const": ENTRY_KIND}, **props}
+    schema["required"] = ["schema_version", "kind", *schema["required"][1:]]
+    return schema
+
