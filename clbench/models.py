@@ -10,7 +10,12 @@ below (never guessed elsewhere):
 - ``lm_eval_handle() -> (hf_model, tokenizer)``: lm-eval can score it (:func:`lm_eval_handle`);
 - ``embed(x) -> (N, D)``: a pooled embedding for frozen-embedding probes (:func:`embedder`);
 - ``tokenizer_id: str``: the tokenizer its token-id inputs must come from;
-- ``head_parameter_names()`` or a ``head`` module: the output head (``trainer.head_lr``).
+- ``head_parameter_names()`` or a ``head`` module: the output head (``trainer.head_lr``);
+- ``module_roles: ClassVar[dict[str, tuple[str, ...]]]``: role (q, k, v, o, gate, up, down) ->
+  regexes on a linear layer's path inside a transformer block, for layers whose names the
+  default patterns of :mod:`clbench.modules` do not know (methods that select modules by role).
+
+The registry checks each declared capability's kind when the class registers.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
     "down": (r"(^|\.)down_proj$", r"^output\.dense$", r"(^|\.)fc2$", r"(^|\.)w2$"),
 }
 ATTENTION_ROLES = ("q", "k", "v", "o")
+ROLES = tuple(ROLE_PATTERNS)
 FFN_ROLES = ("gate", "up", "down")
 
 
@@ -56,12 +57,38 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return best
 
 
-def block_roles(block: nn.Module) -> dict[str, tuple[str, nn.Linear]]:
-    """Map roles (q, k, v, o, gate, up, down) to the block's linear layers by name pattern."""
+def role_patterns(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The role patterns of ``model``: :data:`ROLE_PATTERNS`, with the model class's declared
+    ``module_roles`` (role -> regexes on the path inside a block) taking precedence."""
+    declared = getattr(type(model), "module_roles", None) or {}
+    return {**ROLE_PATTERNS, **{r: tuple(p) for r, p in declared.items()}}
+
+
+def module_roles_problem(declared: object) -> str | None:
+    """Why a model class's ``module_roles`` declaration is unusable (None when it is fine)."""
+    if not isinstance(declared, dict):
+        return f"module_roles must be a dict of role -> regexes, got {type(declared).__name__}"
+    for role, patterns in declared.items():
+        if role not in ROLE_PATTERNS:
+            return f"module_roles names role {role!r}; valid roles: {', '.join(ROLES)}"
+        if not isinstance(patterns, tuple) or not patterns or not all(isinstance(p, str) for p in patterns):
+            return f"module_roles[{role!r}] must be a non-empty tuple of regex strings, got {patterns!r}"
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                return f"module_roles[{role!r}] has an invalid regex {p!r}: {exc}"
+    return None
+
+
+def block_roles(block: nn.Module, patterns: dict[str, tuple[str, ...]] | None = None,
+                ) -> dict[str, tuple[str, nn.Linear]]:
+    """Map roles (q, k, v, o, gate, up, down) to the block's linear layers by name pattern
+    (``patterns``: :func:`role_patterns` of the model; default :data:`ROLE_PATTERNS`)."""
     out: dict[str, tuple[str, nn.Linear]] = {}
     for name, m in linear_layers(block):
-        for role, patterns in ROLE_PATTERNS.items():
-            if role not in out and any(re.search(p, name) for p in patterns):
+        for role, patterns_ in (patterns or ROLE_PATTERNS).items():
+            if role not in out and any(re.search(p, name) for p in patterns_):
                 out[role] = (name, m)
                 break
     return out

@@ -167,6 +167,23 @@ class RunRecord:
         """The ``results.json`` dict: ``schema_version`` first, ``None`` optionals left out."""
         return {"schema_version": RESULTS_SCHEMA_VERSION, **as_json(self)}
 
+    # ``config`` is the plain RunConfig dict the run resolved (its plug-in options included); the
+    # parts that tables read are named here, so no reader indexes it by string
+    @property
+    def method(self) -> str:
+        """The registered method the run used."""
+        return str(self.config["method"])
+
+    @property
+    def scenario_name(self) -> str:
+        """The registered scenario the run used (``scenario.name`` is the stream's own name)."""
+        return str(self.config["scenario"])
+
+    @property
+    def trainer_settings(self) -> dict[str, Any]:
+        """The run's ``trainer`` section (learning rate, epochs, batch size...)."""
+        return dict(self.config.get("trainer") or {})
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "results.json") -> RunRecord:
         """Read a ``results.json`` dict (any supported schema version)."""

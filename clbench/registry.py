@@ -97,14 +97,24 @@ class Registry(Generic[T]):
 
 
 def _model_problem(cls: Any) -> str | None:
-    """A model plug-in declares its ``family`` (a non-empty string) and a ``Config`` dataclass."""
+    """A model plug-in declares its ``family`` (a non-empty string) and a ``Config`` dataclass;
+    the optional capabilities of :mod:`clbench.models` it declares are of the right kind."""
     import dataclasses
+
+    from clbench.modules import module_roles_problem
 
     family = getattr(cls, "family", None)
     if not isinstance(family, str) or not family:
         return f"declares no family (a non-empty string class attribute), got {family!r}"
     if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
         return "declares no Config dataclass"
+    if not isinstance(getattr(cls, "is_pretrained", False), bool):
+        return f"declares is_pretrained = {cls.is_pretrained!r}; it must be True or False"
+    for name in ("lm_eval_handle", "embed", "head_parameter_names"):
+        if hasattr(cls, name) and not callable(getattr(cls, name)):
+            return f"declares {name} but it is not a method"
+    if hasattr(cls, "module_roles"):
+        return module_roles_problem(cls.module_roles)
     return None
 
 

@@ -40,13 +40,13 @@ def matrix_table(R: Sequence[Sequence[float]], b: Sequence[float] | None = None)
 
 def method_of(r: RunRecord) -> str:
     """The registry name of the run's method (``config.method``)."""
-    return str(r.config["method"])
+    return r.method
 
 
 def scenario_of(r: RunRecord) -> str:
     """The registry name of the run's scenario (``config.scenario``; ``scenario.name`` is the
     stream's own name, which a registered variant may share)."""
-    return str(r.config["scenario"])
+    return r.scenario_name
 
 
 def summary_row(results: RunRecord) -> list[Any]:
@@ -139,7 +139,7 @@ def compare_tables(runs: Sequence[RunRecord], scenarios: Sequence[str], seeds: S
         rows = [[m, *(mean_std([g.metrics.get(k, float("nan")) for g in group]) for k, _ in cols),
                  mechanism_cell(group), mean_std([g.cost.wall_time_s for g in group], 1)]
                 for m, group in ordered]
-        t = rs[0].config["trainer"]  # the run's config is the plain RunConfig dict
+        t = rs[0].trainer_settings
         settings = (f"model {rs[0].model.name}, {t['optimizer']} lr {t['lr']}, {t['epochs']} epochs, "
                     f"batch {t['batch_size']}, seeds {', '.join(map(str, seeds))}")
         out.append(f"**{scenario}** ({rs[0].scenario.type.replace('_', '-')}; {settings})\n\n"

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.modules import block_roles, linear_layers, transformer_blocks
+from clbench.modules import block_roles, linear_layers, role_patterns, transformer_blocks
 
 
 def classifier_head(model: nn.Module, num_classes: int) -> tuple[str, nn.Linear] | None:
@@ -254,9 +254,9 @@ def targets(model: nn.Module, roles: tuple[str, ...], blocks: int = 0,
     found = transformer_blocks(model)
     if not found:
         return [(n, "linear", m) for n, m in linear_layers(model) if not any(m is e for e in exclude)]
-    out = []
+    out, patterns = [], role_patterns(model)
     for name, block in found[: blocks or len(found)]:
-        r = block_roles(block)
+        r = block_roles(block, patterns)
         out += [(f"{name}.{r[role][0]}", role, r[role][1]) for role in roles if role in r]
     return out
 

@@ -410,3 +410,41 @@ def test_registries_refuse_plug_ins_of_the_wrong_kind() -> None:
     with pytest.raises(TypeError, match=r"model 'wrong_kind': declares no family"):
         MODELS.register("wrong_kind")(NoFamily)
     assert "wrong_kind" not in METHODS.names() + SCENARIOS.names() + MODELS.names()
+
+
+def test_models_declared_capabilities_are_checked_at_registration() -> None:
+    config = dataclasses.make_dataclass("C", [])
+
+    def model(**attrs: object) -> type:
+        return type("M", (torch.nn.Module,), {"Config": config, "family": "vision", **attrs})
+
+    cases = [(model(is_pretrained="yes"), "is_pretrained = 'yes'; it must be True or False"),
+             (model(embed=3), "declares embed but it is not a method"),
+             (model(module_roles={"query": (r"wq$",)}), "names role 'query'; valid roles: q, k, v, o"),
+             (model(module_roles={"q": r"wq$"}), r"module_roles\['q'\] must be a non-empty tuple"),
+             (model(module_roles={"q": ("(",)}), r"module_roles\['q'\] has an invalid regex")]
+    for cls, message in cases:
+        with pytest.raises(TypeError, match=message):
+            MODELS.register("bad_capability")(cls)
+    assert "bad_capability" not in MODELS.names()
+
+
+def test_declared_module_roles_let_methods_find_layers_with_unknown_names() -> None:
+    from clbench.modules import block_roles, role_patterns
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wq, self.wk, self.wv, self.wo = (torch.nn.Linear(4, 4) for _ in range(4))
+
+    class Net(torch.nn.Module):
+        module_roles = {"q": (r"wq$",), "k": (r"wk$",), "v": (r"wv$",), "o": (r"wo$",)}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+    net = Net()
+    assert block_roles(net.blocks[0]) == {}  # the default patterns do not know these names
+    roles = block_roles(net.blocks[0], role_patterns(net))
+    assert {r: name for r, (name, _) in roles.items()} == {"q": "wq", "k": "wk", "v": "wv", "o": "wo"}

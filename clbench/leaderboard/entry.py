@@ -179,7 +179,7 @@ def _check_runs(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> None:
         where = f"evaluation run seed {r.seeds.seed}"
         if r.status != "finished":
             raise ClbenchError(f"{where} is not finished")
-        got = (r.config["method"], r.scenario.name, r.scenario.content_hash, str(r.scenario.version))
+        got = (r.method, r.scenario.name, r.scenario.content_hash, str(r.scenario.version))
         want = (proto.method, ev.scenario, ev.scenario_hash, str(ev.scenario_version))
         if got != want:
             raise ClbenchError(f"{where} is (method, scenario, hash, version) {got}, protocol.json {want}")
