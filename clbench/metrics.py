@@ -7,7 +7,7 @@ through experience i (0-based here; the formulas below use 1-based i, j = 1..T a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,40 +87,34 @@ def learning_accuracy(R: Matrix) -> float:
     return float(np.mean(np.diag(a)))
 
 
-def summarize(R: Matrix, b: Sequence[float]) -> dict[str, float]:
-    """All matrix metrics in one dict (keys are the MLflow metric names)."""
-    return {
-        "acc": average_accuracy(R),
-        "avg_inc_acc": average_incremental_accuracy(R),
-        "bwt": backward_transfer(R),
-        "fwt": forward_transfer(R, b),
-        "forgetting": forgetting(R),
-        "plasticity": learning_accuracy(R),
-        "zero_shot_transfer": zero_shot_transfer(R),
-    }
-
-
 @dataclass(frozen=True)
 class MetricSpec:
     """A metric as tables, boards and tracks name it: key in ``results.json`` ``metrics`` (and in
-    MLflow), column label, and which direction is better."""
+    MLflow), column label, which direction is better, its function of (R, b) when R alone
+    determines it (:func:`summarize` computes exactly those), and the decimals tables show."""
 
     name: str
     label: str
     higher_is_better: bool
     doc: str
+    of_R: Callable[[Matrix, Sequence[float]], float] | None = None
+    digits: int = 3
 
 
 #: Every metric a track may rank by or show, declared once; tables and boards take their labels
 #: and sort directions from here.
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("acc", "ACC", True, "final average accuracy over experiences"),
-    MetricSpec("avg_inc_acc", "Avg incremental ACC", True, "average incremental accuracy"),
-    MetricSpec("bwt", "BWT", True, "backward transfer"),
-    MetricSpec("fwt", "FWT", True, "forward transfer against the pre-training row"),
-    MetricSpec("forgetting", "Forgetting", False, "Chaudhry et al.'s forgetting"),
-    MetricSpec("plasticity", "Plasticity", True, "mean accuracy on each experience just after learning it"),
-    MetricSpec("zero_shot_transfer", "Zero-shot transfer", True, "MTIL Transfer: accuracy before learning"),
+    MetricSpec("acc", "ACC", True, "final average accuracy over experiences",
+               lambda R, b: average_accuracy(R)),
+    MetricSpec("avg_inc_acc", "Avg incremental ACC", True, "average incremental accuracy",
+               lambda R, b: average_incremental_accuracy(R)),
+    MetricSpec("bwt", "BWT", True, "backward transfer", lambda R, b: backward_transfer(R)),
+    MetricSpec("fwt", "FWT", True, "forward transfer against the pre-training row", forward_transfer),
+    MetricSpec("forgetting", "Forgetting", False, "Chaudhry et al.'s forgetting", lambda R, b: forgetting(R)),
+    MetricSpec("plasticity", "Plasticity", True, "mean accuracy on each experience just after learning it",
+               lambda R, b: learning_accuracy(R)),
+    MetricSpec("zero_shot_transfer", "Zero-shot transfer", True, "MTIL Transfer: accuracy before learning",
+               lambda R, b: zero_shot_transfer(R)),
     MetricSpec("general_retention", "General retention", True, "general capability after / before the stream"),
     MetricSpec("mean_error", "Mean error", False, "test-time: mean online error over domains"),
     MetricSpec("mean_error_first_pass", "Error, first pass", False, "test-time: mean error of the first pass"),
@@ -130,6 +124,17 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("source_acc_after", "Source acc after", True, "source test accuracy after the stream"),
     MetricSpec("source_forgetting", "Source forgetting", False, "source accuracy before - after"),
 )}
+
+
+def summarize(R: Matrix, b: Sequence[float]) -> dict[str, float]:
+    """Every declared metric that R determines (keys are the MLflow metric names)."""
+    return {m.name: m.of_R(R, b) for m in METRICS.values() if m.of_R is not None}
+
+
+def metric_digits(name: str) -> int:
+    """Decimals tables show for ``name`` (3 for an undeclared metric)."""
+    spec = METRICS.get(name)
+    return spec.digits if spec else 3
 
 
 def metric_label(name: str) -> str:

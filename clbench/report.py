@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from clbench.metrics import higher_is_better, metric_label
+from clbench.metrics import higher_is_better, metric_digits, metric_label
 from clbench.records import RunRecord, as_json
 from clbench.stats import finite, mean, sample_sd
 
@@ -70,7 +70,7 @@ def aggregate_table(runs: Sequence[RunRecord]) -> str:
     header = ["method", "scenario", "seeds", *(h for _, h in SUMMARY_COLUMNS), "time (s)"]
     rows = []
     for (method, scenario), rs in groups.items():
-        cells = [mean_std([r.metrics[k] for r in rs]) for k, _ in SUMMARY_COLUMNS]
+        cells = [mean_std([r.metrics[k] for r in rs], metric_digits(k)) for k, _ in SUMMARY_COLUMNS]
         rows.append([method, scenario, len(rs), *cells, mean_std([r.cost.wall_time_s for r in rs], 1)])
     return markdown_table(header, rows)
 
@@ -136,7 +136,7 @@ def compare_tables(runs: Sequence[RunRecord], scenarios: Sequence[str], seeds: S
         header = ["method", *(h for _, h in cols), "mechanism", "time (s)"]
         rank = cols[0][0]  # rows in the order of the ranking metric, best first
         ordered = sorted(by_method.items(), key=lambda kv: _rank_value(kv[1], rank))
-        rows = [[m, *(mean_std([g.metrics.get(k, float("nan")) for g in group]) for k, _ in cols),
+        rows = [[m, *(mean_std([g.metrics.get(k, float("nan")) for g in group], metric_digits(k)) for k, _ in cols),
                  mechanism_cell(group), mean_std([g.cost.wall_time_s for g in group], 1)]
                 for m, group in ordered]
         t = rs[0].trainer_settings

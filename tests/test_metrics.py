@@ -176,3 +176,13 @@ def test_every_summary_metric_is_declared_once_with_label_and_direction() -> Non
     assert M.metric_label("forgetting") == "Forgetting" and not M.higher_is_better("forgetting")
     assert M.higher_is_better("acc") and not M.higher_is_better("mean_error")
     assert M.metric_label("undeclared_x") == "undeclared_x" and M.higher_is_better("undeclared_x")
+
+
+def test_summarize_is_every_declared_metric_of_R_and_nothing_else() -> None:
+    from clbench.metrics import METRICS, summarize
+
+    R, b = [[0.9, 0.1], [0.5, 0.8]], [0.1, 0.2]
+    got = summarize(R, b)
+    assert list(got) == [m.name for m in METRICS.values() if m.of_R is not None]
+    assert got["acc"] == pytest.approx(0.65) and got["fwt"] == pytest.approx(0.1 - 0.2)
+    assert got["forgetting"] == pytest.approx(0.4) and got["plasticity"] == pytest.approx(0.85)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clbench.leaderboard.record import LeaderboardEntry, MeanStd, is_num
-from clbench.metrics import metric_label
+from clbench.metrics import metric_digits, metric_label
 from clbench.tuning import Protocol
 
 
@@ -50,7 +50,7 @@ Column = tuple[str, str, str, Callable[[LeaderboardEntry], str], Callable[[Leade
 
 
 def _metric_column(key: str, metric: str) -> Column:
-    return (key, metric_label(metric), "num", lambda e: _pm(e.summary.get(metric)),
+    return (key, metric_label(metric), "num", lambda e: _pm(e.summary.get(metric), metric_digits(metric)),
             lambda e: metric_mean(e, metric))
 
 
