@@ -10,6 +10,7 @@
     clbench track check <track> [--seeds 0 1 2] [--no-resume]
     clbench submit <protocol run dir> [--leaderboards leaderboards]
     clbench leaderboard validate|render [leaderboards]
+    clbench leaderboard reproduce <entry.json> [--seed 0] [--atol 0.02] [--runs-dir runs/reproduce]
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from clbench.cli_leaderboard import add_leaderboard_verbs
 from clbench.errors import ClbenchError
 from clbench.records import RunRecord
 
@@ -135,41 +136,6 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0 if rec["passed"] else 1
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from clbench.leaderboard.publish import submit
-
-    path = submit(args.protocol_dir, args.leaderboards)
-    print(f"wrote {path}\nupdate the tables with: clbench leaderboard render {args.leaderboards}")
-    return 0
-
-
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from clbench.leaderboard.publish import render
-    from clbench.leaderboard.validate import validate_dir
-
-    if args.action == "render":
-        print("\n".join(f"wrote {p}" for p in render(args.dir)))
-        return 0
-    reports = validate_dir(args.dir)
-    for path, reasons in reports.items():
-        if reasons:
-            print(f"{path}: {'; '.join(reasons)}")
-    bad = sum(1 for r in reports.values() if r)
-    print(f"{len(reports) - bad} valid, {bad} rejected")
-    return 1 if bad else 0
-
-
-def _add_leaderboard_verbs(sub: Any) -> None:
-    s = sub.add_parser("submit", help="turn a finished protocol run into a leaderboard entry")
-    s.add_argument("protocol_dir", help="protocol run directory (holds protocol.json)")
-    s.add_argument("--leaderboards", default="leaderboards", help="leaderboard root directory")
-    s.set_defaults(fn=cmd_submit)
-    lb = sub.add_parser("leaderboard", help="validate entries or render the leaderboard pages")
-    lb.add_argument("action", choices=["validate", "render"])
-    lb.add_argument("dir", nargs="?", default="leaderboards", help="leaderboard root directory")
-    lb.set_defaults(fn=cmd_leaderboard)
-
-
 def read_results(path: Path) -> RunRecord:
     """The run record in a ``results.json`` file."""
     return RunRecord.from_json(json.loads(path.read_text()), str(path))
@@ -244,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--track", default="vision_cil", help="a track from `clbench tracks` (default vision_cil)")
     c.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     c.set_defaults(fn=cmd_compare)
-    _add_leaderboard_verbs(sub)
+    add_leaderboard_verbs(sub)
     sub.add_parser("tracks", help="list the declared tracks, one line each").set_defaults(fn=cmd_tracks)
     tc = sub.add_parser("track", help="track health check: can this track separate methods?")
     tc.add_argument("action", choices=["check"])

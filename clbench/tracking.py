@@ -143,14 +143,43 @@ def store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    db = Path(uri[len("sqlite:///"):])
+    lock = Path(str(db) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            repaired = repair_sqlite_store(db)
+            if repaired:
+                warnings.warn(f"MLflow store {db}: an interrupted schema migration had left "
+                              f"{', '.join(repaired)}; repaired", stacklevel=3)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def repair_sqlite_store(db: Path) -> list[str]:
+    """Undo what an interrupted Alembic batch migration leaves in a SQLite store (its
+    ``_alembic_tmp_<table>`` copies, which make every later migration fail with "table already
+    exists"): a copy whose table still exists is dropped; a copy whose table is gone (killed
+    between the drop and the rename) becomes that table again. Returns what was repaired."""
+    import sqlite3
+
+    if not db.is_file():
+        return []
+    done = []
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for tmp in sorted(n for n in names if n.startswith("_alembic_tmp_")):
+            table = tmp[len("_alembic_tmp_"):]
+            if table in names:
+                con.execute(f'DROP TABLE "{tmp}"')
+                done.append(f"{tmp} (dropped; {table} is intact)")
+            else:
+                con.execute(f'ALTER TABLE "{tmp}" RENAME TO "{table}"')
+                done.append(f"{tmp} (renamed back to {table})")
+        con.commit()
+    return done
 
 
 class MlflowRun:

@@ -173,13 +173,13 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     with lock:
         study = open_study(pr, "", slots, {"method": method, "track": track})
         if pr.embedded:
-            n = requeue(study, None)
+            n = requeue(study)
             if n:
                 _log(pr, f"resuming: {n} interrupted trial(s) requeued")
         parent = _parent_run(pr, study)
         _log(pr, f"phase 1: {len(slots)} of {size(space)} configurations of {sorted(space)} on "
                  f"{p.tune_scenario} ({pr.dir})")
-        until_done(not pr.embedded, study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
+        until_done(study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
         best, best_value = _best(study)
         _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})")
         eval_slots = [{"seed": s} for s in p.eval_seeds]
@@ -187,8 +187,8 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
         if ev is None:
             ev = open_eval(pr, eval_slots)
         if pr.embedded:
-            requeue(ev, None)
-        until_done(not pr.embedded, ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
+            requeue(ev)
+        until_done(ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
         record = _record(pr, study, ev, best, best_value, space_record(space), parent, started)
         atomic_write_json(pr.dir / "protocol.json", record.to_json())
         _finish_parent(pr, parent, record)

@@ -5,9 +5,10 @@ that spawned them). The studies themselves are opened by :mod:`clbench.study`.""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -15,20 +16,41 @@ from clbench.errors import ClbenchError
 from clbench.study import load_optuna
 
 HEARTBEAT_S = 10.0  # a running trial's worker refreshes its heartbeat this often
-STALE_AFTER_S = 120.0  # shared storage: a running trial silent this long is requeued
+STALE_AFTER_S = 120.0  # a running trial whose heartbeat is older than this has lost its worker
 
 
-def requeue(study: Any, older_than: float | None) -> int:
-    """RUNNING trials whose worker is gone go back to WAITING (same trial, same slot, same params)."""
+def requeue(study: Any) -> int:
+    """RUNNING trials whose worker is gone go back to WAITING (same trial, same slot, same params).
+
+    A worker is alive while its heartbeat is fresh (younger than :data:`STALE_AFTER_S`) and, on
+    this host, while its process exists too; a trial of a live worker is never requeued, so a
+    second protocol process on the same study cannot make a trial run twice."""
     optuna = load_optuna()
     n = 0
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        beat = float(t.user_attrs.get("heartbeat", 0.0))
-        if older_than is None or now - beat > older_than:
+        if not worker_alive(t.user_attrs, now):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
             n += 1
     return n
+
+
+def worker_alive(attrs: Mapping[str, Any], now: float) -> bool:
+    """Whether the worker that claimed a trial (its ``user_attrs``) is still running it."""
+    if now - float(attrs.get("heartbeat", 0.0)) > STALE_AFTER_S:
+        return False
+    if attrs.get("worker_host") != socket.gethostname():
+        return True  # another node: its heartbeat is all there is to go by
+    pid = attrs.get("worker_pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user holds that pid: not our worker
+        return False
+    return True
 
 
 def claim(study: Any) -> Any:
@@ -41,7 +63,11 @@ def claim(study: Any) -> Any:
         for t in sorted(waiting, key=lambda t: t.number):
             try:
                 if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):
-                    return optuna.trial.Trial(study, t._trial_id)
+                    trial = optuna.trial.Trial(study, t._trial_id)
+                    for key, value in (("worker_host", socket.gethostname()), ("worker_pid", os.getpid()),
+                                       ("heartbeat", time.time())):
+                        trial.set_user_attr(key, value)
+                    return trial
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
             except Exception:  # noqa: BLE001 - sqlite "database is locked": retry
@@ -124,15 +150,14 @@ def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int
                            "rerun the same command to resume")
 
 
-def until_done(shared: bool, study: Any, target: Callable[..., None], args: tuple[Any, ...],
-               workers: int, phase: str) -> None:
-    """Run the phase; with ``shared`` storage (other nodes may hold trials), wait for the other
-    nodes and take over the trials of dead ones."""
+def until_done(study: Any, target: Callable[..., None], args: tuple[Any, ...], workers: int, phase: str) -> None:
+    """Run the phase until no trial waits or runs: wait for trials held by live workers (other
+    processes or nodes sharing the storage) and take over those of dead ones."""
     optuna = load_optuna()
     live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     while True:
         run_workers(target, args, workers, phase)
         if not study.get_trials(deepcopy=False, states=live):
             return
-        if not requeue(study, STALE_AFTER_S if shared else None):
+        if not requeue(study):  # trials of live workers (other processes or nodes) are waited for
             time.sleep(5)

@@ -132,3 +132,29 @@ def test_an_interrupted_protocol_says_how_to_continue(monkeypatch: pytest.Monkey
     assert main(["protocol", "method=naive", "--track", "vision_cil"]) == 130
     err = capsys.readouterr().err
     assert "rerun the same command to continue" in err and "--resume" not in err
+
+
+def test_a_store_left_broken_by_an_interrupted_migration_is_repaired(tmp_path: Path) -> None:
+    """Leftover ``_alembic_tmp_*`` tables: a copy beside its intact table is dropped, a copy whose
+    table is gone is renamed back; the next run is recorded as usual."""
+    import sqlite3
+
+    from clbench.config import TrackingConfig
+    from clbench.tracking import MlflowRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowRun(TrackingConfig(uri=uri))
+    assert first.start("a", {"trainer": {"lr": 0.1}}, {}) is not None
+    first.end("FINISHED")
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        con.execute("CREATE TABLE _alembic_tmp_metrics AS SELECT * FROM metrics")
+        con.execute("ALTER TABLE params RENAME TO _alembic_tmp_params")
+    second = MlflowRun(TrackingConfig(uri=uri))
+    with pytest.warns(UserWarning, match=r"_alembic_tmp_metrics \(dropped.*_alembic_tmp_params \(renamed back"):
+        rid = second.start("b", {"trainer": {"lr": 0.2}}, {})
+    second.end("FINISHED")
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        lrs = sorted(r[0] for r in con.execute("SELECT value FROM params WHERE key='trainer.lr'"))
+    assert not [t for t in tables if t.startswith("_alembic_tmp_")] and rid is not None
+    assert lrs == ["0.1", "0.2"]  # the first run's params survived the repair

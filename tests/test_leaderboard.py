@@ -35,10 +35,25 @@ SCHEMA = Path(__file__).parents[1] / "docs" / "leaderboard-entry.schema.json"
 HOSTILE = "<script>document.title='PWNED'</script><img src=x onerror=\"document.body.dataset.pwned=1\">"
 
 
+#: the registered search space of every fixture method (a grid record, as ``space_record`` writes)
+FIXTURE_SPACE = {"method.strength": {"type": "grid", "values": [0.1, 0.5, 1.0]},
+                 "trainer.lr": {"type": "grid", "values": [0.01, 0.05, 0.1]}}
+
+
+class FixtureSpaces(dict[str, Any]):
+    """The method registry as the fixtures see it: every name is a registered method with
+    :data:`FIXTURE_SPACE`, except names starting with ``unregistered``."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return default if name.startswith("unregistered") else FIXTURE_SPACE
+
+
 @pytest.fixture(autouse=True)
 def _registry_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     # the real registry imports every plug-in (seconds); these tests pin the registered VERSIONs
+    # and search spaces
     monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: dict(VERSIONS))
+    monkeypatch.setattr(lb.provenance, "registered_search_spaces", FixtureSpaces)
 
 
 def _R(T: int, seed: int, skill: float) -> list[list[float]]:
@@ -78,8 +93,7 @@ def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: floa
     record = {
         "schema_version": 1, "kind": "clbench-protocol", "status": "finished", "method": method,
         "track": "vision", "protocol": proto.record(),
-        "search_space": {"trainer.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
-                         "method.strength": {"type": "categorical", "choices": [0.1, 0.5, 1.0]}},
+        "search_space": copy.deepcopy(FIXTURE_SPACE),
         "fixed": dict(proto.fixed),
         "tuning": {"scenario": proto.tune_scenario, "scenario_options": dict(proto.tune_options),
                    "scenario_version": "1", "scenario_hash": TUNE_HASH,
@@ -266,6 +280,37 @@ def _out_of_range(e: dict[str, Any]) -> None:
     e["runs"][0]["R"][0][0] = 1.7
 
 
+def _unregistered(e: dict[str, Any]) -> None:
+    e["method"] = "unregistered_method"
+
+
+def _off_grid(e: dict[str, Any]) -> None:
+    """A learning rate the registered grid does not hold, declared in the entry's own grid."""
+    e["search_space"]["trainer.lr"]["values"].append(0.07)
+    e["hyperparameters"]["trainer.lr"] = e["config"]["trainer.lr"] = 0.07
+
+
+def _own_grid(e: dict[str, Any]) -> None:
+    e["search_space"]["method.strength"] = {"type": "grid", "values": [0.5, 2.0]}
+
+
+def _failed_beyond_used(e: dict[str, Any]) -> None:
+    e["budget"]["trials_failed"] = N + 3
+
+
+def _no_trial(e: dict[str, Any]) -> None:
+    e["budget"]["trials_used"] = 0
+
+
+def _narrow_std(e: dict[str, Any]) -> None:
+    """The mean left right, the spread over seeds shrunk: a tighter-looking result."""
+    e["summary"]["acc"]["std"] = 0.0001
+
+
+def _cheaper(e: dict[str, Any]) -> None:
+    e["cost"]["train_time_s"]["mean"] = 0.1
+
+
 @pytest.mark.parametrize(
     ("mutate", "rehash", "reason"),
     [
@@ -287,6 +332,13 @@ def _out_of_range(e: dict[str, Any]) -> None:
         (_test_split, True, "objective computed on split 'test'"),
         (_fewer_seeds, True, "evaluation seeds [0] differ from the protocol's [0, 1, 2]"),
         (_inflate, True, "metrics acc do not follow from its R"),
+        (_unregistered, True, "method 'unregistered_method' is not registered"),
+        (_off_grid, True, "hyperparameter trainer.lr=0.07 is outside fixture_method's registered grid"),
+        (_own_grid, True, "is not fixture_method's registered grid"),
+        (_failed_beyond_used, True, f"budget: trials_failed={N + 3} is not between 0 and trials_used={N}"),
+        (_no_trial, True, "budget: trials_used=0; a protocol entry needs at least one trial"),
+        (_narrow_std, True, "summary disagrees with the per-seed metrics (acc)"),
+        (_cheaper, True, "cost summary disagrees with the per-seed costs (train_time_s)"),
     ],
 )
 def test_validate_rejects_with_the_reason(tmp_path: Path, mutate: Any, rehash: bool, reason: str) -> None:

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_leaderboard import HOSTILE, VERSIONS, make_protocol_dir
+from test_leaderboard import HOSTILE, VERSIONS, FixtureSpaces, make_protocol_dir
 
 from clbench import leaderboard as lb
 
@@ -31,6 +31,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """index.html of a board with three valid entries (one named with markup) and one rejected."""
     monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: dict(VERSIONS))
+    monkeypatch.setattr(lb.provenance, "registered_search_spaces", FixtureSpaces)
     boards = tmp_path / "boards"
     for method, skill in (("alpha_method", 0.7), ("beta_method", 0.95), (HOSTILE, 0.8)):
         lb.submit(make_protocol_dir(tmp_path, method, skill=skill, general=True), boards)

@@ -270,6 +270,18 @@ def test_cli_protocol_then_submit_validate_render(tmp_path: Path, tiny: Protocol
     assert main(["leaderboard", "validate", "boards"]) == 0
     assert main(["leaderboard", "render", "boards"]) == 0
     assert "naive" in (tmp_path / "boards" / "tiny" / "README.md").read_text()
+    # reproduce: seed 1 re-run from the entry's own settings gives its R bit for bit here
+    capsys.readouterr()
+    path = tmp_path / "boards" / "tiny" / "naive.json"
+    assert main(["leaderboard", "reproduce", str(path), "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1: reproduced: max |ΔR| = 0 (tolerance 0.02)" in out and "same data" in out
+    assert (tmp_path / "runs" / "reproduce").is_dir()
+    entry["runs"][1]["R"][0][0] = round(entry["runs"][1]["R"][0][0] - 0.05, 6)  # a forged cell
+    path.write_text(json.dumps(entry))
+    assert main(["leaderboard", "reproduce", str(path), "--seed", "1"]) == 1
+    assert "NOT reproduced: max |ΔR| = 0.05" in capsys.readouterr().out
+    assert main(["leaderboard", "reproduce", str(path), "--seed", "7"]) == 2  # no such seed: one line
     # the quick path still runs the fixed-configuration suite
     assert main(["bench", "method=naive", "--track", "tiny", "--quick"]) == 2  # no quick suite for tiny
 
@@ -300,3 +312,33 @@ def test_lm_protocol_tunes_on_tasks_disjoint_from_the_evaluation_benchmark() -> 
     assert not set(tune.meta["tasks"]) & set(ev.meta["tasks"])
     assert tune.content_hash() != ev.content_hash() and len(tune) == len(ev) == 4
     assert all(len(e.train) <= 64 for e in tune.experiences)
+
+
+def test_a_rerun_requeues_only_trials_whose_worker_is_gone() -> None:
+    """Trials of a live worker (this host: its process exists; any host: a fresh heartbeat) stay
+    RUNNING; a dead process or a silent heartbeat puts the trial back in the queue."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from clbench.study import load_optuna
+    from clbench.workers import STALE_AFTER_S, claim, requeue
+
+    optuna = load_optuna()
+    study = optuna.create_study(direction="maximize")
+    for slot in range(4):
+        study.enqueue_trial({"x": slot}, user_attrs={"slot": slot})
+    trials = [claim(study) for _ in range(4)]
+    assert all(t.user_attrs["worker_pid"] == os.getpid() for t in trials)
+    assert requeue(study) == 0  # this process is alive: nothing is requeued
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    study._storage.set_trial_user_attr(trials[0]._trial_id, "worker_pid", int(gone.stdout))  # exited
+    study._storage.set_trial_user_attr(trials[1]._trial_id, "worker_host", "another-node")  # fresh beat
+    study._storage.set_trial_user_attr(trials[2]._trial_id, "worker_host", "another-node")
+    study._storage.set_trial_user_attr(trials[2]._trial_id, "heartbeat", time.time() - STALE_AFTER_S - 1)
+    assert requeue(study) == 2
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert [states[t.number] for t in trials] == ["WAITING", "RUNNING", "WAITING", "RUNNING"]
+    assert socket.gethostname() != "another-node"

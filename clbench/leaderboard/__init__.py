@@ -12,12 +12,15 @@ Modules, each importing only those above it:
 - :mod:`~clbench.leaderboard.record`: the typed entry (:class:`LeaderboardEntry`), its JSON and
   JSON Schema, canonical JSON and content hash
 - :mod:`~clbench.leaderboard.entry`: building an entry from a protocol run, entry files
+- :mod:`~clbench.leaderboard.provenance`: what the repository can confirm: registered method and
+  grid, budget arithmetic, summaries recomputed from the per-seed values
 - :mod:`~clbench.leaderboard.validate`: why an entry may not be ranked
 - :mod:`~clbench.leaderboard.columns`: rank order and the columns the boards show
 - :mod:`~clbench.leaderboard.markdown`: the table block in ``<track>/README.md``
 - :mod:`~clbench.leaderboard.plots`: the inline SVG plots
 - :mod:`~clbench.leaderboard.html`: the ``<track>/index.html`` page (CSS/JS in ``static/``)
 - :mod:`~clbench.leaderboard.publish`: ``submit`` and ``render``, which write the files
+- :mod:`~clbench.leaderboard.reproduce`: re-running one seed of an entry and comparing R
 
 ``python -m clbench.leaderboard > docs/leaderboard-entry.schema.json`` writes the published
 JSON Schema of an entry.

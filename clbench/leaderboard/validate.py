@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import clbench.leaderboard.provenance as provenance
 from clbench import metrics as M
 from clbench.errors import ClbenchError
-from clbench.leaderboard.entry import RUN_METRICS, entry_filename, entry_files, summarize_runs
+from clbench.leaderboard.entry import RUN_METRICS, entry_filename, entry_files
 from clbench.leaderboard.record import EntryRun, LeaderboardEntry, content_hash, is_num
 from clbench.tuning import PROTOCOLS, Protocol
 
@@ -29,25 +30,31 @@ _REQUIRED_METRICS = ("acc", "bwt", "forgetting", "plasticity")
 
 
 def validate_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
-                   scenario_versions: Mapping[str, str] | None = None) -> list[str]:
+                   scenario_versions: Mapping[str, str] | None = None,
+                   search_spaces: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Reasons ``entry`` may not be ranked (empty list = valid).
 
     Checks, in order: schema (the typed parse: fields and types; then R, R_pretrain, required
     metrics, finite numbers), content hash, known track, protocol version, budget (declared
     n_trials and trials used vs the track's protocol; sampler, objective, and the validation
-    split), scenarios (tuning ≠ evaluation, the track's scenarios, registered VERSION), seeds,
-    and that metrics follow from R and the summary from the per-seed metrics.
+    split), scenarios (tuning ≠ evaluation, the track's scenarios, registered VERSION), the
+    method registered and H* inside its registered grid (:mod:`clbench.leaderboard.provenance`),
+    seeds, and that metrics follow from R and every summary from the per-seed values.
 
     Args:
         entry: an entry dict as read from its file, or a :class:`LeaderboardEntry`.
         protocols: track name -> Protocol.
         scenario_versions: scenario name -> registered VERSION; default: the scenario registry.
+        search_spaces: method name -> its registered search space record; default: the method
+            registry.
     """
-    return check_entry(entry, protocols, scenario_versions=scenario_versions)[1]
+    return check_entry(entry, protocols, scenario_versions=scenario_versions, search_spaces=search_spaces)[1]
 
 
 def check_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
-                scenario_versions: Mapping[str, str] | None = None) -> tuple[LeaderboardEntry | None, list[str]]:
+                scenario_versions: Mapping[str, str] | None = None,
+                search_spaces: Mapping[str, Mapping[str, Any]] | None = None,
+                ) -> tuple[LeaderboardEntry | None, list[str]]:
     """(the typed entry, or None when it does not parse; the reasons of :func:`validate_entry`)."""
     raw = entry.to_json() if isinstance(entry, LeaderboardEntry) else entry
     try:
@@ -67,6 +74,8 @@ def check_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
     versions = registered_scenario_versions() if scenario_versions is None else scenario_versions
     for check in (_protocol_errors, _budget_errors, _settings_errors, _scenario_errors):
         reasons += check(rec, proto, versions)
+    spaces = provenance.registered_search_spaces() if search_spaces is None else search_spaces
+    reasons += provenance.method_errors(rec, spaces) + provenance.budget_errors(rec)
     return rec, reasons + _consistency_errors(rec, proto)
 
 
@@ -194,12 +203,7 @@ def _consistency_errors(entry: LeaderboardEntry, proto: Protocol) -> list[str]:
     if run_seeds != entry.seeds:
         errs.append(f"runs have seeds {run_seeds}, entry lists {entry.seeds}")
     errs += [e for r in entry.runs for e in _metrics_from_R_errors(r)]
-    recomputed = summarize_runs(entry.runs)
-    stored = {k: s.mean for k, s in entry.summary.items()}
-    bad = [k for k, s in recomputed.items() if not _close(stored.get(k), s.mean)]
-    if bad:
-        errs.append(f"summary disagrees with the per-seed metrics ({', '.join(bad)})")
-    return errs
+    return errs + provenance.summary_errors(entry)
 
 
 def _metrics_from_R_errors(r: EntryRun) -> list[str]:
