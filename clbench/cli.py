@@ -11,6 +11,7 @@
     clbench submit <protocol run dir> [--leaderboards leaderboards]
     clbench leaderboard validate|render [leaderboards]
     clbench leaderboard reproduce <entry.json> [--seed 0] [--atol 0.02] [--runs-dir runs/reproduce]
+    clbench leaderboard keygen <key file> --signer NAME | sign <entry.json> --key <key file> --signer NAME
 """
 
 from __future__ import annotations

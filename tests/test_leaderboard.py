@@ -549,3 +549,26 @@ def test_bad_input_gives_one_error_naming_field_and_value(tmp_path: Path, mutate
     mutate(e)
     reasons = lb.validate_entry(e)
     assert len(reasons) == 1 and reason in reasons[0], reasons
+
+
+def test_signatures_are_optional_but_must_verify_against_allowed_signers(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    boards = tmp_path / "boards"
+    path = lb.submit(make_protocol_dir(tmp_path), boards)
+    assert lb.validate_dir(boards) == {path: []}  # unsigned: fine
+    key = tmp_path / "alice.pem"
+    assert main(["leaderboard", "keygen", str(key), "--signer", "alice"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("alice ed25519 ") and oct(key.stat().st_mode & 0o777) == "0o600"
+    assert main(["leaderboard", "sign", str(path), "--key", str(key), "--signer", "alice"]) == 0
+    sig = path.with_name(path.name + ".sig")
+    assert sig.is_file() and entry_files(boards, recursive=True) == [path]  # a .sig is no entry
+    assert lb.validate_dir(boards)[path] == ["signed by 'alice', who is not in allowed_signers (empty)"]
+    (boards / "allowed_signers").write_text(f"# who may sign\n{line}\n")
+    assert lb.validate_dir(boards) == {path: []}
+    e = json.loads(path.read_text())
+    e["runs"][0]["R"][0][0] = 0.5  # a forger's edit, hash recomputed, signature kept
+    path.write_text(json.dumps(_rehash(e)))
+    assert any("signature by 'alice' does not verify" in r for r in lb.validate_dir(boards)[path])
+    (boards / "allowed_signers").write_text("alice rsa AAAA\n")
+    assert "expected '<name> ed25519 <base64 public key>'" in lb.validate_dir(boards)[path][-1]

@@ -4,8 +4,9 @@ Fields and types come from the typed parse (:meth:`LeaderboardEntry.from_json`, 
 the path); this module adds what types cannot say (finite numbers, R square and in [0, 1],
 required metrics), the content hash (over the dict as read), and the semantic checks: the
 track's protocol, budget, settings, scenarios, seeds, and metrics that follow from R.
-``validate_entry`` returns the reasons (empty list = valid); ``validate_file`` adds size, depth
-and where the file lies; ``validate_dir`` checks every entry under a root.
+``validate_entry`` returns the reasons (empty list = valid); ``validate_file`` adds size, depth,
+where the file lies and its optional signature (:mod:`clbench.leaderboard.signing`);
+``validate_dir`` checks every entry under a root.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from clbench import metrics as M
 from clbench.errors import ClbenchError
 from clbench.leaderboard.entry import RUN_METRICS, entry_filename, entry_files
 from clbench.leaderboard.record import EntryRun, LeaderboardEntry, content_hash, is_num
+from clbench.leaderboard.signing import read_allowed_signers, signature_errors
 from clbench.tuning import PROTOCOLS, Protocol
 
 # overrides that do not change what is learned (where results go, progress bars, device placement)
@@ -269,6 +271,10 @@ def validate_file(path: Path, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
         want = f"{entry.track}/{entry_filename(entry.method)}"
         if f"{path.parent.name}/{path.name}" != want:
             reasons.append(f"file lies at {path.parent.name}/{path.name}; this entry belongs at {want}")
+    try:
+        reasons += signature_errors(path, read_allowed_signers(path.parent.parent))
+    except ClbenchError as exc:
+        reasons.append(str(exc))
     return entry, reasons
 
 
