@@ -1,0 +1,34 @@
+"""``clbench leaderboard reproduce`` on the shipped boards: the cheapest entry of every track
+that has entries is re-run for seed 0 from its recorded settings, and its R must come back
+within the stated tolerance (integration: it trains)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clbench.leaderboard.entry import entry_files
+from clbench.leaderboard.record import LeaderboardEntry
+from clbench.leaderboard.reproduce import DEFAULT_ATOL, reproduce
+
+BOARDS = Path(__file__).parents[1] / "leaderboards"
+
+
+def _cheapest_per_track() -> list[Path]:
+    import json
+
+    by_track: dict[str, list[tuple[float, Path]]] = {}
+    for f in entry_files(BOARDS, recursive=True):
+        e = LeaderboardEntry.from_json(json.loads(f.read_text()), str(f))
+        by_track.setdefault(e.track, []).append((e.cost.wall_time_s.mean or 0.0, f))
+    return [min(files)[1] for _, files in sorted(by_track.items())]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("entry", _cheapest_per_track(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_shipped_entry_reproduces_its_seed_0(entry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))  # the foundation is pretrained again
+    out = reproduce(entry, seed=0, runs_dir=str(tmp_path / "runs"), progress=False)
+    assert out.same_data, out.report()
+    assert out.max_abs_diff <= DEFAULT_ATOL, out.report()
