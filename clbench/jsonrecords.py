@@ -93,6 +93,10 @@ def _from_json(tp: Any, value: Any, path: str) -> Any:
             raise ClbenchError(f"{path}: expected an object, got {type(value).__name__}")
         _, item = get_args(tp)
         return {str(k): _from_json(item, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ClbenchError(f"{path}: expected true or false, got {value!r}")
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ClbenchError(f"{path}: expected a number, got {value!r}")
@@ -147,4 +151,4 @@ def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": _schema(get_args(tp)[1], defs)}
     if tp is float:  # NaN is written as the bare token NaN (Python's json), read back as a float
         return {"type": "number"}
-    return {int: {"type": "integer"}, str: {"type": "string"}}[tp]
+    return {int: {"type": "integer"}, str: {"type": "string"}, bool: {"type": "boolean"}}[tp]

@@ -62,9 +62,28 @@ def _R(T: int, seed: int, skill: float) -> list[list[float]]:
             for i in range(T)]
 
 
+def write_health(boards: Path, track: str = "vision", passed: bool = True) -> Path:
+    """Fixture data: the track's committed health check (``<boards>/<track>/health.json``)."""
+    acc = {"mean": 0.9, "sd": 0.01, "per_seed": [0.9, 0.9, 0.9]}
+    rec = {"schema_version": 1, "kind": "clbench-track-health", "track": track,
+           "declaration_sha256": "f" * 16, "git_commit": "1" * 40, "seeds": [0, 1, 2],
+           "learners": {"lower": "naive", "upper": "joint"},
+           "figures": {"lower": {"acc": {**acc, "mean": 0.2}, "wall_time_s": {"mean": 3.0}},
+                       "upper": {"acc": acc, "wall_time_s": {"mean": 5.0}}},
+           "criteria": [{"name": "headroom", "rule": "ACC(upper) - ACC(lower) >= threshold", "value": 0.7,
+                         "threshold": 0.05, "passed": passed}], "passed": passed}
+    path = boards / track / "health.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
 def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: float = 0.9,
                       general: bool = False, T: int = 3) -> Path:
-    """Fixture data: a finished vision-track protocol run with its evaluation results.json files."""
+    """Fixture data: a finished vision-track protocol run with its evaluation results.json files,
+    and the track's passing health check under ``<root>/boards`` (where the tests submit)."""
+    if not (root / "boards" / "vision" / "health.json").is_file():
+        write_health(root / "boards")
     proto = PROTOCOLS["vision"]
     pdir = root / f"protocol-{lb.entry_filename(method)[:-5]}"
     best = {"trainer.lr": 0.05, "method.strength": 0.5}
@@ -129,7 +148,7 @@ def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
 
 def _entry(tmp_path: Path, **kw: Any) -> dict[str, Any]:
     """An entry's JSON form (what its file holds), built from fixture data."""
-    return lb.entry_from_protocol(make_protocol_dir(tmp_path, **kw)).to_json()
+    return lb.entry_from_protocol(make_protocol_dir(tmp_path, **kw), tmp_path / "boards").to_json()
 
 
 def _resummarize(e: dict[str, Any]) -> None:
@@ -143,10 +162,10 @@ def _rehash(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_entry_holds_protocol_budget_scenarios_runs_and_a_valid_hash(tmp_path: Path) -> None:
-    rec = lb.entry_from_protocol(make_protocol_dir(tmp_path, general=True))
+    rec = lb.entry_from_protocol(make_protocol_dir(tmp_path, general=True), tmp_path / "boards")
     e = rec.to_json()
     assert lb.LeaderboardEntry.from_json(e) == rec and lb.validate_entry(rec) == []
-    assert e["schema_version"] == 1 and e["kind"] == "clbench-leaderboard-entry"
+    assert e["schema_version"] == 2 and e["kind"] == "clbench-leaderboard-entry"
     assert (e["track"], e["method"]) == ("vision", "fixture_method")
     assert e["hyperparameters"] == {"trainer.lr": 0.05, "method.strength": 0.5}
     assert e["config"] == {**PROTOCOLS["vision"].fixed, **e["hyperparameters"]}
@@ -173,7 +192,7 @@ def test_submit_writes_a_valid_entry_atomically_and_overwrites(tmp_path: Path) -
     assert lb.validate_dir(tmp_path / "boards") == {path: []}
     first = json.loads(path.read_text())["content_hash"]
     lb.submit(pdir, tmp_path / "boards")
-    assert [p.name for p in path.parent.iterdir()] == ["fixture_method.json"]  # no temp files left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["fixture_method.json", "health.json"]  # no temp files
     assert lb.validate_entry(json.loads(path.read_text())) == []
     assert isinstance(first, str)
 
@@ -183,7 +202,7 @@ def test_submit_refuses_an_invalid_entry_and_writes_nothing(tmp_path: Path, monk
     monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: {**VERSIONS, "split_mnist": "2"})
     with pytest.raises(ClbenchError, match="stale evaluation scenario version"):
         lb.submit(pdir, tmp_path / "boards")
-    assert not (tmp_path / "boards").exists()
+    assert not (tmp_path / "boards" / "vision" / "fixture_method.json").exists()
 
 
 def test_entry_from_protocol_rejects_runs_that_disagree_with_protocol_json(tmp_path: Path) -> None:
@@ -311,6 +330,23 @@ def _cheaper(e: dict[str, Any]) -> None:
     e["cost"]["train_time_s"]["mean"] = 0.1
 
 
+def _narrow_ci(e: dict[str, Any]) -> None:
+    lo, hi = e["summary"]["acc"]["ci95"]
+    e["summary"]["acc"]["ci95"] = [lo + (hi - lo) / 4, hi - (hi - lo) / 4]
+
+
+def _dirty(e: dict[str, Any]) -> None:
+    e["env"]["git_commit"] += "-dirty"
+
+
+def _no_health(e: dict[str, Any]) -> None:
+    del e["health"]
+
+
+def _failed_health(e: dict[str, Any]) -> None:
+    e["health"]["passed"] = False
+
+
 @pytest.mark.parametrize(
     ("mutate", "rehash", "reason"),
     [
@@ -339,6 +375,10 @@ def _cheaper(e: dict[str, Any]) -> None:
         (_no_trial, True, "budget: trials_used=0; a protocol entry needs at least one trial"),
         (_narrow_std, True, "summary disagrees with the per-seed metrics (acc)"),
         (_cheaper, True, "cost summary disagrees with the per-seed costs (train_time_s)"),
+        (_narrow_ci, True, "summary disagrees with the per-seed metrics (acc)"),
+        (_dirty, True, f"made from a dirty tree ({'1' * 40}-dirty); produce entries from a clean worktree"),
+        (_no_health, True, "records no health check of track 'vision'"),
+        (_failed_health, True, "track 'vision' failed its health check"),
     ],
 )
 def test_validate_rejects_with_the_reason(tmp_path: Path, mutate: Any, rehash: bool, reason: str) -> None:
@@ -436,7 +476,7 @@ def test_run_dirs_recorded_before_the_protocol_folder_moved_are_found(tmp_path: 
     record["evaluation"]["run_dirs"] = [f"runs/protocol/vision/x/{pdir.name}/{rd}"
                                         for rd in record["evaluation"]["run_dirs"]]
     (pdir / "protocol.json").write_text(json.dumps(record))
-    assert lb.validate_entry(lb.entry_from_protocol(pdir)) == []
+    assert lb.validate_entry(lb.entry_from_protocol(pdir, tmp_path / "boards")) == []
 
 
 HEALTH = {"track": "vision", "passed": False, "git_commit": "abc123def4567890", "seeds": [0, 1, 2],
@@ -507,7 +547,7 @@ def test_the_published_entry_schema_is_generated_from_the_record() -> None:
 
 
 def test_a_built_entry_round_trips_and_the_schema_rejects_what_the_record_rejects(tmp_path: Path) -> None:
-    rec = lb.entry_from_protocol(make_protocol_dir(tmp_path, general=True))
+    rec = lb.entry_from_protocol(make_protocol_dir(tmp_path, general=True), tmp_path / "boards")
     e = rec.to_json()
     assert lb.LeaderboardEntry.from_json(json.loads(json.dumps(e))) == rec
     _validate(e, lb.json_schema())
@@ -540,7 +580,7 @@ def _nan_metric(e: dict[str, Any]) -> None:
     [
         (_bad_type, "entry.budget.n_trials: expected an integer, got '8'"),
         (_unknown_field, "entry.tuning: unknown field(s) note"),
-        (_wrong_kind, "entry: kind/schema_version 'something-else'/1; expected 'clbench-leaderboard-entry'/1"),
+        (_wrong_kind, "entry: kind/schema_version 'something-else'/2; expected 'clbench-leaderboard-entry'/one of [1, 2]"),
         (_nan_metric, "entry.runs[0].metrics.bwt: non-finite number nan"),
     ],
 )
@@ -572,3 +612,33 @@ def test_signatures_are_optional_but_must_verify_against_allowed_signers(tmp_pat
     assert any("signature by 'alice' does not verify" in r for r in lb.validate_dir(boards)[path])
     (boards / "allowed_signers").write_text("alice rsa AAAA\n")
     assert "expected '<name> ed25519 <base64 public key>'" in lb.validate_dir(boards)[path][-1]
+
+
+def test_entries_of_one_track_come_from_one_commit(tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    for method in ("alpha_method", "beta_method", "gamma_method"):
+        lb.submit(make_protocol_dir(tmp_path, method), boards)
+    assert all(r == [] for r in lb.validate_dir(boards).values())
+    late = boards / "vision" / "gamma_method.json"
+    e = json.loads(late.read_text())
+    e["env"]["git_commit"] = "2" * 40  # made later, from another commit
+    late.write_text(json.dumps(_rehash(e)))
+    out = lb.validate_dir(boards)
+    assert out[late] == [f"made at commit {'2' * 12}, but 2 of track 'vision''s 3 entries are from {'1' * 12}: "
+                         "a board comes from one commit"]
+    assert out[boards / "vision" / "alpha_method.json"] == []
+    lb.render(boards)
+    assert "gamma_method.json" in (boards / "vision" / "README.md").read_text().split("Rejected entries")[1]
+
+
+def test_schema_2_summaries_hold_the_sample_std_and_a_t_interval(tmp_path: Path) -> None:
+    import math
+
+    from scipy import stats as st
+
+    e = _entry(tmp_path)
+    accs = [r["metrics"]["acc"] for r in e["runs"]]
+    m, sd = sum(accs) / 3, math.sqrt(sum((a - sum(accs) / 3) ** 2 for a in accs) / 2)
+    half = st.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    s = e["summary"]["acc"]
+    assert s["std"] == pytest.approx(sd) and s["ci95"] == pytest.approx([m - half, m + half])

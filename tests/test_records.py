@@ -99,9 +99,12 @@ def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = 
         raise AssertionError(f"{path}: no option matches: {errors}")
     if "const" in schema:
         assert value == schema["const"], path
+    if "enum" in schema:
+        assert value in schema["enum"], path
     kind = schema.get("type")
     checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
               "string": lambda v: isinstance(v, str), "null": lambda v: v is None,
+              "boolean": lambda v: isinstance(v, bool),
               "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
               "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool)}
     if kind is not None:

@@ -12,24 +12,29 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clbench import stats
 from clbench.errors import ClbenchError
 from clbench.leaderboard.record import (
     COST_KEYS,
+    ENTRY_SCHEMA_VERSION,
     SUMMARY_COST,
     CostSummary,
     EntryBudget,
     EntryEnv,
     EntryGeneral,
+    EntryHealth,
     EntryMlflow,
     EntryProtocol,
     EntryRun,
     EntryRunCost,
     EntryScenario,
     EntryTuning,
+    HealthCriterion,
     LeaderboardEntry,
     MeanStd,
     is_num,
@@ -57,13 +62,15 @@ def entry_filename(method: str) -> str:
 # building an entry
 
 
-def entry_from_protocol(protocol_dir: str | Path) -> LeaderboardEntry:
+def entry_from_protocol(protocol_dir: str | Path, boards: str | Path | None = None) -> LeaderboardEntry:
     """The leaderboard entry of a finished protocol run, with its content hash.
 
     Args:
         protocol_dir: folder holding ``protocol.json``; its ``evaluation.run_dirs`` (absolute,
             relative to this folder, or relative to the working directory) each hold a
             ``results.json``.
+        boards: the leaderboard root; the entry records the figures of its track's committed
+            ``<boards>/<track>/health.json``.
 
     Raises:
         ClbenchError: missing/malformed files, an unfinished protocol, or evaluation runs that
@@ -75,7 +82,8 @@ def entry_from_protocol(protocol_dir: str | Path) -> LeaderboardEntry:
         _check_protocol(proto)
         runs = [_read_run(_find_run(pdir, rd or "") / "results.json") for rd in proto.evaluation.run_dirs]
         _check_runs(proto, runs)
-        return _build_entry(proto, runs).with_hash()
+        health = read_health(Path(boards) / proto.track / "health.json") if boards is not None else None
+        return replace(_build_entry(proto, runs), health=health).with_hash()
     except (KeyError, TypeError, IndexError) as exc:
         raise ClbenchError(f"{pdir / 'protocol.json'} or its results.json lack a field: {exc!r}") from exc
     except ValueError as exc:  # a non-finite number where the entry needs one (no canonical JSON)
@@ -110,6 +118,26 @@ def _build_entry(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> Leaderboar
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), content_hash="")
 
 
+def read_health(path: Path) -> EntryHealth | None:
+    """The health figures an entry records from the track's ``health.json`` (None when absent)."""
+    if not path.is_file():
+        return None
+    rec = _read_json(path)
+    try:
+        figures, learners = rec["figures"], rec["learners"]
+        return EntryHealth(
+            git_commit=rec.get("git_commit"), declaration_sha256=str(rec["declaration_sha256"]),
+            passed=bool(rec["passed"]),
+            criteria=[HealthCriterion(name=str(c["name"]), rule=str(c["rule"]), value=_finite(c["value"]),
+                                      threshold=_finite(c["threshold"]), passed=bool(c["passed"]))
+                      for c in rec["criteria"]],
+            lower=str(learners["lower"]), upper=str(learners["upper"]),
+            lower_acc=_finite(figures["lower"].get("acc", {}).get("mean")),
+            upper_acc=_finite(figures["upper"].get("acc", {}).get("mean")))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ClbenchError(f"{path} is not a health record ({type(exc).__name__}: {exc})") from exc
+
+
 def _env(proto: ProtocolRecord, first: RunRecord) -> EntryEnv:
     """The protocol's environment, completed from the first evaluation run's."""
     env, run_env = proto.env, first.env
@@ -142,24 +170,30 @@ def _finite_map(d: Mapping[str, float] | None) -> dict[str, float | None]:
     return {str(k): _finite(v) for k, v in (d or {}).items()}
 
 
-def summarize_runs(runs: Sequence[EntryRun]) -> dict[str, MeanStd]:
-    """Mean, population std and count over seeds of every metric an entry's ``runs`` report."""
-    return summarize_metrics([r.metrics for r in runs])
+def summarize_runs(runs: Sequence[EntryRun], version: int = ENTRY_SCHEMA_VERSION) -> dict[str, MeanStd]:
+    """:func:`mean_std` over seeds of every metric an entry's ``runs`` report."""
+    return summarize_metrics([r.metrics for r in runs], version)
 
 
-def summarize_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, MeanStd]:
-    """Mean, population std and count over seeds of every metric in ``metrics`` (one per seed)."""
+def summarize_metrics(metrics: Sequence[Mapping[str, Any]], version: int = ENTRY_SCHEMA_VERSION) -> dict[str, MeanStd]:
+    """:func:`mean_std` over seeds of every metric in ``metrics`` (one mapping per seed)."""
     keys = sorted({k for m in metrics for k in m})
-    return {k: mean_std([m.get(k) for m in metrics]) for k in keys}
+    return {k: mean_std([m.get(k) for m in metrics], version) for k in keys}
 
 
-def mean_std(values: Iterable[Any]) -> MeanStd:
-    """Mean and population std of the finite numbers in ``values`` (None, None, 0 when none)."""
+def mean_std(values: Iterable[Any], version: int = ENTRY_SCHEMA_VERSION) -> MeanStd:
+    """Mean, std and count of the finite numbers in ``values`` (None, None, 0 when none), as
+    entry schema ``version`` defines them: 2 = sample std (ddof=1, None for one value) and the
+    95 % confidence interval of the mean; 1 = population std, no interval."""
     xs = [float(v) for v in values if is_num(v)]
     if not xs:
         return MeanStd(mean=None, std=None, n=0)
     mean = sum(xs) / len(xs)
-    return MeanStd(mean=mean, std=math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)), n=len(xs))
+    if version == 1:
+        return MeanStd(mean=mean, std=math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)), n=len(xs))
+    interval = stats.ci95(xs)
+    return MeanStd(mean=mean, std=stats.sample_sd(xs) if len(xs) > 1 else None, n=len(xs),
+                   ci95=list(interval) if interval else None)
 
 
 def _check_protocol(proto: ProtocolRecord) -> None:

@@ -5,8 +5,12 @@
   points of the registered grid (a method whose space has changed since has a stale entry).
 - **The budget adds up:** at least one trial, failed trials among the used ones, a non-negative
   tuning time.
-- **Summaries follow from the per-seed values:** every metric's mean, std and count, and every
-  cost counter's, recomputed from ``runs``.
+- **Summaries follow from the per-seed values:** every metric's mean, std, count and 95 %
+  interval, and every cost counter's, recomputed from ``runs`` by the rules of the entry's
+  schema version.
+- **Schema 2: made from one clean commit of a healthy track:** a git commit without ``-dirty``,
+  the track's passing health check recorded, and (:func:`mixed_commit_errors`) every entry of a
+  track from the same commit.
 
 What the content hash does and does not prove is said in ``leaderboards/README.md``.
 """
@@ -14,7 +18,9 @@ What the content hash does and does not prove is said in ``leaderboards/README.m
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from clbench.leaderboard.entry import mean_std, summarize_runs
@@ -65,24 +71,65 @@ def budget_errors(entry: LeaderboardEntry) -> list[str]:
 
 def summary_errors(entry: LeaderboardEntry) -> list[str]:
     """Every stored mean, std and count (metrics and cost) recomputed from the per-seed values."""
-    errs = []
-    metrics = summarize_runs(entry.runs)
+    errs, version = [], entry.schema_version
+    metrics = summarize_runs(entry.runs, version)
     stored = dict(entry.summary)
     bad = sorted(k for k in set(metrics) | set(stored) if not _agrees(stored.get(k), metrics.get(k)))
     if bad:
         errs.append(f"summary disagrees with the per-seed metrics ({', '.join(bad)})")
-    cost = {k: mean_std([getattr(r.cost, k) for r in entry.runs]) for k in SUMMARY_COST}
+    cost = {k: mean_std([getattr(r.cost, k) for r in entry.runs], version) for k in SUMMARY_COST}
     bad = [k for k in SUMMARY_COST if not _agrees(getattr(entry.cost, k), cost[k])]
     if bad:
         errs.append(f"cost summary disagrees with the per-seed costs ({', '.join(bad)})")
     return errs
 
 
+def commit_errors(entry: LeaderboardEntry) -> list[str]:
+    """Schema 2: a clean tree's commit, and the track's passing health check recorded."""
+    if entry.schema_version < 2:
+        return []
+    errs, commit = [], entry.env.git_commit
+    if not commit:
+        errs.append("env.git_commit is missing: an entry must name the commit it was made from")
+    elif commit.endswith("-dirty"):
+        errs.append(f"made from a dirty tree ({commit}); produce entries from a clean worktree of one "
+                    "commit (git worktree add)")
+    if entry.health is None:
+        errs.append(f"records no health check of track {entry.track!r} (run `clbench track check "
+                    f"{entry.track}` and commit its health.json first)")
+    elif not entry.health.passed:
+        errs.append(f"track {entry.track!r} failed its health check; a failing track has no board")
+    return errs
+
+
+def mixed_commit_errors(entries: Mapping[Path, LeaderboardEntry]) -> dict[Path, list[str]]:
+    """Schema-2 entries of one track that come from another commit than most of the track's
+    (a board is produced from one commit): path -> its reason."""
+    by_track: dict[str, list[tuple[Path, str]]] = {}
+    for path, e in entries.items():
+        if e.schema_version >= 2 and e.env.git_commit:
+            by_track.setdefault(e.track, []).append((path, e.env.git_commit))
+    out: dict[Path, list[str]] = {}
+    for track, items in by_track.items():
+        counts = Counter(c for _, c in items)
+        if len(counts) < 2:
+            continue
+        main, _ = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        for path, commit in items:
+            if commit != main:
+                out[path] = [f"made at commit {commit[:12]}, but {counts[main]} of track {track!r}'s "
+                             f"{len(items)} entries are from {main[:12]}: a board comes from one commit"]
+    return out
+
+
 def _agrees(stored: MeanStd | None, computed: MeanStd | None) -> bool:
     if stored is None or computed is None:
         return stored is None and computed is None
+    same_ci = (stored.ci95 is None and computed.ci95 is None) or (
+        stored.ci95 is not None and computed.ci95 is not None and len(stored.ci95) == len(computed.ci95) == 2
+        and all(_close(a, b) for a, b in zip(stored.ci95, computed.ci95, strict=True)))
     return (stored.n == computed.n and _close(stored.mean, computed.mean)
-            and _close(stored.std, computed.std))
+            and _close(stored.std, computed.std) and same_ci)
 
 
 def _close(a: float | None, b: float | None) -> bool:

@@ -18,6 +18,7 @@ from clbench.leaderboard.entry import entry_filename, entry_files, entry_from_pr
 from clbench.leaderboard.html import render_html
 from clbench.leaderboard.markdown import _readme
 from clbench.leaderboard.record import LeaderboardEntry
+from clbench.leaderboard.provenance import mixed_commit_errors
 from clbench.leaderboard.validate import validate_entry, validate_file
 from clbench.tuning import PROTOCOLS, Protocol
 
@@ -29,7 +30,7 @@ def submit(protocol_dir: str | Path, leaderboards_dir: str | Path = "leaderboard
     Overwrites the method's previous entry on that track. Raises ClbenchError (and writes
     nothing) when the entry does not validate.
     """
-    entry = entry_from_protocol(protocol_dir)
+    entry = entry_from_protocol(protocol_dir, leaderboards_dir)
     reasons = validate_entry(entry, scenario_versions=scenario_versions)
     if reasons:
         raise ClbenchError(f"entry from {protocol_dir} rejected: " + "; ".join(reasons))
@@ -65,8 +66,10 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
         health = health_record(track_dir)
         if not entry_files(track_dir) and health is None:
             continue  # a declared track with neither entries nor a health check has no board yet
-        for f in entry_files(track_dir):
-            entry, reasons = validate_file(f, protocols, scenario_versions=scenario_versions)
+        checked = {f: validate_file(f, protocols, scenario_versions=scenario_versions) for f in entry_files(track_dir)}
+        mixed = mixed_commit_errors({f: e for f, (e, _) in checked.items() if e is not None})
+        for f, (entry, reasons) in checked.items():
+            reasons = reasons + mixed.get(f, [])
             if reasons or entry is None:
                 rejected.append((f.name, reasons))
             else:

@@ -7,7 +7,7 @@ tuning protocol, written by ``clbench submit`` (:mod:`clbench.leaderboard.entry`
 :class:`LeaderboardEntry`; ``to_json`` gives the file's dict (``schema_version`` and ``kind``
 first), ``from_json`` reads one back and names the path of any missing, unknown or mistyped field.
 
-Entry (``schema_version`` 1, ``kind`` ``clbench-leaderboard-entry``)::
+Entry (``schema_version`` 2, ``kind`` ``clbench-leaderboard-entry``)::
 
     {"schema_version", "kind", "track", "method",
      "protocol": {"name", "version"},
@@ -20,11 +20,16 @@ Entry (``schema_version`` 1, ``kind`` ``clbench-leaderboard-entry``)::
      "evaluation": {"scenario", "version", "content_hash", "options"},
      "seeds": [int],
      "runs": [{"seed", "R", "R_pretrain", "metrics", "general", "cost"}],  # one per seed
-     "summary": {metric: {"mean", "std", "n"}},         # over seeds; population std
-     "cost": {counter: {"mean", "std", "n"}},           # train/wall time, samples, steps
-     "env": {"git_commit", "packages", "hardware", "python"},
+     "summary": {metric: {"mean", "std", "n", "ci95"}}, # over seeds; sample std, 95 % CI (t)
+     "cost": {counter: {"mean", "std", "n", "ci95"}},   # train/wall time, samples, steps
+     "env": {"git_commit", "packages", "hardware", "python"},   # a clean tree's commit
      "mlflow": {"parent_run_id", "tracking_uri"} | null, "created_at": ISO-8601,
+     "health": {"git_commit", "declaration_sha256", "passed", "criteria": [...],
+                "lower", "upper", "lower_acc", "upper_acc"},    # the track's health.json
      "content_hash": sha256 of the canonical JSON of everything else}
+
+Schema 1 (the retired boards' entries) has population std, no ``ci95`` and no ``health``; it is
+still read, and validated by its own rules.
 
 Canonical JSON: sorted keys, ``(",", ":")`` separators, UTF-8, no NaN (non-finite numbers are
 stored as ``null``). The hash covers the dict as read from the file; ``to_json(from_json(d))``
@@ -42,9 +47,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from clbench.errors import ClbenchError
-from clbench.jsonrecords import as_json, dataclass_schema, decode
+from clbench.jsonrecords import as_json, dataclass_schema, decode, omitted_if_none
 
-ENTRY_SCHEMA_VERSION = 1
+ENTRY_SCHEMA_VERSION = 2
+#: versions ``from_json`` reads: 1 (population std, no CIs, no health figures) and 2
+READ_VERSIONS = (1, 2)
 ENTRY_KIND = "clbench-leaderboard-entry"
 
 
@@ -90,11 +97,39 @@ class EntryTuning(EntryScenario):
 
 @dataclass(frozen=True)
 class MeanStd:
-    """Mean, population std and count over seeds (mean and std null when no seed has a number)."""
+    """Mean, std and count over seeds (mean and std null when no seed has a number); schema 2:
+    sample std (ddof=1) and the 95 % confidence interval of the mean (Student's t), schema 1:
+    population std and no interval."""
 
     mean: float | None
     std: float | None
     n: int
+    ci95: list[float] | None = omitted_if_none()
+
+
+@dataclass(frozen=True)
+class HealthCriterion:
+    """One criterion of the track's health check: its rule, the measured figure, the threshold."""
+
+    name: str
+    rule: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+
+
+@dataclass(frozen=True)
+class EntryHealth:
+    """The track's health check as committed when the entry was made (``health.json``)."""
+
+    git_commit: str | None
+    declaration_sha256: str
+    passed: bool
+    criteria: list[HealthCriterion]
+    lower: str  # the reference learners (registry names) and their mean ACC
+    upper: str
+    lower_acc: float | None
+    upper_acc: float | None
 
 
 @dataclass(frozen=True)
@@ -181,21 +216,25 @@ class LeaderboardEntry:
     mlflow: EntryMlflow | None
     created_at: str
     content_hash: str
+    health: EntryHealth | None = omitted_if_none()  # schema 2
+    schema_version: int = ENTRY_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         """The entry file's dict: ``schema_version`` and ``kind`` first."""
-        return {"schema_version": ENTRY_SCHEMA_VERSION, "kind": ENTRY_KIND, **as_json(self)}
+        body = as_json(self)
+        return {"schema_version": body.pop("schema_version"), "kind": ENTRY_KIND, **body}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "entry") -> LeaderboardEntry:
-        """Read an entry dict; anything but a schema-1 entry raises one ClbenchError naming the path."""
+        """Read an entry dict of a version in :data:`READ_VERSIONS`; anything else raises one
+        ClbenchError naming the path."""
         if not isinstance(data, Mapping):
             raise ClbenchError(f"{where} must be a JSON object, got {type(data).__name__}")
         kind, version = data.get("kind"), data.get("schema_version")
-        if kind != ENTRY_KIND or isinstance(version, bool) or version != ENTRY_SCHEMA_VERSION:
+        if kind != ENTRY_KIND or isinstance(version, bool) or version not in READ_VERSIONS:
             raise ClbenchError(f"{where}: kind/schema_version {kind!r}/{version!r}; expected "
-                               f"{ENTRY_KIND!r}/{ENTRY_SCHEMA_VERSION}")
-        body = {k: v for k, v in data.items() if k not in ("schema_version", "kind")}
+                               f"{ENTRY_KIND!r}/one of {list(READ_VERSIONS)}")
+        body = {k: v for k, v in data.items() if k != "kind"}
         return decode(cls, body, where)  # type: ignore[no-any-return]
 
     def with_hash(self) -> LeaderboardEntry:
@@ -227,7 +266,9 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema of an entry file, derived from :class:`LeaderboardEntry`."""
     schema = dataclass_schema(LeaderboardEntry, "clbench leaderboard entry", ENTRY_SCHEMA_VERSION)
     props = dict(schema["properties"])
-    schema["properties"] = {"schema_version": props.pop("schema_version"), "kind": {"const": ENTRY_KIND}, **props}
-    schema["required"] = ["schema_version", "kind", *schema["required"][1:]]
+    props.pop("schema_version")
+    schema["properties"] = {"schema_version": {"enum": list(READ_VERSIONS)}, "kind": {"const": ENTRY_KIND},
+                            **props}
+    schema["required"] = ["schema_version", "kind", *[r for r in schema["required"][1:] if r != "schema_version"]]
     return schema
 

@@ -77,7 +77,7 @@ def check_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
     for check in (_protocol_errors, _budget_errors, _settings_errors, _scenario_errors):
         reasons += check(rec, proto, versions)
     spaces = provenance.registered_search_spaces() if search_spaces is None else search_spaces
-    reasons += provenance.method_errors(rec, spaces) + provenance.budget_errors(rec)
+    reasons += provenance.method_errors(rec, spaces) + provenance.budget_errors(rec) + provenance.commit_errors(rec)
     return rec, reasons + _consistency_errors(rec, proto)
 
 
@@ -280,9 +280,11 @@ def validate_file(path: Path, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
 
 def validate_dir(path: str | Path = "leaderboards", protocols: Mapping[str, Protocol] = PROTOCOLS, *,
                  scenario_versions: Mapping[str, str] | None = None) -> dict[Path, list[str]]:
-    """Every entry file under ``path`` (:func:`entry_files`) -> its reasons."""
+    """Every entry file under ``path`` (:func:`entry_files`) -> its reasons, including entries of
+    a track that come from another commit than the rest of the track's."""
     root = Path(path)
     if not root.is_dir():
         raise ClbenchError(f"no leaderboard directory at {root}")
-    files = entry_files(root, recursive=True)
-    return {f: validate_file(f, protocols, scenario_versions=scenario_versions)[1] for f in files}
+    checked = {f: validate_file(f, protocols, scenario_versions=scenario_versions) for f in entry_files(root, recursive=True)}
+    mixed = provenance.mixed_commit_errors({f: e for f, (e, _) in checked.items() if e is not None})
+    return {f: reasons + mixed.get(f, []) for f, (_, reasons) in checked.items()}
