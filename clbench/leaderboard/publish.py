@@ -17,8 +17,8 @@ from clbench.leaderboard.columns import _rank_key
 from clbench.leaderboard.entry import entry_filename, entry_files, entry_from_protocol
 from clbench.leaderboard.html import render_html
 from clbench.leaderboard.markdown import _readme
-from clbench.leaderboard.record import LeaderboardEntry
 from clbench.leaderboard.provenance import mixed_commit_errors
+from clbench.leaderboard.record import LeaderboardEntry
 from clbench.leaderboard.validate import validate_entry, validate_file
 from clbench.tuning import PROTOCOLS, Protocol
 
