@@ -48,8 +48,8 @@ def paired_t(a: Iterable[float], b: Iterable[float]) -> tuple[float, float] | No
         return None
     d = [x - y for x, y in pairs]
     diff = mean(d)
-    if sample_sd(d) == 0.0:
-        return diff, 1.0 if diff == 0.0 else 0.0
+    if sample_sd(d) <= 1e-12 * max(1.0, abs(diff)):  # a constant difference (up to float rounding)
+        return diff, 1.0 if abs(diff) <= 1e-12 else 0.0
     return diff, float(ttest_rel([x for x, _ in pairs], [y for _, y in pairs]).pvalue)
 
 

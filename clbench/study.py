@@ -41,6 +41,7 @@ class Protocol:
     objective: str = "acc"  # final average accuracy on the tuning scenario's validation split
     name: str = "reality_check"
     version: str = "1"
+    retired: bool = False  # the track's board is superseded (kept readable, not extended)
 
     def record(self) -> dict[str, Any]:
         """What protocol.json stores under ``protocol``."""
@@ -56,7 +57,7 @@ def protocol_of(track: Any) -> Protocol:
     return Protocol(track=track.name, tune_scenario=track.tune.name, eval_scenario=track.evaluate.name,
                     n_trials=track.n_trials, tune_options=dict(track.tune.options),
                     eval_options=dict(track.evaluate.options), fixed=dict(track.fixed),
-                    eval_seeds=track.eval_seeds)
+                    eval_seeds=track.eval_seeds, retired=track.status == "retired")
 
 
 def _declared() -> dict[str, Protocol]:

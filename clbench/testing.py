@@ -115,7 +115,7 @@ def params_equal(a: nn.Module | dict[str, Tensor], b: nn.Module | dict[str, Tens
 
 
 def stub_record(method: str = "stub", seed: int = 0, *, scenario: str = "tiny",
-                scenario_type: str = "class_incremental", scenario_hash: str = "0" * 64,
+                scenario_type: str = "class_incremental", scenario_hash: str = "0" * 64, num_classes: int = 0,
                 metrics: Mapping[str, float] | None = None, cost: Mapping[str, Any] | None = None,
                 config: Mapping[str, Any] | None = None, **fields: Any) -> RunRecord:
     """A complete :class:`RunRecord` with placeholder values, for testing what reads run records
@@ -135,7 +135,7 @@ def stub_record(method: str = "stub", seed: int = 0, *, scenario: str = "tiny",
         status="finished", run_key="0" * 10,
         config={"method": method, "scenario": scenario, "seed": seed, **(config or {})},
         scenario=ScenarioRecord(name=scenario, version="1", type=scenario_type, content_hash=scenario_hash,
-                                n_experiences=len(R), num_classes=0, classes=[]),
+                                n_experiences=len(R), num_classes=num_classes, classes=[]),
         model=ModelRecord(name="mlp", family="mlp", init_hash="0" * 16, trainable_params=0, total_params=0),
         seeds=SeedRecord(seed=seed, experience_seeds=[]),
         R=R, R_pretrain=None, R_val=[], metrics=dict(metrics or {}), general=GeneralRecord(),

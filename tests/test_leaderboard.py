@@ -79,14 +79,14 @@ def write_health(boards: Path, track: str = "vision", passed: bool = True) -> Pa
 
 
 def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: float = 0.9,
-                      general: bool = False, T: int = 3) -> Path:
+                      general: bool = False, T: int = 3, lr: float = 0.05) -> Path:
     """Fixture data: a finished vision-track protocol run with its evaluation results.json files,
     and the track's passing health check under ``<root>/boards`` (where the tests submit)."""
     if not (root / "boards" / "vision" / "health.json").is_file():
         write_health(root / "boards")
     proto = PROTOCOLS["vision"]
     pdir = root / f"protocol-{lb.entry_filename(method)[:-5]}"
-    best = {"trainer.lr": 0.05, "method.strength": 0.5}
+    best = {"trainer.lr": lr, "method.strength": 0.5}
     config = _nested({**proto.fixed, **best})
     run_dirs = []
     for seed in proto.eval_seeds:
@@ -97,7 +97,7 @@ def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: floa
             gen = GeneralRecord(before={"source": 0.8}, after=[{"source": 0.8 - 0.05 * (i + seed)} for i in range(T)])
             metrics["general_retention"] = gen.after[-1]["source"] / 0.8
         results = stub_record(
-            method, seed, scenario=proto.eval_scenario, scenario_hash=EVAL_HASH,
+            method, seed, scenario=proto.eval_scenario, scenario_hash=EVAL_HASH, num_classes=10,
             config={**config, "method": method, "scenario": proto.eval_scenario, "seed": seed},
             R=R, R_pretrain=b, metrics=metrics, general=gen,
             cost={"wall_time_s": 2.0 + seed, "train_time_s": 1.5 + seed, "train_samples": 900,
@@ -428,7 +428,8 @@ def test_render_ranks_valid_entries_by_acc_and_lists_rejected_ones(tmp_path: Pat
     rows = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[1] for r in rows][0::2] == ["beta_method", "alpha_method"]
     assert "&lt;script&gt;" in rows[1] and "<script>" not in readme
-    assert "| General retention |" in block and f"| {N}/{N} | 0, 1, 2 |" in rows[0]
+    assert "| General retention |" in block and f"| {N}/{N} | - | 0, 1, 2 |" in rows[0]
+    assert "Every entry was produced from commit `111111111111`." in block
     assert "gamma_tampered.json" in block and "content_hash mismatch" in block
     assert not any("gamma_tampered" in r for r in rows)
     # a second render keeps the text around the markers and rewrites the block
@@ -642,3 +643,22 @@ def test_schema_2_summaries_hold_the_sample_std_and_a_t_interval(tmp_path: Path)
     half = st.t.ppf(0.975, 2) * sd / math.sqrt(3)
     s = e["summary"]["acc"]
     assert s["std"] == pytest.approx(sd) and s["ci95"] == pytest.approx([m - half, m + half])
+
+
+def test_the_board_shares_overlapping_ranks_tests_against_the_baseline_and_flags_grid_edges(tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    lb.submit(make_protocol_dir(tmp_path, "naive", skill=0.5), boards)  # the health check's lower learner
+    lb.submit(make_protocol_dir(tmp_path, "alpha_method", skill=0.9), boards)
+    lb.submit(make_protocol_dir(tmp_path, "beta_method", skill=0.9, lr=0.1), boards)  # same R: overlapping CIs
+    lb.render(boards)
+    block = (boards / "vision" / "README.md").read_text().split(lb.MARK_START)[1]
+    rows = {r.split(" | ")[1]: r for r in block.splitlines() if r.startswith("| ") and r[2].isdigit()}
+    assert rows["alpha_method"].startswith("| 1= |") and rows["beta_method"].startswith("| 1= |")
+    assert rows["naive"].startswith("| 3 |") and "| ACC [95 % CI] |" in block
+    assert "| ΔACC vs naive (paired t) |" in block
+    # the fixture's R decays with the seed by the same step for every method: a constant difference
+    assert "| +0.361 \\(p 0\\) ▲ |" in rows["alpha_method"] and rows["naive"].count("| - |") == 2
+    assert "trainer.lr=0.1 \\(max\\)" in rows["beta_method"] and "(max" not in rows["alpha_method"]
+    page = (boards / "vision" / "index.html").read_text()
+    assert 'class="ref"' in page and "chance 0.100" in page and "upper bound (joint) 0.900" in page
+    assert page.count('class="colour-bar"') == 3

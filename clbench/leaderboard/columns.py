@@ -1,4 +1,6 @@
-"""Owns what the boards show per entry: rank order, mean ± std cells, columns, protocol line.
+"""Owns what the boards show per entry: rank order and shared ranks, mean ± std and interval cells,
+the paired test against the track's lower reference learner, grid-edge flags, columns,
+and the protocol line.
 
 Shared by the Markdown table (:mod:`clbench.leaderboard.markdown`), the HTML page
 (:mod:`clbench.leaderboard.html`) and the SVG plots (:mod:`clbench.leaderboard.plots`).
@@ -10,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from clbench import stats
 from clbench.leaderboard.record import LeaderboardEntry, MeanStd, is_num
 from clbench.metrics import metric_digits, metric_label
 from clbench.tuning import Protocol
@@ -42,6 +45,73 @@ def _pm(s: MeanStd | None, digits: int = 3) -> str:
     return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}" if is_num(s.std) else f"{s.mean:.{digits}f}"
 
 
+def _ci(s: MeanStd | None, digits: int = 3) -> str:
+    """``mean [lo, hi]`` (95 % interval) where the entry has one, else ``mean ± std``."""
+    if s is None or s.ci95 is None or s.mean is None:
+        return _pm(s, digits)
+    lo, hi = s.ci95
+    return f"{s.mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def rank_labels(entries: Sequence[LeaderboardEntry]) -> list[str]:
+    """Rank labels of entries already in rank order: an entry whose 95 % ACC interval overlaps
+    the one above shares its rank (``3=``); entries without intervals (schema 1) never share."""
+    intervals = [tuple(e.summary["acc"].ci95) if "acc" in e.summary and e.summary["acc"].ci95 else None
+                 for e in entries]
+    return stats.shared_ranks([(float(iv[0]), float(iv[1])) if iv else None for iv in intervals])
+
+
+def baseline(entries: Sequence[LeaderboardEntry]) -> str | None:
+    """The board's baseline, which every entry is tested against: the track's lower reference
+    learner (sequential fine-tuning), as the entries' recorded health check names it."""
+    return next((e.health.lower for e in entries if e.health is not None), None)
+
+
+def versus_baseline(entry: LeaderboardEntry, entries: Sequence[LeaderboardEntry]) -> str:
+    """ACC difference to the baseline's entry on the same seeds and the paired t-test's p; a
+    ▲/▼ marks p < 0.05. ``-`` for the baseline itself, without it, or without shared seeds."""
+    name = baseline(entries)
+    base = next((e for e in entries if e.method == name), None)
+    if base is None or entry is base:
+        return "-"
+    mine, theirs = _acc_by_seed(entry), _acc_by_seed(base)
+    seeds = sorted(set(mine) & set(theirs))
+    test = stats.paired_t([mine[s] for s in seeds], [theirs[s] for s in seeds])
+    if test is None:
+        return "-"
+    diff, p = test
+    mark = (" ▲" if diff > 0 else " ▼") if p < 0.05 else ""
+    return f"{diff:+.3f} (p {p:.2g}){mark}"
+
+
+def _acc_by_seed(entry: LeaderboardEntry) -> dict[int, float]:
+    return {r.seed: float(v) for r in entry.runs if (v := r.metrics.get("acc")) is not None}
+
+
+def edge_params(entry: LeaderboardEntry) -> list[str]:
+    """Hyperparameters whose chosen value is the smallest or largest of a numeric grid of three
+    or more values (the optimum may lie outside the grid), as ``key=value (max)``."""
+    out = []
+    for key, value in sorted(entry.hyperparameters.items()):
+        values = (entry.search_space.get(key) or {}).get("values")
+        nums = [v for v in values or [] if is_num(v)]
+        if len(nums) < 3 or len(nums) != len(values or []) or not is_num(value):
+            continue
+        if value == min(nums) or value == max(nums):
+            out.append(f"{key}={value} ({'min' if value == min(nums) else 'max'})")
+    return out
+
+
+def commits_line(entries: Sequence[LeaderboardEntry]) -> str:
+    """Which commit(s) the ranked entries were produced from."""
+    commits = sorted({e.env.git_commit or "unknown" for e in entries})
+    if not commits:
+        return ""
+    if len(commits) == 1:
+        return f"Every entry was produced from commit `{commits[0][:12]}`."
+    return "Entries come from commits " + ", ".join(f"`{c[:12]}`" for c in commits) + "."
+
+
 def _has_general(entries: Sequence[LeaderboardEntry]) -> bool:
     return any(metric_mean(e, "general_retention") is not None for e in entries)
 
@@ -57,7 +127,14 @@ def _metric_column(key: str, metric: str) -> Column:
 def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
     """(key, header, type, text(entry), sort value(entry)) for the board's columns."""
     cols: list[Column] = [("method", "Method", "text", lambda e: e.method, lambda e: e.method)]
-    cols += [_metric_column(m, m) for m in ("acc", "bwt", "forgetting", "plasticity")]
+    cis = any(e.summary.get("acc") is not None and e.summary["acc"].ci95 for e in entries)
+    cols.append(("acc", "ACC [95 % CI]" if cis else metric_label("acc"), "num",
+                 lambda e: _ci(e.summary.get("acc"), metric_digits("acc")), lambda e: metric_mean(e, "acc")))
+    base = baseline(entries)
+    if base is not None and any(e.method == base for e in entries):
+        cols.append(("vs_base", f"ΔACC vs {base} (paired t)", "text",
+                     lambda e: versus_baseline(e, entries), lambda e: versus_baseline(e, entries)))
+    cols += [_metric_column(m, m) for m in ("bwt", "forgetting", "plasticity")]
     if _has_general(entries):
         cols.append(_metric_column("general", "general_retention"))
     cols += [
@@ -65,6 +142,8 @@ def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
          lambda e: _mean(e.cost.train_time_s)),
         ("trials", "Trials", "num", lambda e: f"{e.budget.trials_used}/{e.budget.n_trials}",
          lambda e: e.budget.trials_used),
+        ("edge", "H* on a grid edge", "text", lambda e: ", ".join(edge_params(e)) or "-",
+         lambda e: len(edge_params(e))),
         ("seeds", "Seeds", "num", lambda e: ", ".join(str(s) for s in e.seeds), lambda e: len(e.seeds)),
     ]
     return cols
@@ -73,7 +152,13 @@ def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
 def _protocol_line(track: str, proto: Protocol | None) -> str:
     if proto is None:
         return f"Track `{track}` is not a known track: every entry here is rejected."
-    return (f"Protocol {proto.name} v{proto.version}: tune on `{proto.tune_scenario}` "
+    retired = ("**Superseded:** this track is retired; its board is kept readable and no longer "
+               "extended (see `leaderboards/README.md` for the current tracks). ") if proto.retired else ""
+    return (f"{retired}Protocol {proto.name} v{proto.version}: tune on `{proto.tune_scenario}` "
             f"({proto.n_trials} trials, {proto.sampler} sampler seed {proto.sampler_seed}, objective "
             f"{proto.objective} on the validation split), evaluate H* on `{proto.eval_scenario}` with "
-            f"seeds {', '.join(map(str, proto.eval_seeds))}. Mean ± std over seeds.")
+            f"seeds {', '.join(map(str, proto.eval_seeds))}. Mean ± sample std over seeds, ACC with its "
+            f"95 % t-interval; a rank shared with the entry above (`3=`) means the intervals overlap. "
+            f"ΔACC: paired t-test against the track's lower reference learner on the same seeds "
+            f"(▲/▼: p < 0.05). Schema-1 entries "
+            f"show the population std and no interval.")

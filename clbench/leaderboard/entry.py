@@ -83,7 +83,7 @@ def entry_from_protocol(protocol_dir: str | Path, boards: str | Path | None = No
         runs = [_read_run(_find_run(pdir, rd or "") / "results.json") for rd in proto.evaluation.run_dirs]
         _check_runs(proto, runs)
         health = read_health(Path(boards) / proto.track / "health.json") if boards is not None else None
-        return replace(_build_entry(proto, runs), health=health).with_hash()
+        return replace(_build_entry(proto, runs), health=health, chance_acc=chance_acc(runs[0])).with_hash()
     except (KeyError, TypeError, IndexError) as exc:
         raise ClbenchError(f"{pdir / 'protocol.json'} or its results.json lack a field: {exc!r}") from exc
     except ValueError as exc:  # a non-finite number where the entry needs one (no canonical JSON)
@@ -116,6 +116,19 @@ def _build_entry(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> Leaderboar
         env=_env(proto, runs[0]),
         mlflow=EntryMlflow(parent_run_id=proto.mlflow.parent_run_id, tracking_uri=proto.mlflow.tracking_uri),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), content_hash="")
+
+
+def chance_acc(run: RunRecord) -> float | None:
+    """ACC of uniform guessing on the run's stream: among all classes (class- and
+    domain-incremental), among the experience's own classes (task-incremental, averaged over
+    experiences); None for test-time and language-modelling streams."""
+    sc = run.scenario
+    if sc.type == "task_incremental":
+        sizes = [len(c) for c in sc.classes if c]
+        return sum(1.0 / n for n in sizes) / len(sizes) if sizes else None
+    if sc.type in ("class_incremental", "domain_incremental") and sc.num_classes > 1:
+        return 1.0 / sc.num_classes
+    return None
 
 
 def read_health(path: Path) -> EntryHealth | None:

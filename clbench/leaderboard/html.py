@@ -15,7 +15,13 @@ from importlib.resources import files
 from typing import Any
 
 from clbench.jsonrecords import as_json
-from clbench.leaderboard.columns import _columns, _has_general, _protocol_line
+from clbench.leaderboard.columns import (
+    _columns,
+    _has_general,
+    _protocol_line,
+    commits_line,
+    rank_labels,
+)
 from clbench.leaderboard.plots import _e, heatmap_svg, retention_svg, scatter_svg
 from clbench.leaderboard.record import LeaderboardEntry
 from clbench.tuning import Protocol
@@ -44,8 +50,10 @@ def render_html(track: str, proto: Protocol | None, valid: Sequence[LeaderboardE
         parts.append(_health_html(track, health))
     parts.append(_html_table(valid) if valid else "<p>No valid entries yet.</p>")
     if valid:
+        parts.append(f'<p class="note">{_e(commits_line(valid).replace("`", ""))}</p>')
+    if valid:
         parts += ['<h2>Plots</h2><div class="plots">', _figure(scatter_svg(valid), "Final average accuracy "
-                  "vs forgetting (mean over seeds; bars = ± std)")]
+                  "vs forgetting (mean over seeds; bars = ± std; dashed: chance and the upper reference learner)")]
         if _has_general(valid):
             parts.append(_figure(retention_svg(valid), "General-capability retention (after / before)"))
         parts.append("</div><h2>Accuracy matrices R (mean over seeds)</h2><div class=\"plots\">")
@@ -86,8 +94,8 @@ def _html_table(valid: Sequence[LeaderboardEntry]) -> str:
         f'<th data-key="{k}" data-type="{t}" scope="col"{_ACC_SORTED if k == "acc" else ""}>'
         f'<button type="button">{_e(h)}</button></th>' for k, h, t, _, _ in cols)
     rows = []
-    for i, e in enumerate(valid, 1):
-        cells = [f'<td data-v="{i}">{i}</td>']
+    for i, (rank, e) in enumerate(zip(rank_labels(valid), valid, strict=True), 1):
+        cells = [f'<td data-v="{i}">{_e(rank)}</td>']
         for _, _, t, text, sort in cols:
             v = sort(e)
             dv = "" if v is None else (repr(float(v)) if t == "num" else str(v))

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clbench.leaderboard.columns import _columns, _protocol_line
+from clbench.leaderboard.columns import _columns, _protocol_line, commits_line, rank_labels
 from clbench.leaderboard.record import LeaderboardEntry
 from clbench.tuning import Protocol
 
@@ -35,8 +35,9 @@ def _readme(track: str, proto: Protocol | None, valid: Sequence[LeaderboardEntry
                   f"`{_md_cell(str(health.get('git_commit', '?'))[:12])}`):", "", health_table(health), ""]
     if valid:
         lines += ["| # | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        lines += ["| " + " | ".join([str(i), *(_md_cell(c[3](e)) for c in cols)]) + " |"
-                  for i, e in enumerate(valid, 1)]
+        lines += ["| " + " | ".join([rank, *(_md_cell(c[3](e)) for c in cols)]) + " |"
+                  for rank, e in zip(rank_labels(valid), valid, strict=True)]
+        lines += ["", commits_line(valid)]
     else:
         lines.append("No valid entries yet.")
     if rejected:

@@ -103,6 +103,10 @@ def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340)
                f"Forgetting (lower is better)</text>"
                f'<text transform="translate(14 {(mt + h - mb) / 2}) rotate(-90)" font-size="12" '
                f'text-anchor="middle">ACC (higher is better)</text>')
+    for name, level, colour in _reference_levels(entries):
+        out.append(f'<line class="ref" x1="{ml}" x2="{w - mr}" y1="{py(level):.1f}" y2="{py(level):.1f}" '
+                   f'stroke="{colour}" stroke-dasharray="5 3"/><text x="{w - mr - 4}" y="{py(level) - 4:.1f}" '
+                   f'font-size="10" fill="{colour}" text-anchor="end">{_e(name)} {level:.3f}</text>')
     labels = _place_labels([(px(x), py(y), _short(e.method, 26)) for e, x, y in pts], w, h)
     for (e, x, y), (lx, ly, anchor) in zip(pts, labels, strict=True):
         sx, sy = metric_std(e, "forgetting"), metric_std(e, "acc")
@@ -118,6 +122,19 @@ def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340)
                    f'{_e(_short(e.method, 26))}</text></g>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _reference_levels(entries: Sequence[LeaderboardEntry]) -> list[tuple[str, float, str]]:
+    """(label, ACC, colour) of the lines every ACC plot draws: chance (uniform guessing on the
+    stream) and the track's upper reference learner from its health check."""
+    out = []
+    chance = next((e.chance_acc for e in entries if e.chance_acc is not None), None)
+    if chance is not None:
+        out.append(("chance", chance, "#999"))
+    health = next((e.health for e in entries if e.health is not None and e.health.upper_acc is not None), None)
+    if health is not None and health.upper_acc is not None:
+        out.append((f"upper bound ({health.upper})", health.upper_acc, "#2ca02c"))
+    return out
 
 
 def mean_matrix(entry: LeaderboardEntry) -> list[list[float]]:
@@ -139,7 +156,7 @@ def heatmap_svg(entry: LeaderboardEntry, cell: int = 34) -> str:
     R = mean_matrix(entry)
     T, ml, mt = len(R), 40, 34
     cell = max(12, min(cell, 340 // max(T, 1)))
-    w, h = ml + T * cell + 8, mt + T * cell + 8
+    w, h = ml + T * cell + 48, mt + T * cell + 8
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" data-method="{_e(entry.method)}" '
            f'width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="R heatmap">',
            f'<text x="{ml}" y="12" font-size="11">tested on →</text>',
@@ -156,8 +173,18 @@ def heatmap_svg(entry: LeaderboardEntry, cell: int = 34) -> str:
             if cell >= 26:
                 out.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" font-size="10" text-anchor="middle" '
                            f'fill="{"#fff" if v > 0.55 else "#222"}">{v:.2f}</text>')
+    out.append(_colour_bar(ml + T * cell + 12, mt, T * cell))
     out.append("</svg>")
     return "".join(out)
+
+
+def _colour_bar(x: float, y: float, height: float, steps: int = 10) -> str:
+    """A vertical colour bar for :func:`_heat` from 0 (bottom) to 1 (top), labelled at both ends."""
+    step = height / steps
+    rects = "".join(f'<rect x="{x:.1f}" y="{y + (steps - 1 - k) * step:.1f}" width="10" height="{step + 0.5:.1f}" '
+                    f'fill="{_heat((k + 0.5) / steps)}"/>' for k in range(steps))
+    return (f'<g class="colour-bar">{rects}<text x="{x + 13:.1f}" y="{y + 8:.1f}" font-size="9">1</text>'
+            f'<text x="{x + 13:.1f}" y="{y + height:.1f}" font-size="9">0</text></g>')
 
 
 def retention_svg(entries: Sequence[LeaderboardEntry], w: int = 460) -> str:

@@ -26,6 +26,7 @@ Entry (``schema_version`` 2, ``kind`` ``clbench-leaderboard-entry``)::
      "mlflow": {"parent_run_id", "tracking_uri"} | null, "created_at": ISO-8601,
      "health": {"git_commit", "declaration_sha256", "passed", "criteria": [...],
                 "lower", "upper", "lower_acc", "upper_acc"},    # the track's health.json
+     "chance_acc": ACC of uniform guessing over the labels the model chooses among,
      "content_hash": sha256 of the canonical JSON of everything else}
 
 Schema 1 (the retired boards' entries) has population std, no ``ci95`` and no ``health``; it is
@@ -217,6 +218,7 @@ class LeaderboardEntry:
     created_at: str
     content_hash: str
     health: EntryHealth | None = omitted_if_none()  # schema 2
+    chance_acc: float | None = omitted_if_none()  # schema 2: ACC of uniform guessing on the stream
     schema_version: int = ENTRY_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
