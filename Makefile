@@ -12,7 +12,7 @@ WORKERS ?= 1
 # `make test-integration` (needs root; without them those tests skip locally and fail under CI=true).
 SYSTEM_PACKAGES := postgresql chromium
 
-.PHONY: system-deps install test test-integration test-slow test-all bench compare health tracks perf quality ui lock clean
+.PHONY: system-deps install test test-integration test-slow test-all bench compare board health tracks perf quality ui lock clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,10 @@ bench: install
 
 compare: install
 	$(BIN)/clbench compare --track $(or $(TRACK),vision_cil) --seeds $(SEEDS) $(if $(RESUME),--resume,)
+
+# A track's board from this clean commit: protocol for every applicable method -> submit -> validate -> render (resumable)
+board: install
+	$(BIN)/clbench board $(or $(TRACK),vision_cil) --workers $(WORKERS)
 
 # Track health check: the reference learners on the track's evaluation scenario -> leaderboards/<track>/health.json
 health: install

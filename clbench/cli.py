@@ -9,6 +9,7 @@
     clbench tracks
     clbench track check <track> [--seeds 0 1 2] [--no-resume]
     clbench submit <protocol run dir> [--leaderboards leaderboards]
+    clbench board <track> [--methods ...] [--workers N] [--storage URL]
     clbench leaderboard validate|render [leaderboards]
     clbench leaderboard reproduce <entry.json> [--seed 0] [--atol 0.02] [--runs-dir runs/reproduce]
     clbench leaderboard keygen <key file> --signer NAME | sign <entry.json> --key <key file> --signer NAME

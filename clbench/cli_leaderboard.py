@@ -1,6 +1,6 @@
-"""Owns the leaderboard verbs of the command line: ``clbench submit`` and ``clbench leaderboard
-validate|render|reproduce|keygen|sign`` (the leaderboard package is imported only when one of
-them runs)."""
+"""Owns the leaderboard verbs of the command line: ``clbench submit``, ``clbench board`` and
+``clbench leaderboard validate|render|reproduce|keygen|sign`` (the leaderboard package is
+imported only when one of them runs)."""
 
 from __future__ import annotations
 
@@ -65,8 +65,25 @@ def _signing(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_board(args: argparse.Namespace) -> int:
+    from clbench.board import make_board
+
+    report = make_board(args.track, args.leaderboards, args.methods, args.workers, args.storage)
+    print(report.summary())
+    return 0
+
+
 def add_leaderboard_verbs(sub: Any) -> None:
-    """``submit`` and ``leaderboard validate|render|reproduce`` on the CLI's subparsers."""
+    """``submit``, ``board`` and ``leaderboard validate|render|reproduce|keygen|sign`` on the
+    CLI's subparsers."""
+    b = sub.add_parser("board", help="a track's whole board from this clean commit: protocol for every "
+                                     "applicable method, submit, validate, render (resumable)")
+    b.add_argument("track", help="a track from `clbench tracks`")
+    b.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    b.add_argument("--workers", type=int, default=1, help="worker processes per protocol")
+    b.add_argument("--storage", default="", help="shared Optuna storage URL (default: SQLite per protocol)")
+    b.add_argument("--leaderboards", default="leaderboards", help="leaderboard root directory")
+    b.set_defaults(fn=cmd_board)
     s = sub.add_parser("submit", help="turn a finished protocol run into a leaderboard entry")
     s.add_argument("protocol_dir", help="protocol run directory (holds protocol.json)")
     s.add_argument("--leaderboards", default="leaderboards", help="leaderboard root directory")

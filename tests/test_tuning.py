@@ -342,3 +342,30 @@ def test_a_rerun_requeues_only_trials_whose_worker_is_gone() -> None:
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert [states[t.number] for t in trials] == ["WAITING", "RUNNING", "WAITING", "RUNNING"]
     assert socket.gethostname() != "another-node"
+
+
+def test_board_runs_the_chain_for_every_applicable_method_and_resumes(
+        tmp_path: Path, tiny: Protocol, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`clbench board`: protocol -> submit -> validate -> render per method; a rerun keeps the
+    entries made at this commit; a dirty tree or a track without a passing health check is refused."""
+    from test_leaderboard import write_health
+
+    from clbench import board, tracking
+    from clbench.errors import ClbenchError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "git_commit", lambda: "c" * 40)
+    boards = tmp_path / "boards"
+    with pytest.raises(ClbenchError, match="no passing health check"):
+        board.make_board("tiny", boards, ["naive"], progress=False)
+    write_health(boards, "tiny")
+    report = board.make_board("tiny", boards, ["naive", "tent"], progress=False, log=lambda _: None)
+    assert report.written == ["naive"] and "tent" in report.not_applicable
+    entry = json.loads((boards / "tiny" / "naive.json").read_text())
+    assert entry["env"]["git_commit"] == "c" * 40 and entry["health"]["passed"] is True
+    assert "naive" in (boards / "tiny" / "README.md").read_text()
+    again = board.make_board("tiny", boards, ["naive"], progress=False, log=lambda _: None)
+    assert again.kept == ["naive"] and again.written == []
+    monkeypatch.setattr(tracking, "git_commit", lambda: "c" * 40 + "-dirty")
+    with pytest.raises(ClbenchError, match="uncommitted changes"):
+        board.make_board("tiny", boards, ["naive"], progress=False)
