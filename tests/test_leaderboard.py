@@ -662,3 +662,17 @@ def test_the_board_shares_overlapping_ranks_tests_against_the_baseline_and_flags
     page = (boards / "vision" / "index.html").read_text()
     assert 'class="ref"' in page and "chance 0.100" in page and "upper bound (joint) 0.900" in page
     assert page.count('class="colour-bar"') == 3
+
+
+def test_render_exports_each_ranked_entrys_config_and_an_index_over_tracks(tmp_path: Path) -> None:
+    from clbench.config import build_run_config, load_yaml
+
+    track, _ = _board(tmp_path)
+    cfg = build_run_config(load_yaml(track / "configs" / "beta_method.yaml"))
+    entry = json.loads((track / "beta_method.json").read_text())
+    assert (cfg.method, cfg.scenario, cfg.seed) == ("beta_method", entry["evaluation"]["scenario"], 0)
+    assert cfg.trainer.lr == entry["hyperparameters"]["trainer.lr"] and cfg.method_options == {"strength": 0.5}
+    assert dict(cfg.scenario_options) == entry["evaluation"]["options"]
+    assert not (track / "configs" / "gamma_tampered.yaml").exists()  # rejected entries export nothing
+    index = (tmp_path / "boards" / "index.html").read_text()
+    assert '<a href="vision/index.html">vision</a>' in index and "beta_method (0.8" in index

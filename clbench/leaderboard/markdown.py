@@ -37,7 +37,8 @@ def _readme(track: str, proto: Protocol | None, valid: Sequence[LeaderboardEntry
         lines += ["| # | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += ["| " + " | ".join([rank, *(_md_cell(c[3](e)) for c in cols)]) + " |"
                   for rank, e in zip(rank_labels(valid), valid, strict=True)]
-        lines += ["", commits_line(valid)]
+        lines += ["", commits_line(valid) + " Tuned configurations, one YAML per method "
+                  "(`clbench run --config configs/<method>.yaml`): [configs/](configs/)."]
     else:
         lines.append("No valid entries yet.")
     if rejected:

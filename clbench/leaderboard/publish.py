@@ -1,13 +1,15 @@
 """Owns the two write paths: ``submit`` (protocol run -> entry file) and ``render`` (entries -> pages).
 
 Both write atomically; ``render`` ranks the entries that validate and lists the others as
-rejected in ``<track>/README.md`` and ``<track>/index.html``.
+rejected in ``<track>/README.md`` and ``<track>/index.html``, exports each ranked entry's tuned
+configuration as ``<track>/configs/<method>.yaml`` (``clbench run --config`` reruns it), and
+writes ``index.html`` over all tracks.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from clbench.checkpoint import atomic_write_bytes
 from clbench.errors import ClbenchError
 from clbench.leaderboard.columns import _rank_key
 from clbench.leaderboard.entry import entry_filename, entry_files, entry_from_protocol
-from clbench.leaderboard.html import render_html
+from clbench.leaderboard.html import index_html, render_html
 from clbench.leaderboard.markdown import _readme
 from clbench.leaderboard.provenance import mixed_commit_errors
 from clbench.leaderboard.record import LeaderboardEntry
@@ -57,6 +59,7 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
     if not root.is_dir():
         raise ClbenchError(f"no leaderboard directory at {root}")
     written: list[Path] = []
+    boards: list[tuple[str, Protocol | None, list[LeaderboardEntry], int, dict[str, Any] | None]] = []
     inside = root.resolve()
     for track_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         if track_dir.is_symlink() or track_dir.resolve().parent != inside:
@@ -80,8 +83,42 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
         old = readme.read_text(encoding="utf-8") if readme.is_file() else None
         _atomic_write(readme, _readme(track_dir.name, proto, valid, rejected, old, health))
         _atomic_write(track_dir / "index.html", render_html(track_dir.name, proto, valid, rejected, health))
-        written += [readme, track_dir / "index.html"]
-    return written
+        written += [readme, track_dir / "index.html", *_write_configs(track_dir, valid)]
+        boards.append((track_dir.name, proto, valid, len(rejected), health))
+    _atomic_write(root / "index.html", index_html(boards))
+    return [*written, root / "index.html"]
+
+
+def config_values(entry: LeaderboardEntry, seed: int = 0) -> dict[str, Any]:
+    """The run configuration of ``entry``'s evaluation runs (H* included), nested as a YAML run
+    config: ``clbench run --config <file>`` reruns one seed."""
+    dotted = {**entry.config, "method": entry.method, "scenario": entry.evaluation.scenario, "seed": seed,
+              **{f"scenario.{k}": v for k, v in entry.evaluation.options.items()}}
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        head, _, rest = key.partition(".")
+        if not rest:
+            if head in ("method", "scenario", "model"):
+                nested.setdefault(head, {})["name"] = value
+            else:
+                nested[head] = value
+        else:
+            nested.setdefault(head, {})[rest] = value
+    return nested
+
+
+def _write_configs(track_dir: Path, valid: Sequence[LeaderboardEntry]) -> list[Path]:
+    """``<track>/configs/<method>.yaml``: each ranked entry's tuned configuration."""
+    import yaml
+
+    out = []
+    for e in valid:
+        path = track_dir / "configs" / (entry_filename(e.method)[:-5] + ".yaml")
+        head = (f"# {e.method} on {e.track}: the protocol's fixed settings and the tuned H*, evaluation seed 0\n"
+                f"# from the entry made at commit {e.env.git_commit}; rerun with: clbench run --config {path.name}\n")
+        _atomic_write(path, head + yaml.safe_dump(config_values(e), sort_keys=False, allow_unicode=True))
+        out.append(path)
+    return out
 
 
 def health_record(track_dir: Path) -> dict[str, Any] | None:
