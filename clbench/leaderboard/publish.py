@@ -115,7 +115,7 @@ def _write_configs(track_dir: Path, valid: Sequence[LeaderboardEntry]) -> list[P
     for e in valid:
         path = track_dir / "configs" / (entry_filename(e.method)[:-5] + ".yaml")
         head = (f"# {e.method} on {e.track}: the protocol's fixed settings and the tuned H*, evaluation seed 0\n"
-                f"# from the entry made at commit {e.env.git_commit}; rerun with: clbench run --config {path.name}\n")
+                f"# from the entry made at commit {e.env.git_commit}; rerun with: clbench run --config leaderboards/{e.track}/configs/{path.name}\n")
         _atomic_write(path, head + yaml.safe_dump(config_values(e), sort_keys=False, allow_unicode=True))
         out.append(path)
     return out
