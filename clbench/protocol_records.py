@@ -103,6 +103,9 @@ class ProtocolRecord:
     env: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
     finished_at: str = ""
+    #: hyperparameters of H* at the smallest or largest value of their grid
+    #: (:func:`clbench.search.grid_edges`): the optimum may lie outside the grid
+    edge_params: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": PROTOCOL_SCHEMA_VERSION, "kind": PROTOCOL_KIND, **as_json(self)}

@@ -60,3 +60,18 @@ def size(space: Mapping[str, Grid]) -> int:
 def with_base(extra: Mapping[str, Grid] | None = None, base: Sequence[str] = ("trainer.lr",)) -> dict[str, Grid]:
     """The shared grids (``base``) plus a method's own."""
     return {**{k: BASE_SPACE[k] for k in base}, **(extra or {})}
+
+
+def grid_edges(chosen: Mapping[str, Any], space: Mapping[str, Any]) -> list[str]:
+    """The chosen values that are the smallest or largest of a numeric grid of three or more
+    values (the optimum may lie outside the grid), as ``key=value (min|max)``. ``space`` is a
+    search-space record (:func:`space_record`: ``{key: {"values": [...]}}``)."""
+    out = []
+    for key, value in sorted(chosen.items()):
+        values = list((space.get(key) or {}).get("values") or [])
+        nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(nums) < 3 or len(nums) != len(values) or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value in (min(nums), max(nums)):
+            out.append(f"{key}={value} ({'min' if value == min(nums) else 'max'})")
+    return out

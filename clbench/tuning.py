@@ -33,6 +33,7 @@ from clbench.protocol_records import (
     TuningRecord,
 )
 from clbench.records import RunRecord, as_json, decode
+from clbench.search import grid_edges
 from clbench.study import (
     PROTOCOL_RUNS_DIR,
     PROTOCOLS,  # noqa: F401 - re-exported (moved to clbench.study)
@@ -153,7 +154,7 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     trial and each evaluation seed runs exactly once.
     """
     from clbench.registry import METHODS, load_plugins
-    from clbench.search import draw, size, space_record
+    from clbench.search import draw, grid_edges, size, space_record
 
     load_plugins()
     METHODS.get(method)  # clear error for an unknown method
@@ -181,7 +182,9 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
                  f"{p.tune_scenario} ({pr.dir})")
         until_done(study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
         best, best_value = _best(study)
-        _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})")
+        edges = grid_edges(best, space_record(space))
+        _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})"
+                 + (f"; on the edge of its grid: {', '.join(edges)}" if edges else ""))
         eval_slots = [{"seed": s} for s in p.eval_seeds]
         ev = open_study(pr, "-eval", [], {}) if study_exists(pr, "-eval") else None
         if ev is None:
@@ -259,7 +262,8 @@ def _record(pr: ProtocolRun, study: Any, ev: Any, best: dict[str, Any], best_val
         env={"git_commit": env["git_commit"], "packages": env["packages"], "python": env["python"],
              "hardware": {"platform": env["platform"], "machine": platform.machine(), "cpus": os.cpu_count(),
                           "device": (results[0].get("env") or {}).get("device") if results else None}},
-        started_at=started, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        started_at=started, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        edge_params=grid_edges(best, space))
 
 
 def _tracking_config(pr: ProtocolRun) -> Any:

@@ -17,7 +17,7 @@ from clbench import tuning
 from clbench.errors import ClbenchError, ConfigError
 from clbench.records import RunRecord
 from clbench.registry import METHODS
-from clbench.search import draw, grid
+from clbench.search import draw, grid, grid_edges
 from clbench.tuning import Protocol, run_protocol
 
 TINY = Protocol(track="tiny", tune_scenario="split_digits", eval_scenario="split_mnist", n_trials=3,
@@ -71,6 +71,7 @@ def test_two_phases_budget_objective_and_mlflow_nesting(tmp_path: Path, tiny: Pr
         res = RunRecord.from_json(json.loads((Path(run_dir) / "results.json").read_text()))
         assert res.config["seed"] == seed and res.config["trainer"]["lr"] == rec.best_params["trainer.lr"]
         assert res.config["method_options"]["ewc_lambda"] == rec.best_params["method.ewc_lambda"]
+    assert rec.edge_params == grid_edges(rec.best_params, rec.search_space)
     assert Path(tmp_path, "tiny", "ewc", rec.tuning.study, "protocol.json").is_file()
     children = _mlflow_children(rec.mlflow.parent_run_id)
     assert len(children) == 3 + 2
@@ -369,3 +370,13 @@ def test_board_runs_the_chain_for_every_applicable_method_and_resumes(
     monkeypatch.setattr(tracking, "git_commit", lambda: "c" * 40 + "-dirty")
     with pytest.raises(ClbenchError, match="uncommitted changes"):
         board.make_board("tiny", boards, ["naive"], progress=False)
+
+
+def test_grid_edges_flag_chosen_values_at_the_end_of_a_numeric_grid() -> None:
+    from clbench.search import grid_edges, space_record
+
+    space = space_record({"trainer.lr": grid(1e-4, 3e-4, 1e-3), "method.k": grid(1, 2),
+                          "method.mode": grid("a", "b", "c")})
+    assert grid_edges({"trainer.lr": 1e-3, "method.k": 2, "method.mode": "c"}, space) == ["trainer.lr=0.001 (max)"]
+    assert grid_edges({"trainer.lr": 3e-4}, space) == []  # inside the grid
+    assert grid_edges({"trainer.lr": 1e-4}, space) == ["trainer.lr=0.0001 (min)"]

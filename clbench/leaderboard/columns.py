@@ -15,6 +15,7 @@ from typing import Any
 from clbench import stats
 from clbench.leaderboard.record import LeaderboardEntry, MeanStd, is_num
 from clbench.metrics import metric_digits, metric_label
+from clbench.search import grid_edges
 from clbench.tuning import Protocol
 
 
@@ -89,17 +90,8 @@ def _acc_by_seed(entry: LeaderboardEntry) -> dict[int, float]:
 
 
 def edge_params(entry: LeaderboardEntry) -> list[str]:
-    """Hyperparameters whose chosen value is the smallest or largest of a numeric grid of three
-    or more values (the optimum may lie outside the grid), as ``key=value (max)``."""
-    out = []
-    for key, value in sorted(entry.hyperparameters.items()):
-        values = (entry.search_space.get(key) or {}).get("values")
-        nums = [v for v in values or [] if is_num(v)]
-        if len(nums) < 3 or len(nums) != len(values or []) or not is_num(value):
-            continue
-        if value == min(nums) or value == max(nums):
-            out.append(f"{key}={value} ({'min' if value == min(nums) else 'max'})")
-    return out
+    """The entry's hyperparameters chosen at the edge of their grid (:func:`clbench.search.grid_edges`)."""
+    return grid_edges(entry.hyperparameters, entry.search_space)
 
 
 def commits_line(entries: Sequence[LeaderboardEntry]) -> str:
