@@ -258,9 +258,14 @@ def test_cli_protocol_then_submit_validate_render(tmp_path: Path, tiny: Protocol
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """The documented path: protocol run -> clbench submit -> leaderboard validate/render."""
+    from test_leaderboard import write_health
+
+    from clbench import tracking
     from clbench.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "git_commit", lambda: "c" * 40)  # a clean commit, whatever this checkout is
+    write_health(tmp_path / "boards", "tiny")  # the track's committed health check
     assert main(["protocol", "method=naive", "--track", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "phase 1: 3/3 trials on split_digits" in out and "submit it with: clbench submit" in out
