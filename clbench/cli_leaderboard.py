@@ -43,7 +43,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from clbench.leaderboard.reproduce import DEFAULT_ATOL, DEFAULT_RUNS_DIR, reproduce
 
     if args.dir == "leaderboards" or not Path(args.dir).is_file():
-        raise ConfigError("entry", args.dir, "an entry file, e.g. leaderboards/vision_cil/naive.json")
+        raise ConfigError("entry", args.dir, "an entry file, e.g. leaderboards/<track>/<method>.json")
     out = reproduce(args.dir, args.seed, DEFAULT_ATOL if args.atol is None else args.atol,
                     args.runs_dir or DEFAULT_RUNS_DIR)
     print(out.report())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clbench.errors import ClbenchError
-from clbench.jsonrecords import as_json, decode
+from clbench.jsonrecords import as_json, decode, omitted_if_none
 
 PROTOCOL_SCHEMA_VERSION = 1
 PROTOCOL_KIND = "clbench-protocol"
@@ -105,7 +105,7 @@ class ProtocolRecord:
     finished_at: str = ""
     #: hyperparameters of H* at the smallest or largest value of their grid
     #: (:func:`clbench.search.grid_edges`): the optimum may lie outside the grid
-    edge_params: list[str] = field(default_factory=list)
+    edge_params: list[str] | None = omitted_if_none()  # absent in files written before it existed
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": PROTOCOL_SCHEMA_VERSION, "kind": PROTOCOL_KIND, **as_json(self)}

@@ -76,8 +76,9 @@ def test_render_never_writes_through_a_symlinked_track_folder(tmp_path: Path) ->
     outside.mkdir()
     (outside / "health.json").write_text(json.dumps({"criteria": [], "passed": True}))
     (boards / "x").symlink_to(outside, target_is_directory=True)
-    assert render(boards) == []
+    assert render(boards) == [boards / "index.html"]  # the index over tracks, which lists none
     assert not (outside / "README.md").exists() and not (outside / "index.html").exists()
+    assert 'href="x/' not in (boards / "index.html").read_text()
 
 
 def test_a_run_directory_has_one_owner_at_a_time(tmp_path: Path) -> None:
