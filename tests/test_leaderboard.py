@@ -100,6 +100,7 @@ def make_protocol_dir(root: Path, method: str = "fixture_method", *, skill: floa
             method, seed, scenario=proto.eval_scenario, scenario_hash=EVAL_HASH, num_classes=10,
             config={**config, "method": method, "scenario": proto.eval_scenario, "seed": seed},
             R=R, R_pretrain=b, metrics=metrics, general=gen,
+            mechanism={"kept_fraction": [1.0 - 0.1 * i for i in range(T)]},
             cost={"wall_time_s": 2.0 + seed, "train_time_s": 1.5 + seed, "train_samples": 900,
                   "train_samples_per_s": 600.0, "optimizer_steps": 30, "peak_rss_mb": 500.0,
                   "peak_cuda_mb": None, "trainable_params": 1000, "total_params": 1000},
@@ -428,7 +429,7 @@ def test_render_ranks_valid_entries_by_acc_and_lists_rejected_ones(tmp_path: Pat
     rows = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[1] for r in rows][0::2] == ["beta_method", "alpha_method"]
     assert "&lt;script&gt;" in rows[1] and "<script>" not in readme
-    assert "| General retention |" in block and f"| {N}/{N} | - | 0, 1, 2 |" in rows[0]
+    assert "| General retention |" in block and f"| {N}/{N} | - | kept_fraction 0.9 | 0, 1, 2 |" in rows[0]
     assert "Every entry was produced from commit `111111111111`." in block
     assert "gamma_tampered.json" in block and "content_hash mismatch" in block
     assert not any("gamma_tampered" in r for r in rows)
@@ -676,3 +677,13 @@ def test_render_exports_each_ranked_entrys_config_and_an_index_over_tracks(tmp_p
     assert not (track / "configs" / "gamma_tampered.yaml").exists()  # rejected entries export nothing
     index = (tmp_path / "boards" / "index.html").read_text()
     assert '<a href="vision/index.html">vision</a>' in index and "beta_method (0.8" in index
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes(tmp_path: Path) -> None:
+    from clbench.leaderboard.plots import pareto_front
+
+    assert pareto_front([(0.9, 0.2), (0.5, 0.5), (0.4, 0.4), (0.2, 0.8), (0.2, 0.7)]) == [
+        (0.2, 0.8), (0.5, 0.5), (0.9, 0.2)]
+    track, _ = _board(tmp_path)
+    page = (track / "index.html").read_text()
+    assert 'id="plot-pareto"' in page and 'class="pareto"' in page

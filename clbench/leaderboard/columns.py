@@ -94,6 +94,20 @@ def edge_params(entry: LeaderboardEntry) -> list[str]:
     return grid_edges(entry.hyperparameters, entry.search_space)
 
 
+def mechanism_text(entry: LeaderboardEntry) -> str:
+    """The method's declared mechanism figures: mean over experiences, then over seeds."""
+    keys: list[str] = []
+    for r in entry.runs:
+        keys += [k for k in (r.mechanism or {}) if k not in keys]
+    parts = []
+    for k in keys:
+        per_seed = [sum(v) / len(v) for r in entry.runs
+                    if (v := [x for x in (r.mechanism or {}).get(k, []) if x is not None])]
+        if per_seed:
+            parts.append(f"{k} {sum(per_seed) / len(per_seed):.3g}")
+    return "; ".join(parts) or "-"
+
+
 def commits_line(entries: Sequence[LeaderboardEntry]) -> str:
     """Which commit(s) the ranked entries were produced from."""
     commits = sorted({e.env.git_commit or "unknown" for e in entries})
@@ -136,6 +150,7 @@ def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
          lambda e: e.budget.trials_used),
         ("edge", "H* on a grid edge", "text", lambda e: ", ".join(edge_params(e)) or "-",
          lambda e: len(edge_params(e))),
+        ("mechanism", "Mechanism (mean)", "text", mechanism_text, mechanism_text),
         ("seeds", "Seeds", "num", lambda e: ", ".join(str(s) for s in e.seeds), lambda e: len(e.seeds)),
     ]
     return cols

@@ -175,8 +175,10 @@ def _run_record(r: RunRecord) -> EntryRun:
     """An entry's ``runs`` item: the parts of one evaluation run's record that a board shows."""
     g = r.general
     general = EntryGeneral(before=_finite_map(g.before), after=[_finite_map(a) for a in g.after]) if g.before else None
+    mechanism = {k: [_finite(v) for v in vals] for k, vals in r.mechanism.items()}
     return EntryRun(seed=r.seeds.seed, R=r.R, R_pretrain=r.R_pretrain, metrics=_finite_map(r.metrics),
-                    general=general, cost=EntryRunCost(**{k: getattr(r.cost, k) for k in COST_KEYS}))
+                    general=general, cost=EntryRunCost(**{k: getattr(r.cost, k) for k in COST_KEYS}),
+                    mechanism=mechanism)
 
 
 def _finite_map(d: Mapping[str, float] | None) -> dict[str, float | None]:

@@ -56,6 +56,8 @@ def render_html(track: str, proto: Protocol | None, valid: Sequence[LeaderboardE
         parts += ['<h2>Plots</h2><div class="plots">', _figure(scatter_svg(valid), "Final average accuracy "
                   "vs forgetting (mean over seeds; bars = ± std; dashed: chance and the upper reference learner)")]
         if _has_general(valid):
+            parts.append(_figure(scatter_svg(valid, x_key="general_retention", svg_id="plot-pareto"),
+                                 "Pareto plot: ACC vs general-capability retention (dotted: the Pareto front)"))
             parts.append(_figure(retention_svg(valid), "General-capability retention (after / before)"))
         parts.append("</div><h2>Accuracy matrices R (mean over seeds)</h2><div class=\"plots\">")
         parts += [_figure(heatmap_svg(e), e.method) for e in valid]

@@ -75,9 +75,13 @@ def _place_labels(points: Sequence[tuple[float, float, str]], w: float, h: float
     return out
 
 
-def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340) -> str:
-    """ACC (y) vs forgetting (x), one labelled point per method with ± std whiskers."""
-    pts = [(e, x, y) for e, (x, y) in _points(entries, "forgetting", "acc")]
+def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340, x_key: str = "forgetting",
+                svg_id: str = "plot-scatter") -> str:
+    """ACC (y) vs ``x_key`` (x: forgetting, or general retention for the Pareto plot), one
+    labelled point per method with ± std whiskers; for retention, the Pareto front (no method
+    better on both) is joined by a line."""
+    pts = [(e, x, y) for e, (x, y) in _points(entries, x_key, "acc")]
+    x_label = "Forgetting (lower is better)" if x_key == "forgetting" else "General retention (higher is better)"
     ml, mr, mt, mb = 52, 16, 14, 44
     xs = [x for _, x, _ in pts] or [0.0]
     x0, x1, xticks = _axis(min(xs), max(xs))
@@ -89,8 +93,8 @@ def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340)
     def py(y: float) -> float:
         return h - mb - (y - y0) / (y1 - y0) * (h - mt - mb)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="plot-scatter" width="{w}" height="{h}" '
-           f'viewBox="0 0 {w} {h}" role="img" aria-label="ACC vs forgetting">',
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{svg_id}" width="{w}" height="{h}" '
+           f'viewBox="0 0 {w} {h}" role="img" aria-label="ACC vs {_e(x_key)}">',
            f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="#fafafa" stroke="#ccc"/>']
     for t in xticks:
         out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{mt}" y2="{h - mb}" stroke="#eee"/>'
@@ -100,21 +104,26 @@ def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340)
         out.append(f'<line x1="{ml}" x2="{w - mr}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#eee"/>'
                    f'<text x="{ml - 6}" y="{py(t) + 4:.1f}" font-size="11" text-anchor="end">{t:.1f}</text>')
     out.append(f'<text x="{(ml + w - mr) / 2}" y="{h - 8}" font-size="12" text-anchor="middle">'
-               f"Forgetting (lower is better)</text>"
+               f"{_e(x_label)}</text>"
                f'<text transform="translate(14 {(mt + h - mb) / 2}) rotate(-90)" font-size="12" '
                f'text-anchor="middle">ACC (higher is better)</text>')
     for name, level, colour in _reference_levels(entries):
         out.append(f'<line class="ref" x1="{ml}" x2="{w - mr}" y1="{py(level):.1f}" y2="{py(level):.1f}" '
                    f'stroke="{colour}" stroke-dasharray="5 3"/><text x="{w - mr - 4}" y="{py(level) - 4:.1f}" '
                    f'font-size="10" fill="{colour}" text-anchor="end">{_e(name)} {level:.3f}</text>')
+    if x_key != "forgetting" and len(pts) > 1:
+        front = pareto_front([(x, y) for _, x, y in pts])
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in front)
+        out.append(f'<polyline class="pareto" points="{path}" fill="none" stroke="#555" stroke-width="1.2" '
+                   f'stroke-dasharray="2 2"/>')
     labels = _place_labels([(px(x), py(y), _short(e.method, 26)) for e, x, y in pts], w, h)
     for (e, x, y), (lx, ly, anchor) in zip(pts, labels, strict=True):
-        sx, sy = metric_std(e, "forgetting"), metric_std(e, "acc")
+        sx, sy = metric_std(e, x_key), metric_std(e, "acc")
         c, cx, cy = _color(entries, e), px(x), py(y)
         lead = (f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{lx:.1f}" y2="{ly - 4:.1f}" stroke="{c}" '
                 f'stroke-width="0.6"/>' if abs(ly - cy) > 12 else "")
         out.append(f'<g class="point" data-method="{_e(e.method)}"><title>{_e(e.method)}: ACC '
-                   f"{y:.3f}, forgetting {x:.3f}</title>{lead}"
+                   f"{y:.3f}, {_e(x_key)} {x:.3f}</title>{lead}"
                    f'<line x1="{px(x - sx):.1f}" x2="{px(x + sx):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" stroke="{c}"/>'
                    f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{py(y - sy):.1f}" y2="{py(y + sy):.1f}" stroke="{c}"/>'
                    f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"/>'
@@ -122,6 +131,11 @@ def scatter_svg(entries: Sequence[LeaderboardEntry], w: int = 460, h: int = 340)
                    f'{_e(_short(e.method, 26))}</text></g>')
     out.append("</svg>")
     return "".join(out)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (higher is better on both), by x."""
+    return sorted(p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points))
 
 
 def _reference_levels(entries: Sequence[LeaderboardEntry]) -> list[tuple[str, float, str]]:

@@ -19,7 +19,7 @@ Entry (``schema_version`` 2, ``kind`` ``clbench-leaderboard-entry``)::
      "tuning": {"scenario", "version", "content_hash", "options", "best_value"},
      "evaluation": {"scenario", "version", "content_hash", "options"},
      "seeds": [int],
-     "runs": [{"seed", "R", "R_pretrain", "metrics", "general", "cost"}],  # one per seed
+     "runs": [{"seed", "R", "R_pretrain", "metrics", "general", "cost", "mechanism"}],  # one per seed
      "summary": {metric: {"mean", "std", "n", "ci95"}}, # over seeds; sample std, 95 % CI (t)
      "cost": {counter: {"mean", "std", "n", "ci95"}},   # train/wall time, samples, steps
      "env": {"git_commit", "packages", "hardware", "python"},   # a clean tree's commit
@@ -166,6 +166,8 @@ class EntryRun:
     metrics: dict[str, float | None]
     general: EntryGeneral | None
     cost: EntryRunCost
+    #: schema 2: each figure the method declares (``Method.mechanism_figures``) per experience
+    mechanism: dict[str, list[float | None]] | None = omitted_if_none()
 
 
 @dataclass(frozen=True)
