@@ -687,3 +687,23 @@ def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes(tmp_path: 
     track, _ = _board(tmp_path)
     page = (track / "index.html").read_text()
     assert 'id="plot-pareto"' in page and 'class="pareto"' in page
+
+
+def test_reported_numbers_are_compared_only_where_a_track_matches_the_setting(tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    lb.submit(make_protocol_dir(tmp_path, "alpha_method", skill=0.9), boards)
+    (boards / "reported.yaml").write_text(
+        "schema_version: 1\ntracks:\n"
+        "  vision:\n"
+        "    - {source: Paper A, setting: the same setting, matches: true, differs: seeds,\n"
+        "       numbers: [{method: alpha_method, metric: acc, value: 0.75}, {method: beta_method, metric: acc, value: 0.5}]}\n"
+        "    - {source: Paper B, setting: another setting, matches: false, differs: other data}\n")
+    lb.render(boards)
+    text = (boards / "REPORTED.md").read_text()
+    assert "| alpha_method | acc | 0.750 | 0.803 [" in text and "| +0.053 |" in text
+    assert "| beta_method | acc | 0.500 | no entry yet | - |" in text
+    assert "**Paper B**: another setting. Not compared: other data" in text
+    (boards / "reported.yaml").write_text("schema_version: 1\ntracks:\n  vision:\n"
+                                          "    - {source: C, setting: s, matches: true}\n")
+    with pytest.raises(ClbenchError, match="a matching setting \\(C\\) lists no numbers"):
+        lb.render(boards)

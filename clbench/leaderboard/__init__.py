@@ -21,6 +21,8 @@ Modules, each importing only those above it:
 - :mod:`~clbench.leaderboard.html`: the ``<track>/index.html`` page (CSS/JS in ``static/``)
 - :mod:`~clbench.leaderboard.publish`: ``submit`` and ``render``, which write the files
 - :mod:`~clbench.leaderboard.reproduce`: re-running one seed of an entry and comparing R
+- :mod:`~clbench.leaderboard.reported`: published numbers beside ours (``REPORTED.md``)
+- :mod:`~clbench.leaderboard.signing`: optional Ed25519 signatures of entries
 
 ``python -m clbench.leaderboard > docs/leaderboard-entry.schema.json`` writes the published
 JSON Schema of an entry.

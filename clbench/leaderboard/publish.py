@@ -3,7 +3,7 @@
 Both write atomically; ``render`` ranks the entries that validate and lists the others as
 rejected in ``<track>/README.md`` and ``<track>/index.html``, exports each ranked entry's tuned
 configuration as ``<track>/configs/<method>.yaml`` (``clbench run --config`` reruns it), and
-writes ``index.html`` over all tracks.
+writes ``index.html`` over all tracks and ``REPORTED.md`` (:mod:`clbench.leaderboard.reported`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from clbench.leaderboard.html import index_html, render_html
 from clbench.leaderboard.markdown import _readme
 from clbench.leaderboard.provenance import mixed_commit_errors
 from clbench.leaderboard.record import LeaderboardEntry
+from clbench.leaderboard.reported import read_reported, reported_markdown
 from clbench.leaderboard.validate import validate_entry, validate_file
 from clbench.tuning import PROTOCOLS, Protocol
 
@@ -86,7 +87,12 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
         written += [readme, track_dir / "index.html", *_write_configs(track_dir, valid)]
         boards.append((track_dir.name, proto, valid, len(rejected), health))
     _atomic_write(root / "index.html", index_html(boards))
-    return [*written, root / "index.html"]
+    written.append(root / "index.html")
+    reported = read_reported(root)
+    if reported is not None:
+        _atomic_write(root / "REPORTED.md", reported_markdown(reported, {b[0]: b[2] for b in boards}))
+        written.append(root / "REPORTED.md")
+    return written
 
 
 def config_values(entry: LeaderboardEntry, seed: int = 0) -> dict[str, Any]:
