@@ -63,3 +63,13 @@ def test_key_ignores_tracking_and_progress() -> None:
     a = build_run_config({"tracking.runs_dir": "x", "trainer.progress": False})
     assert a.key() == RunConfig().key()
     assert build_run_config({"trainer.lr": 0.3}).key() != RunConfig().key()
+
+
+def test_run_keys_of_recorded_configs_do_not_change() -> None:
+    """Run directories are found by key: a new config field must not change the key of configs
+    that do not use it (add it to KEY_NEUTRAL_DEFAULTS). Values from runs recorded before."""
+    from clbench.config import build_run_config
+
+    assert build_run_config({"method": "naive", "scenario": "split_mnist"}).key() == "351f74b319"
+    assert build_run_config({"method": "ewc", "scenario": "text_cl", "scenario.setting": "task_incremental",
+                             "trainer.lr": 0.0002, "model": "hf_encoder"}).key() == "ecb7688193"
