@@ -41,10 +41,18 @@ class TrainerConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
     progress: bool = True
+    # learning-rate schedule within each experience: linear warmup over warmup_ratio of its
+    # optimizer steps, then constant, linear decay to 0 or cosine decay to 0
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = 0.0
+    no_decay_norms_biases: bool = False  # weight decay 0 for norms and biases (1-D parameters)
+    gradient_checkpointing: bool = False  # recompute activations in backward (Hugging Face models)
 
     def __post_init__(self) -> None:
         positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
         non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip"))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("trainer.warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,9 @@ class RunConfig:
 #: Section fields added after runs were recorded, with their defaults: ``RunConfig.key()`` leaves
 #: them out while at the default. A new field of TrainerConfig/EvalConfig/FoundationConfig goes
 #: here, or every recorded run's key changes (tests/test_config.py pins two keys).
-KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {}
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"trainer.scheduler": "constant", "trainer.warmup_ratio": 0.0,
+                                         "trainer.no_decay_norms_biases": False,
+                                         "trainer.gradient_checkpointing": False}
 
 
 _PLUGIN_SECTIONS = ("method", "scenario", "model")

@@ -32,6 +32,7 @@ from clbench.errors import NonFiniteLossError
 from clbench.objectives import Objective
 from clbench.param_groups import param_groups
 from clbench.protocol import Method, trainable
+from clbench.schedules import enable_gradient_checkpointing, lr_scheduler, steps_per_experience
 from clbench.streams import Batch, Experience, Split
 
 
@@ -120,6 +121,9 @@ class Trainer:
         params = trainable(model.parameters())
         opt = (method.optimizer(params, self.cfg)  # a method that is an optimizer: its own groups
                or build_optimizer(param_groups(model, params, self.cfg), self.cfg))
+        sched = lr_scheduler(opt, self.cfg, steps_per_experience(len(data), self.cfg))
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         opt.zero_grad(set_to_none=True)
         model.train()
         stats = ExperienceStats()
@@ -136,6 +140,8 @@ class Trainer:
                 losses.add(self._forward_backward(model, method, batch, stats), k)
                 if (k + 1) % self.cfg.grad_accum == 0 or k + 1 == total:
                     self._step(model, method, opt, params)
+                    if sched is not None:
+                        sched.step()
                     stats.optimizer_steps += 1
             losses.check(total - 1)
         method.on_experience_end(exp, model)

@@ -158,3 +158,75 @@ def test_head_lr_trains_only_the_head_when_lr_is_zero() -> None:
 
     _trainer(lr=0.0, head_lr=0.1).train_experience(before, OwnOptimizer(), exp, [exp], torch.Generator())
     assert params_equal(before, _model())  # lr 0 everywhere: head_lr did not reach its optimizer
+
+
+def test_schedules_follow_warmup_then_constant_linear_or_cosine_decay_per_experience() -> None:
+    """The learning rate of each optimizer step, recorded by a method, against the formulas."""
+    import math
+
+    class Recorder(Method):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lrs: list[float] = []
+            self.opt: torch.optim.Optimizer | None = None
+
+        def optimizer(self, params: list[torch.nn.Parameter], cfg: TrainerConfig) -> torch.optim.Optimizer:
+            self.opt = build_optimizer(params, cfg)
+            return self.opt
+
+        def on_after_step(self, model: torch.nn.Module) -> None:
+            assert self.opt is not None
+            self.lrs.append(self.opt.param_groups[0]["lr"])
+
+    exp = tiny_stream().experiences[0]
+    steps = 2 * math.ceil(len(exp.train) / 8)  # 2 epochs of batch 8
+    warm = round(0.25 * steps)
+
+    def expected(kind: str, t: int) -> float:  # the rate used at step t (0-based)
+        if t < warm:
+            return 0.05 * t / warm
+        frac = (t - warm) / (steps - warm)
+        return 0.05 * {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
+
+    for kind in ("constant", "linear", "cosine"):
+        rec = Recorder()
+        _trainer(scheduler=kind, warmup_ratio=0.25).train_experience(_model(), rec, exp, [exp], torch.Generator())
+        # on_after_step runs before the scheduler's update: it sees the rate step t used
+        assert rec.lrs == pytest.approx([expected(kind, t) for t in range(steps)]), kind
+        again = Recorder()  # the next experience starts its own schedule
+        _trainer(scheduler=kind, warmup_ratio=0.25).train_experience(_model(), again, exp, [exp], torch.Generator())
+        assert again.lrs == rec.lrs
+    plain = Recorder()
+    _trainer().train_experience(_model(), plain, exp, [exp], torch.Generator())
+    assert set(plain.lrs) == {0.05}
+    with pytest.raises(ConfigError, match="trainer.warmup_ratio"):
+        TrainerConfig(warmup_ratio=1.0)
+
+
+def test_no_decay_norms_biases_puts_1d_parameters_in_a_group_without_weight_decay() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    model.head = torch.nn.Linear(4, 2)  # type: ignore[assignment]
+    params = list(model.parameters())
+    cfg = TrainerConfig(optimizer="adamw", weight_decay=0.1, no_decay_norms_biases=True, head_lr=0.5)
+    groups = build_optimizer(param_groups(model, params, cfg), cfg).param_groups
+    shapes = [([tuple(p.shape) for p in g["params"]], g["weight_decay"], g["lr"]) for g in groups]
+    assert shapes == [([(4, 4)], 0.1, 0.01), ([(4,), (4,), (4,)], 0.0, 0.01),
+                      ([(2, 4)], 0.1, 0.5), ([(2,)], 0.0, 0.5)]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_on_a_hugging_face_model() -> None:
+    from clbench.schedules import enable_gradient_checkpointing
+    from clbench.tiny_models import TINY_VOCAB, tiny_llama
+
+    ids = torch.randint(0, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_llama(seed=0).train()
+        if checkpointing:
+            assert enable_gradient_checkpointing(model) == 1 and model.is_gradient_checkpointing
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    with pytest.raises(ConfigError, match="trainer.gradient_checkpointing"):
+        enable_gradient_checkpointing(_model())
