@@ -1,4 +1,5 @@
-"""Owns checkpoints at experience boundaries and atomic file writes."""
+"""Owns checkpoints (at experience boundaries, ``checkpoint.pt``; within an experience every
+``trainer.checkpoint_every`` optimizer steps, ``checkpoint-step.pt``) and atomic file writes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from clbench.errors import ClbenchError
 
 CHECKPOINT = "checkpoint.pt"
+STEP_CHECKPOINT = "checkpoint-step.pt"  # the state within the experience after checkpoint.pt
 DIGEST = "content_sha256"  # checkpoints written before it existed load unchecked
 
 
@@ -73,13 +75,13 @@ def state_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Atomically save ``state`` (tensors, numbers, strings, containers) to the run dir, with
-    the :func:`state_digest` of its content (checked by :func:`load_checkpoint`)."""
+def save_checkpoint(run_dir: Path, state: dict[str, Any], name: str = CHECKPOINT) -> None:
+    """Atomically save ``state`` (tensors, numbers, strings, containers) to ``run_dir/name``,
+    with the :func:`state_digest` of its content (checked by :func:`load_checkpoint`)."""
     state = {**state, DIGEST: state_digest(state)}
-    path = run_dir / CHECKPOINT
+    path = run_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CHECKPOINT}.")
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{name}.")
     os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
@@ -90,14 +92,14 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The last checkpoint in ``run_dir`` (``weights_only=True``), or None if there is none.
+def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> dict[str, Any] | None:
+    """The checkpoint ``run_dir/name`` (``weights_only=True``), or None if there is none.
 
     Raises:
         ClbenchError: the file does not load, or its content no longer matches its digest
             (damaged on disk); the message names ``--force``.
     """
-    path = run_dir / CHECKPOINT
+    path = run_dir / name
     if not path.is_file():
         return None
     damaged = f"checkpoint {path} is damaged"

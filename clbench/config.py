@@ -47,10 +47,13 @@ class TrainerConfig:
     warmup_ratio: float = 0.0
     no_decay_norms_biases: bool = False  # weight decay 0 for norms and biases (1-D parameters)
     gradient_checkpointing: bool = False  # recompute activations in backward (Hugging Face models)
+    # also checkpoint within an experience every this many optimizer steps (0 = at experience
+    # boundaries only); --resume then continues from that step and gives the same R
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
-        non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip"))
+        non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip", "checkpoint_every"))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("trainer.warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
 
@@ -141,6 +144,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("tracking")
         d["trainer"].pop("progress")
+        d["trainer"].pop("checkpoint_every")  # when checkpoints are taken does not change the result
         d["foundation"].pop("cache_dir")
         for dotted, default in KEY_NEUTRAL_DEFAULTS.items():
             section, name = dotted.split(".", 1)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from clbench import metrics as M
+from clbench.checkpoint import STEP_CHECKPOINT, load_checkpoint, save_checkpoint
 from clbench.config import RunConfig
 from clbench.evaluation import Evaluator
 from clbench.models import count_params
@@ -43,6 +46,7 @@ class RunParts:
     method: Method
     device: torch.device
     objective: Objective
+    run_dir: Path | None = None  # where mid-experience checkpoints go (trainer.checkpoint_every)
 
 
 class Loop:
@@ -98,7 +102,8 @@ class TrainingLoop(Loop):
         exps = p.stream.experiences
         torch.manual_seed(derive_seed(p.cfg.seed, i))
         gen = torch.Generator().manual_seed(derive_seed(p.cfg.seed, i, 1))
-        stats = self.trainer.train_experience(p.model, p.method, exps[i], exps[: i + 1], gen)
+        resume, save = self._step_checkpoints(i)
+        stats = self.trainer.train_experience(p.model, p.method, exps[i], exps[: i + 1], gen, resume, save)
         report = to_plain(p.method.experience_report())
         row = self.evaluator.row(p.model, p.method, exps, desc=f"eval after exp {i}")
         progress.R.append(row)
@@ -121,6 +126,22 @@ class TrainingLoop(Loop):
 
     def metrics(self, progress: RunProgress) -> dict[str, float]:
         return M.summarize(progress.R, progress.b or [])
+
+    def _step_checkpoints(self, i: int) -> tuple[dict[str, Any] | None, Callable[[dict[str, Any]], None] | None]:
+        """(the saved state within experience ``i`` to resume from, the function that saves one);
+        (None, None) without ``trainer.checkpoint_every`` or a run directory."""
+        p = self.parts
+        if not p.cfg.trainer.checkpoint_every or p.run_dir is None:
+            return None, None
+        run_dir, key = p.run_dir, p.cfg.key()
+        state = load_checkpoint(run_dir, STEP_CHECKPOINT)
+        if state is not None and (state.get("experience") != i or state.get("config_key") != key):
+            state = None  # a finished experience's, or another config's: start the experience over
+
+        def save(step: dict[str, Any]) -> None:
+            save_checkpoint(run_dir, {**step, "experience": i, "config_key": key}, STEP_CHECKPOINT)
+
+        return state, save
 
 
 def derive_seed(*parts: int) -> int:

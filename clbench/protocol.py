@@ -123,11 +123,16 @@ class Method:
         return self.predict(model, batch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the method needs to resume (tensors, numbers, strings, containers)."""
+        """Everything the method needs to resume (tensors, numbers, strings, containers),
+        including its position within a running experience (step counters, schedules): with
+        ``trainer.checkpoint_every`` it is also saved between optimizer steps."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict`. Called before ``on_experience_start`` when a run resumes
+        at an experience boundary, and after it (on the same starting model) when it resumes
+        within an experience: it must then restore the running state and keep what
+        ``on_experience_start`` set up (hooks, modules)."""
 
 
 class Scenario:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from clbench.checkpoint import (
+    STEP_CHECKPOINT,
     atomic_write_bytes,
     atomic_write_json,
     load_checkpoint,
@@ -92,6 +93,9 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
             and not is_pretrained(model)):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
+        # pretraining draws random numbers, loading the cached foundation does not: reseed so
+        # that the method's setup (random adapter inits...) does not depend on the cache
+        seed_everything(cfg.seed)
     with run_dir_lock(run_dir):  # one process per run directory, for the whole run
         prepare_dir(run_dir, resume, force)
         return _Run(res, stream, model, run_dir, foundation).execute(resume)
@@ -112,7 +116,7 @@ class _Run:
         objective = stream.objective
         self.method.objective = objective
         self.model = self.method.setup(model, stream.info()).to(self.device)
-        parts = RunParts(cfg, stream, self.model, self.method, self.device, objective)
+        parts = RunParts(cfg, stream, self.model, self.method, self.device, objective, run_dir)
         self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
         self.tracker = open_tracker(cfg.tracking)
         self.progress = RunProgress(started_at=_now())
@@ -184,6 +188,7 @@ class _Run:
         save_checkpoint(self.run_dir, {"model": self.model.state_dict(),
                                        "method": self.method.state_dict(),
                                        "progress": self.progress.to_checkpoint(), "config_key": self.cfg.key()})
+        (self.run_dir / STEP_CHECKPOINT).unlink(missing_ok=True)  # the experience it was within is done
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir)

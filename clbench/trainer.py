@@ -19,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,23 +27,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clbench.config import TrainerConfig
-from clbench.errors import NonFiniteLossError
 from clbench.objectives import Objective
 from clbench.param_groups import param_groups
 from clbench.protocol import Method, trainable
 from clbench.schedules import enable_gradient_checkpointing, lr_scheduler, steps_per_experience
+from clbench.step_state import ExperienceStats, LossMonitor, restore_step, step_state
 from clbench.streams import Batch, Experience, Split
-
-
-@dataclass
-class ExperienceStats:
-    """Counters for one experience's training."""
-
-    optimizer_steps: int = 0
-    train_samples: int = 0  # samples of the experience's training data consumed
-    forward_samples: int = 0  # samples forwarded (after transform_batch, e.g. memory samples)
-    train_time_s: float = 0.0
-    mean_loss: float = float("nan")
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -114,8 +102,16 @@ class Trainer:
         exp: Experience,
         seen: Sequence[Experience],
         generator: torch.Generator,
+        resume: Mapping[str, Any] | None = None,
+        save_step: Callable[[dict[str, Any]], None] | None = None,
     ) -> ExperienceStats:
-        """Train ``model`` on ``exp`` with ``method``; ``generator`` drives shuffling."""
+        """Train ``model`` on ``exp`` with ``method``; ``generator`` drives shuffling.
+
+        With ``trainer.checkpoint_every`` > 0, ``save_step`` receives the state after every that
+        many optimizer steps (:func:`clbench.step_state.step_state`); ``resume`` is such a state: the experience
+        then continues from it (after ``on_experience_start`` ran on the same starting model)
+        exactly as it would have without the interruption.
+        """
         method.on_experience_start(exp, model)
         data = method.train_data(exp, seen)
         params = trainable(model.parameters())
@@ -127,15 +123,20 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         model.train()
         stats = ExperienceStats()
-        start = time.perf_counter()
-        losses = _LossMonitor(exp.index, self.device)
-        for epoch in range(self.cfg.epochs):
-            total = math.ceil(len(data) / self.cfg.batch_size)
-            batches: Iterable[Batch] = self._batches(data, exp, generator)
+        losses = LossMonitor(exp.index, self.device)
+        first_epoch, first_batch, spent = 0, 0, 0.0
+        if resume is not None:
+            first_epoch, first_batch, spent = restore_step(resume, model, method, opt, sched, generator, stats, losses)
+        start = time.perf_counter() - spent
+        total = math.ceil(len(data) / self.cfg.batch_size)
+        for epoch in range(first_epoch, self.cfg.epochs):
+            epoch_gen = generator.get_state()  # the epoch's order is drawn from it
+            skip = first_batch if epoch == first_epoch else 0
+            batches: Iterable[Batch] = self._batches(data, exp, generator, skip)
             if self.cfg.progress:
-                batches = tqdm(batches, total=total, leave=False, unit="batch", disable=None,  # off without a TTY
-                               desc=f"exp {exp.index} epoch {epoch + 1}/{self.cfg.epochs}")
-            for k, batch in enumerate(batches):
+                batches = tqdm(batches, total=total, initial=skip, leave=False, unit="batch", disable=None,
+                               desc=f"exp {exp.index} epoch {epoch + 1}/{self.cfg.epochs}")  # off without a TTY
+            for k, batch in enumerate(batches, skip):
                 stats.train_samples += len(batch.y)  # type: ignore[arg-type]
                 losses.add(self._forward_backward(model, method, batch, stats), k)
                 if (k + 1) % self.cfg.grad_accum == 0 or k + 1 == total:
@@ -143,18 +144,26 @@ class Trainer:
                     if sched is not None:
                         sched.step()
                     stats.optimizer_steps += 1
+                    every = self.cfg.checkpoint_every
+                    if save_step is not None and every and stats.optimizer_steps % every == 0:
+                        at_end = k + 1 == total  # the next epoch's order is not drawn yet
+                        save_step(step_state(epoch + 1 if at_end else epoch, 0 if at_end else k + 1,
+                                              generator.get_state() if at_end else epoch_gen,
+                                              model, method, opt, sched, stats, losses,
+                                              time.perf_counter() - start))
             losses.check(total - 1)
         method.on_experience_end(exp, model)
         stats.train_time_s = time.perf_counter() - start
         stats.mean_loss = losses.mean()
         return stats
 
-    def _batches(self, data: Split, exp: Experience, gen: torch.Generator) -> Iterator[Batch]:
+    def _batches(self, data: Split, exp: Experience, gen: torch.Generator, skip: int = 0) -> Iterator[Batch]:
+        """The epoch's batches (its order drawn from ``gen``), from batch ``skip`` on."""
         n, bs = len(data), self.cfg.batch_size
         order = torch.randperm(n, generator=gen) if self.cfg.shuffle else torch.arange(n)
         tasks = torch.full((bs,), exp.task_id, dtype=torch.long)
         rank, world = world_info()
-        for i in range(0, n, bs):
+        for i in range(skip * bs, n, bs):
             idx = order[i : i + bs]
             self._share = 1.0
             if world > 1:  # this process's interleaved shard and its share of the batch mean
@@ -227,37 +236,3 @@ def all_reduce_grads(params: list[nn.Parameter]) -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()
-
-
-class _LossMonitor:
-    """Sums losses and stops on NaN/inf without a host sync per step on accelerators.
-
-    On CPU every step is checked (``.item()`` is cheap there); on CUDA the running sum is checked
-    every ``cuda_every`` batches and at each epoch end, so a failure names a batch range.
-    """
-
-    def __init__(self, experience: int, device: torch.device, cuda_every: int = 50) -> None:
-        self.experience, self.cpu, self.every = experience, device.type == "cpu", cuda_every
-        self.total: float | Tensor = 0.0 if self.cpu else torch.zeros((), device=device)
-        self.n = 0
-        self.last_checked = -1
-
-    def add(self, loss: Tensor, k: int) -> None:
-        self.n += 1
-        if self.cpu:
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(self.experience, k, value)
-            self.total += value
-        else:
-            self.total += loss
-            if (k + 1) % self.every == 0:
-                self.check(k)
-
-    def check(self, k: int) -> None:
-        if not self.cpu and not bool(torch.isfinite(self.total)):  # type: ignore[arg-type]
-            raise NonFiniteLossError(self.experience, k, float(self.total))
-        self.last_checked = k
-
-    def mean(self) -> float:
-        return float(self.total) / max(self.n, 1)

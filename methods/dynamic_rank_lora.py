@@ -260,10 +260,12 @@ class CoDyRA(Method):
         return [rank_plot(self.history, self.config.rank, out_dir / "codyra_ranks.png")]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
+        # "step": the κ ramp's position within the experience (resuming mid-experience)
+        return {"history": [dict(h) for h in self.history], "step": self._step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [{k: int(v) for k, v in h.items()} for h in state["history"]]
+        self._step = int(state.get("step", 0))  # on_experience_start resets it at a boundary
 
 
 def rank_plot(history: list[dict[str, int]], rank: int, path: Path) -> Path:

@@ -318,12 +318,16 @@ class LAE(Method):
         return logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seen": list(self.seen), "done": self.done, "report": dict(self._report)}
+        # "steps": the position within the experience (warm-up, EMA count) when resuming mid-experience
+        return {"seen": list(self.seen), "done": self.done, "report": dict(self._report), "steps": self._steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seen = [int(c) for c in state["seen"]]
         self.done = int(state["done"])
         self._report = dict(state["report"])
+        self._steps = int(state.get("steps", 0))  # on_experience_start resets it at a boundary
+        if self._warmup and self._steps >= self._warmup:  # within an experience, past the warm-up
+            self._set_pet_grad(True)
 
 
 def current_class_loss(outputs: Tensor, y: Tensor | None, classes: Sequence[int], num_classes: int,

@@ -212,4 +212,5 @@ class MIGU(Method):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._remove_hooks()
+        """Nothing to restore; the hooks of a running experience stay (a resume within an
+        experience loads the state after on_experience_start installed them)."""

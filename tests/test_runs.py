@@ -14,7 +14,7 @@ from clbench.errors import ConfigError, DataUnavailableError, IncompatibleError,
 from clbench.protocol import Method
 from clbench.registry import METHODS
 from clbench.runner import run, run_dir_for
-from clbench.testing import register_tiny, tiny_config
+from clbench.testing import register_tiny, tiny_config, tiny_vit_config
 
 
 def _client(tmp_path: Path) -> MlflowClient:
@@ -225,3 +225,49 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_one_mlflow_run(tmp_path:
     assert [r.info.run_id for r in runs] == [res.mlflow.run_id]  # resumed into the same MLflow run
     assert runs[0].info.status == "FINISHED" and "failure_reason" not in runs[0].data.tags
     assert not (rd / ".checkpoint.pt.abc123").exists()
+
+
+STEP_RESUME = [("naive", False), ("ewc", False), ("lwf", False), ("replay", False), ("migu", False),
+               ("classp", False), ("hft", False), ("ssu", True), ("lae", True), ("dynamic_rank_lora", True)]
+
+
+@pytest.mark.parametrize(("method", "vit"), STEP_RESUME, ids=[m for m, _ in STEP_RESUME])
+def test_a_kill_within_an_experience_resumes_from_the_last_step_checkpoint_with_the_same_R(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, vit: bool) -> None:
+    """trainer.checkpoint_every: killed at step 8 of experience 1 (step checkpoints after steps 3
+    and 6), resumed: the same R bit for bit as an uninterrupted run, with a cosine schedule and
+    warmup whose state is part of the checkpoint."""
+    from clbench.checkpoint import STEP_CHECKPOINT
+    from clbench.trainer import Trainer
+
+    opts = {"trainer.checkpoint_every": 3, "trainer.scheduler": "cosine", "trainer.warmup_ratio": 0.2,
+            "trainer.optimizer": "adamw"}
+    make = tiny_vit_config if vit else tiny_config  # methods that act on transformer blocks or need source data
+    if vit:
+        opts["foundation.cache_dir"] = str(tmp_path / "cache")  # one foundation for both runs
+    whole = run(make(tmp_path / "whole", method, **opts))
+    cfg = make(tmp_path / "killed", method, **opts)
+    real_step, calls = Trainer._step, {"n": 0}
+    first = whole.per_experience[0].optimizer_steps
+    assert whole.per_experience[1].optimizer_steps > 8
+
+    def dying_step(self: Trainer, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == first + 8:
+            raise KeyboardInterrupt
+        real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    step_file = run_dir_for(cfg) / STEP_CHECKPOINT
+    assert step_file.is_file() and torch.load(step_file, weights_only=True)["experience"] == 1
+    calls["n"] = -10**9  # count the resumed run's steps, never die again
+    resumed = run(cfg, resume=True)
+    steps_run = calls["n"] + 10**9
+    assert resumed.R == whole.R and resumed.metrics == whole.metrics
+    # it continued after step 6 of experience 1 rather than starting the experience over
+    assert steps_run == sum(p.optimizer_steps for p in whole.per_experience) - first - 6
+    assert [p.optimizer_steps for p in resumed.per_experience] == [p.optimizer_steps for p in whole.per_experience]
+    assert not step_file.exists()  # removed once the experience's boundary checkpoint is written
+    assert cfg.key() == make(tmp_path / "killed", method, **{**opts, "trainer.checkpoint_every": 0}).key()
