@@ -114,7 +114,7 @@ class TrainingLoop(Loop):
             optimizer_steps=stats.optimizer_steps, train_samples=stats.train_samples,
             train_time_s=stats.train_time_s, forward_samples=stats.forward_samples,
             mean_loss=stats.mean_loss, trainable_params=count_params(p.model)[0],
-            test_perplexity=ppl if math.isfinite(ppl) else None, method=report))
+            test_perplexity=ppl if math.isfinite(ppl) else None, peak_cuda_mb=stats.peak_cuda_mb, method=report))
         m = {f"acc_exp_{j}": a for j, a in enumerate(row)}
         m.update(acc_seen=float(np.mean(row[: i + 1])), acc_all=float(np.mean(row)),
                  train_loss=stats.mean_loss, train_time_s=stats.train_time_s)
@@ -122,6 +122,8 @@ class TrainingLoop(Loop):
             m["val_acc_seen"] = float(np.mean(progress.R_val[-1][: i + 1]))
         if math.isfinite(ppl):
             m["test_perplexity"] = ppl
+        if stats.peak_cuda_mb is not None:
+            m["peak_cuda_mb"] = stats.peak_cuda_mb
         return {**m, **method_metrics(report)}
 
     def metrics(self, progress: RunProgress) -> dict[str, float]:

@@ -82,6 +82,7 @@ class ExperienceRecord:
     adapt_batches: int | None = omitted_if_none()
     adapt_samples: int | None = omitted_if_none()
     adapt_time_s: float | None = omitted_if_none()
+    peak_cuda_mb: float | None = omitted_if_none()  # CUDA: the experience's peak allocated memory
     method: dict[str, Any] = field(default_factory=dict)
 
 

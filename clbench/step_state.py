@@ -28,6 +28,7 @@ class ExperienceStats:
     forward_samples: int = 0  # samples forwarded (after transform_batch, e.g. memory samples)
     train_time_s: float = 0.0
     mean_loss: float = float("nan")
+    peak_cuda_mb: float | None = None  # CUDA: peak allocated memory while training the experience
 
 
 class LossMonitor:

@@ -124,6 +124,8 @@ class Trainer:
         model.train()
         stats = ExperienceStats()
         losses = LossMonitor(exp.index, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         first_epoch, first_batch, spent = 0, 0, 0.0
         if resume is not None:
             first_epoch, first_batch, spent = restore_step(resume, model, method, opt, sched, generator, stats, losses)
@@ -155,6 +157,8 @@ class Trainer:
         method.on_experience_end(exp, model)
         stats.train_time_s = time.perf_counter() - start
         stats.mean_loss = losses.mean()
+        if self.device.type == "cuda":
+            stats.peak_cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         return stats
 
     def _batches(self, data: Split, exp: Experience, gen: torch.Generator, skip: int = 0) -> Iterator[Batch]:
