@@ -430,6 +430,7 @@ def test_render_ranks_valid_entries_by_acc_and_lists_rejected_ones(tmp_path: Pat
     assert [r.split(" | ")[1] for r in rows][0::2] == ["beta_method", "alpha_method"]
     assert "&lt;script&gt;" in rows[1] and "<script>" not in readme
     assert "| General retention |" in block and f"| {N}/{N} | - | kept_fraction 0.9 | 0, 1, 2 |" in rows[0]
+    assert f"| 9 | {N}/{N} |" in rows[0]  # protocol cost: tuning 0 s + evaluation wall times 2 + 3 + 4 s
     assert "Every entry was produced from commit `111111111111`." in block
     assert "gamma_tampered.json" in block and "content_hash mismatch" in block
     assert not any("gamma_tampered" in r for r in rows)

@@ -94,6 +94,12 @@ def edge_params(entry: LeaderboardEntry) -> list[str]:
     return grid_edges(entry.hyperparameters, entry.search_space)
 
 
+def protocol_seconds(entry: LeaderboardEntry) -> float:
+    """What producing the entry cost on its machine: the tuning trials' training time plus the
+    evaluation runs' wall time (seconds)."""
+    return entry.budget.tuning_train_time_s + sum(r.cost.wall_time_s for r in entry.runs)
+
+
 def mechanism_text(entry: LeaderboardEntry) -> str:
     """The method's declared mechanism figures: mean over experiences, then over seeds."""
     keys: list[str] = []
@@ -146,6 +152,7 @@ def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
     cols += [
         ("time", "Train time (s)", "num", lambda e: _pm(e.cost.train_time_s, 1),
          lambda e: _mean(e.cost.train_time_s)),
+        ("cost", "Protocol cost (s)", "num", lambda e: f"{protocol_seconds(e):.0f}", protocol_seconds),
         ("trials", "Trials", "num", lambda e: f"{e.budget.trials_used}/{e.budget.n_trials}",
          lambda e: e.budget.trials_used),
         ("edge", "H* on a grid edge", "text", lambda e: ", ".join(edge_params(e)) or "-",
