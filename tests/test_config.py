@@ -36,7 +36,7 @@ def test_exponent_without_dot_is_a_float() -> None:
         ("trainer.optimizer", "rmsprop", "allowed: sgd, adam, adamw"),
         ("trainer.epochs", 0, "trainer.epochs=0; allowed: a finite value > 0"),
         ("trainer.epochs", 1.5, "allowed: an integer"),
-        ("trainer.foo", 1, "trainer.foo=1; allowed: batch_size, device"),
+        ("trainer.foo", 1, "trainer.foo=1; allowed: batch_size, checkpoint_every, device"),
         ("bogus", 1, "override key='bogus'"),
         ("trainer.shuffle", "maybe", "allowed: true or false"),
     ],
