@@ -63,7 +63,8 @@ def test_page_has_rows_and_plots_and_sorts_from_the_url_hash(page: Path, tmp_pat
     assert 'data-js="ready"' in dom and 'data-sorted="acc:asc"' in dom  # the page's script ran
     methods = _row_methods(dom)
     assert len(methods) == 3 and methods[0] == "alpha_method" and methods[2] == "beta_method"
-    assert 'id="plot-scatter"' in dom and dom.count('class="point"') == 3
+    assert 'id="plot-scatter"' in dom and 'id="plot-pareto"' in dom
+    assert dom.count('class="point"') == 6  # 3 methods on ACC-vs-forgetting and on the Pareto plot
     assert dom.count('class="heatmap"') == 3 and 'id="plot-retention"' in dom
     assert "rejected_method.json" in dom and "rejected_method" not in "".join(methods)
     _check_not_injected(dom)
