@@ -50,6 +50,8 @@ class TrainerConfig:
     # also checkpoint within an experience every this many optimizer steps (0 = at experience
     # boundaries only); --resume then continues from that step and gives the same R
     checkpoint_every: int = 0
+    # data parallel under `torchrun` / `accelerate launch` (WORLD_SIZE > 1): PyTorch DDP
+    distributed: Literal["none", "ddp"] = "none"
 
     def __post_init__(self) -> None:
         positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))
@@ -145,6 +147,7 @@ class RunConfig:
         d.pop("tracking")
         d["trainer"].pop("progress")
         d["trainer"].pop("checkpoint_every")  # when checkpoints are taken does not change the result
+        d["trainer"].pop("distributed")  # how many processes share a batch does not either (up to float sums)
         d["foundation"].pop("cache_dir")
         for dotted, default in KEY_NEUTRAL_DEFAULTS.items():
             section, name = dotted.split(".", 1)

@@ -3,15 +3,17 @@
 The loop is identical for every method; methods act only through their hooks
 (:mod:`clbench.protocol`). It counts optimizer steps, samples and wall time the same way for all.
 
-Data parallel (``accelerate launch --num_processes N -m clbench.cli run ...`` or ``torchrun``):
-when a ``torch.distributed`` process group is up, every process takes an interleaved shard of
-each global batch (``trainer.batch_size`` stays the global batch size), backpropagates its share
-``n_rank / n_batch`` of the batch-mean loss, and gradients are summed across processes *before*
+Data parallel (``torchrun --nproc_per_node N -m clbench.cli run ... trainer.distributed=ddp`` or
+``accelerate launch``): PyTorch DDP. Every process takes an interleaved shard of each global
+batch (``trainer.batch_size`` stays the global batch size) and weights its loss by its share
+``n_rank / n_batch`` of the batch times the world size, so DDP's average over processes is the
+one-process batch gradient; DDP reduces the gradients in backward, *before*
 ``on_after_backward``, so gradient-editing methods see the same gradients as in one process and
-every replica takes the same step. One process with no group is the CPU/single-GPU path.
-Methods whose gradient hook uses forward-pass batch statistics sum them with
-``sum_across_processes``. ``transform_batch`` applies per shard, so a method that appends stored
-samples there adds them to every process's shard (a larger share than in one process).
+every replica takes the same step. A process whose shard is empty (a last batch smaller than the
+world) joins the reduction with zero gradients. Methods whose gradient hook uses forward-pass
+batch statistics sum them with ``sum_across_processes``. ``transform_batch`` applies per shard,
+so a method that appends stored samples there adds them to every process's shard (a larger share
+than in one process). One process with no group is the CPU/single-GPU path.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clbench.config import TrainerConfig
+from clbench.errors import ConfigError
 from clbench.objectives import Objective
 from clbench.param_groups import param_groups
 from clbench.protocol import Method, trainable
@@ -94,6 +97,8 @@ class Trainer:
         self.task_mask = None if task_mask is None else task_mask.to(device)
         self._on_cpu = device.type == "cpu"
         self._share = 1.0  # this process's share of the current global batch (data parallel)
+        self._ddp: nn.Module | None = None  # the experience's DDP wrapper (data parallel)
+        self._stand_in: Tensor | None = None  # one input of the batch, for a process with an empty shard
 
     def train_experience(
         self,
@@ -122,6 +127,7 @@ class Trainer:
             enable_gradient_checkpointing(model)
         opt.zero_grad(set_to_none=True)
         model.train()
+        self._ddp = data_parallel(model, params, self.cfg, self.device)
         stats = ExperienceStats()
         losses = LossMonitor(exp.index, self.device)
         if self.device.type == "cuda":
@@ -154,6 +160,7 @@ class Trainer:
                                               model, method, opt, sched, stats, losses,
                                               time.perf_counter() - start))
             losses.check(total - 1)
+        self._ddp = None
         method.on_experience_end(exp, model)
         stats.train_time_s = time.perf_counter() - start
         stats.mean_loss = losses.mean()
@@ -172,6 +179,7 @@ class Trainer:
             self._share = 1.0
             if world > 1:  # this process's interleaved shard and its share of the batch mean
                 self._share = len(idx[rank::world]) / len(idx)
+                self._stand_in = data.x[idx[:1]]
                 idx = idx[rank::world]
             batch = Batch(data.x[idx], data.y[idx], tasks[: len(idx)] if data.task is None else data.task[idx])
             yield batch if self._on_cpu else batch.to(self.device, non_blocking=True)
@@ -179,25 +187,39 @@ class Trainer:
     def _forward_backward(self, model: nn.Module, method: Method, batch: Batch,
                           stats: ExperienceStats) -> Tensor:
         if len(batch) == 0:  # an empty shard (last batch smaller than the world): no gradient
+            if self._ddp is not None:
+                self._join_reduction(model)
             return torch.zeros((), device=self.device)
         batch = method.transform_batch(batch)
         assert batch.y is not None, "training batches carry labels"
         stats.forward_samples += len(batch.y)
         with autocast_for(self.device, self.cfg.precision):
-            outputs = model(batch.x)
+            outputs = (self._ddp or model)(batch.x)
             if self.task_mask is not None and self.objective.class_logits:
                 outputs = mask_by_task(outputs, self.task_mask, batch.task)  # type: ignore[arg-type]
             base = self.objective.loss(outputs, batch)
             loss = method.loss(model, batch, outputs, base)
-        scale = self._share / self.cfg.grad_accum
+        # DDP averages gradients over processes: a share-weighted sum is the average times world
+        scale = self._share * (world_info()[1] if self._ddp is not None else 1) / self.cfg.grad_accum
         (loss if scale == 1.0 else loss * scale).backward()
         return loss.detach()
 
+    def _join_reduction(self, model: nn.Module) -> None:
+        """Take part in DDP's gradient reduction with zero gradients: a forward pass on one input
+        of the global batch in eval mode (no batch-norm update, no dropout, no training-mode
+        hooks), its output times 0."""
+        assert self._ddp is not None and self._stand_in is not None
+        model.eval()
+        try:
+            x = self._stand_in if self._on_cpu else self._stand_in.to(self.device)
+            out = self._ddp(x)
+            (out.float().sum() * 0.0).backward()
+        finally:
+            model.train()
+
     def _step(self, model: nn.Module, method: Method, opt: torch.optim.Optimizer,
               params: list[nn.Parameter]) -> None:
-        if world_info()[1] > 1:
-            all_reduce_grads(params)
-        method.on_after_backward(model)
+        method.on_after_backward(model)  # under DDP the gradients are already reduced
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
@@ -227,16 +249,28 @@ def sum_across_processes(t: Tensor) -> Tensor:
     return t
 
 
-def all_reduce_grads(params: list[nn.Parameter]) -> None:
-    """Sum gradients over processes (missing ones count as zero), in one flat buffer."""
-    import torch.distributed as dist
+def data_parallel(model: nn.Module, params: list[nn.Parameter], cfg: TrainerConfig,
+                  device: torch.device) -> nn.Module | None:
+    """The experience's PyTorch DDP wrapper of ``model`` in a multi-process launch (None in one
+    process). Every parameter trainable at the experience's start takes part in the reduction,
+    also those a method freezes for a while (``find_unused_parameters``); buffers follow rank 0.
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
+    Raises:
+        ConfigError: several processes but ``trainer.distributed=none``.
+    """
+    if world_info()[1] == 1:
+        return None
+    if cfg.distributed != "ddp":
+        raise ConfigError("trainer.distributed", cfg.distributed,
+                          "ddp under a multi-process launch (torchrun / accelerate launch)")
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:  # registered with the reducer although frozen right now
+        p.requires_grad_(True)
+    try:
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=True)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)

@@ -40,7 +40,7 @@ def _run(tmp: Path, method: str, procs: int) -> Path:
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
                "--standalone", "-m", "clbench.cli", "run", f"method={method}", *ARGS,
-               f"tracking.runs_dir={runs}"]
+               f"tracking.runs_dir={runs}", "trainer.distributed=ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -48,7 +48,7 @@ def _run(tmp: Path, method: str, procs: int) -> Path:
 
 
 @pytest.mark.integration  # spawns torchrun with 2 processes
-@pytest.mark.parametrize("method", ["naive", "migu"])
+@pytest.mark.parametrize("method", ["naive", "migu", "ewc", "lwf", "hft", "classp"])
 def test_two_processes_match_one(tmp_path: Path, method: str) -> None:
     one, two = _run(tmp_path, method, 1), _run(tmp_path, method, 2)
     r1 = json.loads((one / "results.json").read_text())
