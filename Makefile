@@ -12,7 +12,7 @@ WORKERS ?= 1
 # `make test-integration` (needs root; without them those tests skip locally and fail under CI=true).
 SYSTEM_PACKAGES := postgresql chromium
 
-.PHONY: system-deps install test test-integration test-slow test-all bench compare board health tracks perf quality ui lock clean
+.PHONY: system-deps install test test-integration compat test-slow test-all bench compare board health tracks perf quality ui lock clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ test: install
 
 test-integration: install
 	$(BIN)/python -m pytest -m "integration and not slow" -q
+
+# Method x data-parallel mode: run the 2-vs-1-process tests and write their figures into README.md
+compat: install
+	rm -f runs/compat.jsonl && mkdir -p runs
+	CLBENCH_COMPAT_OUT=$(CURDIR)/runs/compat.jsonl $(BIN)/python -m pytest -m integration -q tests/test_distributed.py -k two_processes
+	$(BIN)/python -m clbench.compat runs/compat.jsonl README.md
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q
