@@ -70,9 +70,13 @@ class EvalConfig:
     # scored before training and after each experience; limit = documents per task (0 = all)
     lm_eval_tasks: tuple[str, ...] = ("clbench_pydoc_cloze",)
     lm_eval_limit: int = 200
+    # score general capability after every k-th experience (and always before the stream and
+    # after the last experience); 0 = only before and after the stream
+    general_every: int = 1
 
     def __post_init__(self) -> None:
         positive(self, "eval", ("batch_size",))
+        non_negative(self, "eval", ("general_every",))
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class RunConfig:
 #: here, or every recorded run's key changes (tests/test_config.py pins two keys).
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"trainer.scheduler": "constant", "trainer.warmup_ratio": 0.0,
                                          "trainer.no_decay_norms_biases": False,
-                                         "trainer.gradient_checkpointing": False}
+                                         "trainer.gradient_checkpointing": False, "eval.general_every": 1}
 
 
 _PLUGIN_SECTIONS = ("method", "scenario", "model")

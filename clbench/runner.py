@@ -173,7 +173,9 @@ class _Run:
 
     def _experience(self, i: int, t0: float) -> None:
         logged = self.loop.experience(i, self.progress)
-        general = self._general()
+        every = self.cfg.eval.general_every
+        scored = i == len(self.stream) - 1 or (every > 0 and (i + 1) % every == 0)
+        general = self._general() if scored else {}  # {}: not scored after this experience
         self.progress.general.append(general)
         self.progress.done = i + 1
         self.progress.wall_s += time.perf_counter() - t0

@@ -130,3 +130,20 @@ def test_data_tasks_run_on_tiny_llama(tmp_path: Path) -> None:
     assert all(s in (0.0, 0.5, 1.0) for s in scores.values())
     info = local_task_info("clbench_copa", tmp_path)
     assert info["n_docs"] == 100 and info["split"] == "CL_Benchmark/COPA/COPA/test.json"
+
+
+def test_general_capability_can_be_scored_every_k_experiences(tmp_path: Path) -> None:
+    """eval.general_every: skipped experiences record {}; the last one is always scored, so
+    general retention is the same as when scoring after every experience."""
+    from clbench.runner import run
+    from clbench.testing import tiny_vit_config
+
+    cache = {"foundation.cache_dir": str(tmp_path / "cache")}
+    every = run(tiny_vit_config(tmp_path / "a", "naive", **cache))
+    some = run(tiny_vit_config(tmp_path / "b", "naive", **cache, **{"eval.general_every": 2}))
+    ends = run(tiny_vit_config(tmp_path / "c", "naive", **cache, **{"eval.general_every": 0}))
+    assert len(every.R) == 3 and all(every.general.after)
+    assert [bool(g) for g in some.general.after] == [False, True, True]
+    assert [bool(g) for g in ends.general.after] == [False, False, True]
+    assert some.general.after[1:] == every.general.after[1:] and some.R == every.R
+    assert ends.metrics["general_retention"] == every.metrics["general_retention"]
