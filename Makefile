@@ -12,7 +12,7 @@ WORKERS ?= 1
 # `make test-integration` (needs root; without them those tests skip locally and fail under CI=true).
 SYSTEM_PACKAGES := postgresql chromium
 
-.PHONY: system-deps install test test-integration compat test-slow test-all bench compare board health tracks perf quality ui lock clean
+.PHONY: system-deps install test test-integration compat gpu-check test-slow test-all bench compare board health tracks perf quality ui lock clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ compat: install
 	rm -f runs/compat.jsonl && mkdir -p runs
 	CLBENCH_COMPAT_OUT=$(CURDIR)/runs/compat.jsonl $(BIN)/python -m pytest -m integration -q tests/test_distributed.py -k two_processes
 	$(BIN)/python -m clbench.compat runs/compat.jsonl README.md
+
+# On a CUDA machine: SmolLM2 with naive and three selective methods, bf16, a few hundred steps
+gpu-check: install
+	$(BIN)/python -m clbench.gpu_check --methods naive hft ssu migu --steps 300
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q

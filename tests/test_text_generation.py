@@ -249,3 +249,15 @@ def test_open_ended_trace_tasks_need_generation_mode(tmp_path: Path) -> None:
         _trace(str(tmp_path), TextCLConfig(benchmark="trace", mode="classification", tasks=("meetingbank",)))
     tasks, _ = _trace(str(tmp_path), TextCLConfig(benchmark="trace", mode="generation", tasks=("meetingbank",)))
     assert tasks[0].labels == () and len(tasks[0].test) == 4
+
+
+@pytest.mark.slow  # about a minute: builds the benchmark and trains a tiny Llama twice
+def test_the_gpu_check_runs_its_cpu_smoke_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make gpu-check`'s code on a random tiny Llama (the real check needs CUDA and SmolLM2)."""
+    from clbench import gpu_check
+
+    if not (shared_data_dir() / "o-lora-cl-benchmark").is_dir():
+        pytest.skip("needs ../shared/data (the Standard CL benchmark)")
+    assert gpu_check.main(["--methods", "naive", "--steps", "40", "--tiny", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| naive |" in out and "| True |" in out and "x |" in out and "plain Hugging Face loop" in out
