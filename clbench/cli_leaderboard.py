@@ -30,12 +30,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return _reproduce(args)
     if args.action in ("keygen", "sign"):
         return _signing(args)
+    from clbench.tuning import PROTOCOLS
+
     reports = validate_dir(args.dir)
+    retired = {p for p in reports if (proto := PROTOCOLS.get(p.parent.name)) is not None and proto.retired}
     for path, reasons in reports.items():
         if reasons:
-            print(f"{path}: {'; '.join(reasons)}")
-    bad = sum(1 for r in reports.values() if r)
-    print(f"{len(reports) - bad} valid, {bad} rejected")
+            print(f"{path}{' (retired board, not counted)' if path in retired else ''}: {'; '.join(reasons)}")
+    bad = sum(1 for p, r in reports.items() if r and p not in retired)
+    old = sum(1 for p, r in reports.items() if r and p in retired)
+    print(f"{len(reports) - bad - old} valid, {bad} rejected" + (f", {old} rejected on retired boards" if old else ""))
     return 1 if bad else 0
 
 

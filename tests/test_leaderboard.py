@@ -9,6 +9,7 @@ computed from their R so that everything is consistent. No training happens here
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def _registry_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     # and search spaces
     monkeypatch.setattr(lb.validate, "registered_scenario_versions", lambda: dict(VERSIONS))
     monkeypatch.setattr(lb.provenance, "registered_search_spaces", FixtureSpaces)
+    # the fixtures' protocol is the vision track's, as an active board (the real one is retired)
+    monkeypatch.setitem(PROTOCOLS, "vision", dataclasses.replace(PROTOCOLS["vision"], retired=False))
 
 
 def _R(T: int, seed: int, skill: float) -> list[list[float]]:
@@ -708,3 +711,21 @@ def test_reported_numbers_are_compared_only_where_a_track_matches_the_setting(tm
                                           "    - {source: C, setting: s, matches: true}\n")
     with pytest.raises(ClbenchError, match="a matching setting \\(C\\) lists no numbers"):
         lb.render(boards)
+
+
+def test_rejections_on_a_retired_board_are_listed_but_not_counted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    boards = tmp_path / "boards"
+    path = lb.submit(make_protocol_dir(tmp_path), boards)
+    e = json.loads(path.read_text())
+    e["budget"]["trials_used"] = 99
+    path.write_text(json.dumps(_rehash(e)))
+    assert main(["leaderboard", "validate", str(boards)]) == 1
+    monkeypatch.setitem(PROTOCOLS, "vision", dataclasses.replace(PROTOCOLS["vision"], retired=True))
+    capsys.readouterr()
+    assert main(["leaderboard", "validate", str(boards)]) == 0
+    out = capsys.readouterr().out
+    assert "fixture_method.json (retired board, not counted): budget exceeded" in out
+    assert "0 valid, 0 rejected, 1 rejected on retired boards" in out
+    lb.render(boards)
+    assert "**Superseded:**" in (boards / "vision" / "README.md").read_text()
