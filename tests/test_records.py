@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from clbench.errors import ClbenchError
 from clbench.records import (
@@ -124,7 +125,12 @@ def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = 
 
 def test_the_same_config_gives_the_same_R_as_the_committed_run(tmp_path: Path) -> None:
     """Behaviour did not change: rerunning a committed run's config (written before the typed
-    record existed) gives its R and pre-training row exactly."""
+    record existed) gives its R and pre-training row, up to float-sum order.
+
+    Exact equality held on the machine that wrote the fixture but not on CI's: another CPU's
+    kernels sum in another order, and one test image of 200 (a near tie) flipped (0.95 vs
+    0.955). Each cell may therefore differ by at most two test examples (0.01 on 200 per
+    task); a behaviour change moves whole cells by far more."""
     from clbench.config import build_run_config
     from clbench.runner import run
 
@@ -137,7 +143,10 @@ def test_the_same_config_gives_the_same_R_as_the_committed_run(tmp_path: Path) -
         values.update({f"{section}.{k}": v for k, v in c[f"{section}_options"].items()})
     values.update({"tracking.runs_dir": str(tmp_path), "tracking.mlflow": False, "trainer.progress": False})
     out = run(build_run_config(values))
-    assert out.R == data["R"] and out.R_pretrain == data["R_pretrain"]
+    got = torch.tensor([*out.R, out.R_pretrain])
+    want = torch.tensor([*data["R"], data["R_pretrain"]])
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 0.01 + 1e-9, (got, want)
 
 
 PROTOCOL_FIXTURES = sorted((Path(__file__).parent / "fixtures" / "protocols").glob("*.json"))
