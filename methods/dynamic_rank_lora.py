@@ -168,7 +168,7 @@ class CoDyRA(Method):
 
     Config = CoDyRAConfig
     mechanism_figures = ("kept_fraction",)
-    search_space = with_base({"method.kappa_max": grid(0.001, 0.005, 0.02)})
+    search_space = with_base({"method.kappa_max": grid(0.0, 0.0002, 0.001, 0.005, 0.02, closed_min=True)})
 
     def __init__(self, config: CoDyRAConfig | None = None) -> None:
         super().__init__(config)

@@ -1,0 +1,29 @@
+"""Search grids: a minimum closed at the parameter's own limit is no open edge."""
+
+from __future__ import annotations
+
+import pytest
+
+from clbench.search import grid, grid_edges, space_record
+
+
+def test_a_closed_minimum_is_not_an_edge_but_its_maximum_still_is() -> None:
+    space = space_record({"method.strength": grid(0.0, 1.0, 10.0, closed_min=True), "trainer.lr": grid(1e-4, 1e-3, 1e-2)})
+    assert space["method.strength"]["closed"] == "min" and "closed" not in space["trainer.lr"]
+    assert grid_edges({"method.strength": 0.0, "trainer.lr": 1e-3}, space) == []  # the mechanism off: nothing lower
+    assert grid_edges({"method.strength": 10.0}, space) == ["method.strength=10.0 (max)"]
+    assert grid_edges({"trainer.lr": 1e-4}, space) == ["trainer.lr=0.0001 (min)"]
+
+
+def test_a_closed_minimum_must_be_the_limit_zero() -> None:
+    with pytest.raises(ValueError, match="starts at its limit 0"):
+        grid(0.1, 1.0, closed_min=True)
+
+
+def test_methods_close_only_grids_that_start_at_zero() -> None:
+    from clbench.registry import METHODS, load_plugins
+
+    load_plugins()
+    for name in METHODS.names():
+        for key, g in (getattr(METHODS.get(name), "search_space", None) or {}).items():
+            assert not g.closed_min or min(g.values) == 0, (name, key)
