@@ -51,7 +51,7 @@ class TrainerConfig:
     # boundaries only); --resume then continues from that step and gives the same R
     checkpoint_every: int = 0
     # data parallel under `torchrun` / `accelerate launch` (WORLD_SIZE > 1): PyTorch DDP
-    distributed: Literal["none", "ddp"] = "none"
+    distributed: Literal["none", "ddp", "fsdp"] = "none"
 
     def __post_init__(self) -> None:
         positive(self, "trainer", ("epochs", "batch_size", "grad_accum"))

@@ -30,6 +30,7 @@ standard deviation, ddof=1):
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -149,9 +150,10 @@ def health_record(track: Track, lower: Sequence[RunRecord], upper: Sequence[RunR
     crit = criteria_for(track, lower, upper)
     return {
         "schema_version": HEALTH_SCHEMA_VERSION, "kind": "clbench-track-health", "track": track.name,
-        "declaration_sha256": track.digest(), "git_commit": commit, "seeds": list(seeds),
+        "declaration_sha256": track.digest(), "health_digest": track.health_digest(), "git_commit": commit, "seeds": list(seeds),
         "settings": track.run_values(),
-        "learners": {"lower": track.health.lower, "upper": track.health.upper},
+        "learners": {"lower": track.health.lower, "upper": track.health.upper,
+                     **({"upper_options": track.health.upper_options} if track.health.upper_options else {})},
         "figures": {"lower": _figures(lower, FIGURE_KEYS), "upper": _figures(upper, FIGURE_KEYS)},
         "criteria": [vars(c) for c in crit],
         "passed": all(c.passed for c in crit),
@@ -161,24 +163,45 @@ def health_record(track: Track, lower: Sequence[RunRecord], upper: Sequence[RunR
     }
 
 
+def _learner(learners: Mapping[str, Any]) -> str:
+    opts = learners.get("upper_options") or {}
+    return str(learners["upper"]) + (f" ({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
+
+
 def health_table(rec: Mapping[str, Any]) -> str:
     """Markdown: one row per criterion with the measured figure and pass/fail."""
     rows = [Criterion(**c).row() for c in rec["criteria"]]
     lo, up = rec["figures"]["lower"], rec["figures"]["upper"]
     verdict = "passes" if rec["passed"] else "FAILS"
     head = (f"Health of `{rec['track']}`: {verdict} (lower = {rec['learners']['lower']}, "
-            f"upper = {rec['learners']['upper']}, seeds {', '.join(map(str, rec['seeds']))}; "
+            f"upper = {_learner(rec['learners'])}, seeds {', '.join(map(str, rec['seeds']))}; "
             f"one run of the lower learner takes {lo['wall_time_s']['mean']:.0f} s, of the upper "
             f"{up['wall_time_s']['mean']:.0f} s)")
     return head + "\n\n" + markdown_table(["criterion", "rule", "measured", "threshold", "result"], rows)
 
 
+def _train_runs(values: Sequence[Mapping[str, Any]], resume: bool, threads: int) -> None:
+    """One worker's share of a health check's runs (in a spawned process)."""
+    import torch
+
+    from clbench.config import build_run_config
+    from clbench.runner import run
+
+    if threads > 0 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)
+    for v in values:
+        run(build_run_config(v), resume=resume, force=not resume)
+
+
 def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool = True,
                 runs_dir: str = HEALTH_RUNS_DIR, write: bool = True,
-                run_fn: Callable[[Mapping[str, Any]], RunRecord] | None = None) -> dict[str, Any]:
+                run_fn: Callable[[Mapping[str, Any]], RunRecord] | None = None,
+                workers: int = 1) -> dict[str, Any]:
     """Train both reference learners on every seed and judge the criteria; write health.json.
 
-    Finished runs are reused (``resume``), so a killed check continues where it stopped.
+    Finished runs are reused (``resume``), so a killed check continues where it stopped. With
+    ``workers`` > 1 the runs are first trained in that many processes (the CPU's threads shared
+    out among them unless ``OMP_NUM_THREADS`` is set); the judgement then reads them back.
     """
     from clbench.config import build_run_config
     from clbench.runner import run
@@ -186,13 +209,24 @@ def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool =
 
     seeds = list(seeds if seeds is not None else track.seeds)
 
+    def values_for(method: str, seed: int) -> dict[str, Any]:
+        extra = track.health.upper_options if method == track.health.upper else {}
+        return {**track.run_values(), **extra, "method": method, "seed": seed, "tracking.runs_dir": runs_dir}
+
     def one(method: str, seed: int) -> RunRecord:
-        values = {**track.run_values(), "method": method, "seed": seed, "tracking.runs_dir": runs_dir}
+        values = values_for(method, seed)
         if run_fn is not None:
             return run_fn(values)
         return run(build_run_config(values), resume=resume, force=not resume)
 
     start = time.perf_counter()
+    if workers > 1 and run_fn is None:
+        from clbench.workers import run_slices
+
+        todo = [values_for(m, s) for s in seeds for m in (track.health.lower, track.health.upper)]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        run_slices(_train_runs, [(todo[k::workers], resume, threads) for k in range(workers)], "health-check")
+        resume = True  # the workers trained every run: read them back
     lower = [one(track.health.lower, s) for s in seeds]
     upper = [one(track.health.upper, s) for s in seeds]
     rec = health_record(track, lower, upper, seeds, git_commit())

@@ -59,6 +59,9 @@ class Method:
     # kept ranks, updated fraction...); their per-experience values go to results.json under
     # ``mechanism`` and into the compare tables, so a reader can see that the mechanism acted
     mechanism_figures: ClassVar[tuple[str, ...]] = ()
+    # runs on FSDP-sharded parameters (trainer.distributed=fsdp): acts only through the loss and
+    # the data, never reads or edits a whole weight or gradient tensor, never copies the model
+    shardable: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

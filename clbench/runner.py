@@ -54,9 +54,16 @@ from clbench.resolve import (
     seed_everything,
     state_hash,
 )
+from clbench.sharding import (
+    check_launch,
+    check_shardable,
+    load_model_state,
+    model_state,
+    shard_model,
+)
 from clbench.streams import Stream
 from clbench.tracking import environment, open_tracker, write_results
-from clbench.trainer import resolve_device
+from clbench.trainer import resolve_device, world_info
 from clbench.tta import TestTimeLoop
 
 
@@ -85,6 +92,8 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     model_name = cfg.model if cfg.model != "auto" else (res.scenario.default_model or "auto")
     model, _ = build_model(model_name, stream.info(), dict(cfg.model_options))
     check_compatible(res.method_cls, stream, model_family(model))
+    check_launch(stream.scenario_type, cfg.trainer.distributed, world_info()[1])
+    check_shardable(res.method_cls, cfg.trainer.distributed, cfg.trainer.checkpoint_every, world_info()[1])
     check_inputs(model, stream)
     foundation = None
     # a model that arrives pretrained (Hugging Face checkpoints) is already the foundation: the
@@ -116,6 +125,8 @@ class _Run:
         objective = stream.objective
         self.method.objective = objective
         self.model = self.method.setup(model, stream.info()).to(self.device)
+        if cfg.trainer.distributed == "fsdp" and world_info()[1] > 1:
+            self.model = shard_model(self.model)
         parts = RunParts(cfg, stream, self.model, self.method, self.device, objective, run_dir)
         self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
         self.tracker = open_tracker(cfg.tracking)
@@ -124,6 +135,7 @@ class _Run:
     def execute(self, resume: bool) -> RunRecord:
         if resume:
             self._restore()
+            self.loop.resumed(self.progress)
         self._start_tracking()
         t0 = time.perf_counter()
         try:
@@ -187,7 +199,7 @@ class _Run:
         self.tracker.log_metrics(logged, step=i)
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.run_dir, {"model": self.model.state_dict(),
+        save_checkpoint(self.run_dir, {"model": model_state(self.model),
                                        "method": self.method.state_dict(),
                                        "progress": self.progress.to_checkpoint(), "config_key": self.cfg.key()})
         (self.run_dir / STEP_CHECKPOINT).unlink(missing_ok=True)  # the experience it was within is done
@@ -198,7 +210,7 @@ class _Run:
             return
         if ckpt.get("config_key") != self.cfg.key():
             raise ClbenchError(f"checkpoint in {self.run_dir} belongs to another config")
-        self.model.load_state_dict(ckpt["model"])
+        load_model_state(self.model, ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
         self.progress = RunProgress.from_checkpoint(ckpt["progress"])
 

@@ -30,6 +30,7 @@ reference learners and thresholds of its health check. The quick suite (``make b
       lower: <method>                                    # reference learners (registry names):
       upper: <method>                                    # sequential fine-tuning, training on all seen data
       thresholds: {learns: 0.8, forgets: 0.05, headroom: 0.05, resolution: 4.0, ...}
+      upper_options: {method.once: true}                 # optional: the upper learner's options in the check
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class Health:
     lower: str
     upper: str
     thresholds: dict[str, float]
+    # run options of the upper learner in the check only (e.g. {method.once: true}: judged on R's
+    # last row, so it need not fill the earlier ones)
+    upper_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,16 @@ class Track:
         """Hash of the declaration's content (recorded in health.json)."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
 
+    def health_digest(self) -> str:
+        """Hash of what the health check measures: the run settings, seeds, reference learners,
+        thresholds and kind. Title, description, status, tuning scenario, protocol budget and
+        ranked metrics can change without making a recorded check stale."""
+        doc = {"kind": self.kind, "settings": self.run_values(), "seeds": list(self.seeds),
+               "health": {"lower": self.health.lower, "upper": self.health.upper,
+                          "thresholds": dict(self.health.thresholds),
+                          **({"upper_options": self.health.upper_options} if self.health.upper_options else {})}}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
     def one_line(self) -> str:
         model = self.fixed.get("model", "auto")
         tune = f"tune {self.tune.name}" if self.tune else "no protocol"
@@ -131,6 +145,14 @@ def _scenario(d: Any, where: str) -> ScenarioRef:
     if not isinstance(d, dict) or not isinstance(d.get("scenario"), str):
         raise ClbenchError(f"{where}: needs a mapping with a 'scenario' name")
     return ScenarioRef(d["scenario"], _tuple(dict(d.get("options") or {})))
+
+
+def _upper_options(opts: Any, path: Path) -> dict[str, Any]:
+    if opts is None:
+        return {}
+    if not isinstance(opts, dict) or not all(isinstance(k, str) and k.startswith("method.") for k in opts):
+        raise ConfigError(f"{path}: health.upper_options", opts, "a mapping of method.<option> keys")
+    return _tuple(dict(opts))  # type: ignore[no-any-return]
 
 
 def parse_track(doc: Any, path: Path) -> Track:
@@ -165,7 +187,8 @@ def parse_track(doc: Any, path: Path) -> Track:
         eval_seeds=tuple(int(s) for s in proto.get("eval_seeds", (0, 1, 2))),
         rank_by=str(doc.get("rank_by", "acc")), shown=tuple(doc.get("shown") or ()), seeds=seeds,
         health=Health(str(h.get("lower", "")), str(h.get("upper", "")),
-                      {**DEFAULT_THRESHOLDS[kind], **{k: float(v) for k, v in (h.get("thresholds") or {}).items()}}),
+                      {**DEFAULT_THRESHOLDS[kind], **{k: float(v) for k, v in (h.get("thresholds") or {}).items()}},
+                      _upper_options(h.get("upper_options"), path)),
         path=path,
     )
 
@@ -195,12 +218,53 @@ def health_path(track: Track) -> Path:
     return track.path.parent / "health.json"
 
 
+def health_is_current(track: Track, rec: Mapping[str, Any]) -> bool:
+    """Whether a health record measured the track as it is declared now.
+
+    Records carry ``health_digest`` (:meth:`Track.health_digest`). Older records carry only the
+    whole file's hash: they are current when the file is unchanged, or when the file they hashed
+    (read from git at the record's commit) declares the same health-relevant fields as today's."""
+    if "health_digest" in rec:
+        return bool(rec["health_digest"] == track.health_digest())
+    if rec.get("declaration_sha256") == track.digest():
+        return True
+    old = _declaration_at(track.path, str(rec.get("git_commit") or ""))
+    if old is None or hashlib.sha256(old).hexdigest()[:16] != rec.get("declaration_sha256"):
+        return False
+    import yaml
+
+    try:
+        then = parse_track(yaml.safe_load(old), track.path)
+    except (ClbenchError, yaml.YAMLError):
+        return False
+    return then.health_digest() == track.health_digest()
+
+
+def _declaration_at(path: Path, commit: str) -> bytes | None:
+    """``path``'s content at git ``commit`` (None without git, the commit or the file)."""
+    import subprocess
+
+    if not commit or commit.endswith("-dirty"):
+        return None
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True,
+                             text=True, check=True, timeout=30).stdout.strip()
+        rel = path.resolve().relative_to(Path(top).resolve()).as_posix()
+        return subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=top, capture_output=True,
+                              check=True, timeout=30).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
 def health_status(track: Track) -> str:
-    """``pass``/``FAIL`` from the committed health.json, ``unchecked`` without one."""
+    """``pass``/``FAIL`` from the committed health.json, ``unchecked`` without one, ``stale``
+    when the declaration has changed in what the check measures since it ran."""
     p = health_path(track)
     if not p.is_file():
         return "not checked (retired)" if track.status == "retired" else "unchecked"
     try:
-        return "pass" if json.loads(p.read_text())["passed"] else "FAIL"
+        rec = json.loads(p.read_text())
+        verdict = "pass" if rec["passed"] else "FAIL"
     except (ValueError, KeyError):
         return "damaged health.json"
+    return verdict if health_is_current(track, rec) else f"{verdict} (stale: rerun the check)"

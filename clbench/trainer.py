@@ -14,6 +14,10 @@ world) joins the reduction with zero gradients. Methods whose gradient hook uses
 batch statistics sum them with ``sum_across_processes``. ``transform_batch`` applies per shard,
 so a method that appends stored samples there adds them to every process's shard (a larger share
 than in one process). One process with no group is the CPU/single-GPU path.
+
+Sharded data parallel (``trainer.distributed=fsdp``): the same shards and loss weights; the model
+is sharded once for the run by :mod:`clbench.sharding` (FSDP2), which reduce-scatters the
+gradients in backward, so there is no wrapper here. Only methods that declare ``shardable`` run.
 """
 
 from __future__ import annotations
@@ -187,10 +191,10 @@ class Trainer:
     def _forward_backward(self, model: nn.Module, method: Method, batch: Batch,
                           stats: ExperienceStats) -> Tensor:
         if len(batch) == 0:  # an empty shard (last batch smaller than the world): no gradient
-            if self._ddp is not None:
+            if world_info()[1] > 1 and self.cfg.distributed in ("ddp", "fsdp"):
                 self._join_reduction(model)
             return torch.zeros((), device=self.device)
-        batch = method.transform_batch(batch)
+        batch = self.objective.compact(method.transform_batch(batch))
         assert batch.y is not None, "training batches carry labels"
         stats.forward_samples += len(batch.y)
         with autocast_for(self.device, self.cfg.precision):
@@ -199,20 +203,21 @@ class Trainer:
                 outputs = mask_by_task(outputs, self.task_mask, batch.task)  # type: ignore[arg-type]
             base = self.objective.loss(outputs, batch)
             loss = method.loss(model, batch, outputs, base)
-        # DDP averages gradients over processes: a share-weighted sum is the average times world
-        scale = self._share * (world_info()[1] if self._ddp is not None else 1) / self.cfg.grad_accum
+        # DDP and FSDP average gradients over processes: a share-weighted sum is the average times world
+        reduced = self.cfg.distributed in ("ddp", "fsdp")
+        scale = self._share * (world_info()[1] if reduced else 1) / self.cfg.grad_accum
         (loss if scale == 1.0 else loss * scale).backward()
         return loss.detach()
 
     def _join_reduction(self, model: nn.Module) -> None:
-        """Take part in DDP's gradient reduction with zero gradients: a forward pass on one input
+        """Take part in the DDP/FSDP gradient reduction with zero gradients: a forward pass on one input
         of the global batch in eval mode (no batch-norm update, no dropout, no training-mode
         hooks), its output times 0."""
-        assert self._ddp is not None and self._stand_in is not None
+        assert self._stand_in is not None
         model.eval()
         try:
             x = self._stand_in if self._on_cpu else self._stand_in.to(self.device)
-            out = self._ddp(x)
+            out = (self._ddp or model)(x)
             (out.float().sum() * 0.0).backward()
         finally:
             model.train()
@@ -258,11 +263,11 @@ def data_parallel(model: nn.Module, params: list[nn.Parameter], cfg: TrainerConf
     Raises:
         ConfigError: several processes but ``trainer.distributed=none``.
     """
-    if world_info()[1] == 1:
+    if world_info()[1] == 1 or cfg.distributed == "fsdp":  # FSDP: the sharded model reduces itself
         return None
     if cfg.distributed != "ddp":
         raise ConfigError("trainer.distributed", cfg.distributed,
-                          "ddp under a multi-process launch (torchrun / accelerate launch)")
+                          "ddp or fsdp under a multi-process launch (torchrun / accelerate launch)")
     from torch.nn.parallel import DistributedDataParallel
 
     frozen = [p for p in params if not p.requires_grad]

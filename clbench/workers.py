@@ -131,10 +131,16 @@ def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int
     if workers <= 1:
         target(*args)
         return
+    run_slices(target, [args] * workers, phase)
+
+
+def run_slices(target: Callable[..., None], arg_sets: list[tuple[Any, ...]], phase: str) -> None:
+    """``target(*args)`` for each entry of ``arg_sets``, each in its own spawned process (all at
+    once; each dies with this process)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_orphan_proof, args=(os.getpid(), target, args)) for _ in range(workers)]
+    procs = [ctx.Process(target=_orphan_proof, args=(os.getpid(), target, a)) for a in arg_sets]
     for p in procs:
         p.start()
     try:
@@ -146,7 +152,7 @@ def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int
         raise
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
-        raise ClbenchError(f"{len(bad)} of {workers} {phase} workers exited with codes {bad}; "
+        raise ClbenchError(f"{len(bad)} of {len(procs)} {phase} workers exited with codes {bad}; "
                            "rerun the same command to resume")
 
 

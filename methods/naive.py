@@ -17,3 +17,5 @@ class Naive(Method):
 
     Deviations from the paper/official code: none (there is no paper; Avalanche parity is tested).
     """
+
+    shardable = True

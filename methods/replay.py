@@ -85,6 +85,7 @@ class Replay(Method):
     """
 
     Config = ReplayConfig
+    shardable = True
     search_space = with_base({"method.storage": grid("reservoir", "class_balanced")})
 
     def __init__(self, config: ReplayConfig | None = None) -> None:

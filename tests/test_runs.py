@@ -114,7 +114,7 @@ def test_unknown_method_lists_valid_names(tmp_path: Path) -> None:
 def test_unknown_scenario_and_bad_method_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="split_mnist"):
         run(tiny_config(tmp_path, "naive", scenario="mnist_typo"))
-    with pytest.raises(ConfigError, match=r"method.bogus=1; allowed: reset"):
+    with pytest.raises(ConfigError, match=r"method.bogus=1; allowed: once, reset"):
         run(tiny_config(tmp_path, "joint", **{"method.bogus": 1}))
     assert not (tmp_path / "runs").exists()
 

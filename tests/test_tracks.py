@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from clbench import bench, tuning
 from clbench.cli import main
 from clbench.config import build_run_config
 from clbench.errors import ClbenchError, ConfigError
+from clbench.finish import read_finished
 from clbench.health import check_track, health_table, labelled_criteria, test_time_criteria
 from clbench.records import GeneralRecord, RunRecord
 from clbench.registry import METHODS, SCENARIOS, load_plugins
 from clbench.testing import register_tiny, stub_record
-from clbench.tracks import all_tracks, get_track, health_path, parse_track
+from clbench.tracks import all_tracks, get_track, health_is_current, health_path, parse_track
 
 TRACKS = all_tracks()
 ACTIVE = [n for n, t in TRACKS.items() if t.status == "active"]
@@ -45,14 +47,14 @@ def test_active_tracks_ship_a_passing_health_check_of_their_current_declaration(
     rec = json.loads(health_path(t).read_text())
     assert rec["track"] == name and rec["passed"] is True
     assert all(c["passed"] for c in rec["criteria"])
-    assert rec["declaration_sha256"] == t.digest(), f"{name}: track.yaml changed since its health check"
+    assert health_is_current(t, rec), f"{name}: track.yaml changed in what its health check measured"
     assert rec["settings"] == json.loads(json.dumps(t.run_values()))
 
 
 @pytest.mark.parametrize("name", sorted(n for n, t in TRACKS.items() if t.status == "dropped"))
 def test_dropped_tracks_keep_the_failing_figures_that_dropped_them(name: str) -> None:
     rec = json.loads(health_path(TRACKS[name]).read_text())
-    assert rec["passed"] is False and rec["declaration_sha256"] == TRACKS[name].digest()
+    assert rec["passed"] is False and health_is_current(TRACKS[name], rec)
 
 
 def test_quick_suite_and_default_tracks_come_from_the_declarations() -> None:
@@ -177,3 +179,68 @@ def test_figures_ignore_metrics_a_stream_does_not_define() -> None:
     fig = _figures(runs, ("mean_error", "bwt"))
     assert fig["mean_error"]["mean"] == pytest.approx(0.4) and fig["mean_error"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert math.isnan(fig["bwt"]["mean"]) and math.isnan(fig["bwt"]["sd"])
+
+
+TINY_TRACK = ("schema_version: 1\nname: tinytrack\ntitle: tiny\nstatus: active\nkind: labelled\n"
+              "description: first words\n"
+              "evaluate: {scenario: tiny, options: {n_experiences: 3}}\n"
+              "fixed: {model: mlp, trainer.epochs: 3}\nreference: {trainer.lr: 0.05}\nseeds: [0, 1]\n"
+              "protocol: {n_trials: 8, eval_seeds: [0, 1, 2]}\nhealth: {lower: naive, upper: joint}\n")
+
+
+def test_a_health_record_goes_stale_only_when_what_it_measured_changes(tmp_path: Path) -> None:
+    import subprocess
+
+    folder = tmp_path / "boards" / "tinytrack"
+    folder.mkdir(parents=True)
+    path = folder / "track.yaml"
+    path.write_text(TINY_TRACK)
+    track = get_track("tinytrack", tmp_path / "boards")
+    rec = {"health_digest": track.health_digest()}
+    reworded = TINY_TRACK.replace("first words", "other words").replace("eval_seeds: [0, 1, 2]", "eval_seeds: [0, 1, 2, 3, 4]")
+    for text, current in ((reworded, True), (TINY_TRACK.replace("0.05", "0.01"), False),
+                          (TINY_TRACK.replace("seeds: [0, 1]\n", "seeds: [0, 1, 2]\n"), False)):
+        path.write_text(text)
+        assert health_is_current(parse_track(yaml.safe_load(text), path), rec) is current, text
+
+    # a record of the older kind (whole-file hash + commit): the file at that commit is compared
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    path.write_text(TINY_TRACK)
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "track", "--allow-empty")
+    git("add", "boards")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "track")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    legacy = {"declaration_sha256": track.digest(), "git_commit": head}
+    path.write_text(reworded)
+    assert health_is_current(parse_track(yaml.safe_load(reworded), path), legacy)
+    changed = TINY_TRACK.replace("0.05", "0.01")
+    path.write_text(changed)
+    assert not health_is_current(parse_track(yaml.safe_load(changed), path), legacy)
+    assert not health_is_current(track, {"declaration_sha256": "0" * 16, "git_commit": head})
+
+
+def test_joint_once_trains_only_at_the_last_experience_and_the_check_passes_its_options(tmp_path: Path) -> None:
+    register_tiny()
+    folder = tmp_path / "boards" / "tinytrack"
+    folder.mkdir(parents=True)
+    (folder / "track.yaml").write_text(
+        TINY_TRACK.replace("fixed: {model: mlp, trainer.epochs: 3}",
+                           "fixed: {model: mlp, model.hidden: 16, trainer.epochs: 3, trainer.batch_size: 8,"
+                           " trainer.progress: false, tracking.mlflow: false}")
+        .replace("health: {lower: naive, upper: joint}", "health: {lower: naive, upper: joint, upper_options: {method.once: true}}"))
+    track = get_track("tinytrack", tmp_path / "boards")
+    assert track.health.upper_options == {"method.once": True}
+    rec = check_track(track, seeds=[0, 1], runs_dir=str(tmp_path / "runs"))
+    assert rec["learners"]["upper_options"] == {"method.once": True}
+    assert "upper = joint (method.once=True)" in health_table(rec)
+    once = [read_finished(Path(r["run_dir"]) / "results.json") for r in rec["runs"] if r["method"] == "joint"]
+    for r in once:
+        steps = [p.optimizer_steps for p in r.per_experience]
+        assert steps[:-1] == [0, 0] and steps[-1] > 0  # trained once, on the whole stream
+        assert r.R[0] == r.R[1]  # the untrained model's rows
+    with pytest.raises(ConfigError, match="health.upper_options"):
+        parse_track(yaml.safe_load(TINY_TRACK.replace("upper: joint}", "upper: joint, upper_options: {trainer.lr: 1}}")),
+                    folder / "track.yaml")
