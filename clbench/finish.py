@@ -1,7 +1,8 @@
 """Owns a run directory's files after training, and reading a finished run back.
 
 ``results.json`` is written first (:func:`clbench.tracking.write_results`); then
-:func:`finish_outputs` writes ``R.json`` and ``R.png``, logs the final metrics and artifacts and
+:func:`finish_outputs` writes ``R.json`` and ``R.png``, logs the final metrics and artifacts
+(with ``samples.jsonl``, the judged generations, where the stream judges by generation) and
 ends the tracked run FINISHED. Each of those steps can be redone, so ``--resume`` completes a
 finish that a kill interrupted.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from clbench.checkpoint import atomic_write_json
 from clbench.config import RunConfig
 from clbench.errors import ClbenchError
+from clbench.evaluation import SAMPLES
 from clbench.loops import numeric
 from clbench.options import to_plain
 from clbench.records import RunRecord
@@ -33,7 +35,8 @@ def finish_outputs(run_dir: Path, record: RunRecord, cfg: RunConfig, tracker: Tr
     r_json = run_dir / "R.json"
     atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
     png = heatmap_png(record.R, run_dir / "R.png", f"{cfg.method} on {cfg.scenario} (seed {cfg.seed})")
-    tracker.log_artifacts([run_dir / "results.json", r_json, png, *(extra or [])])
+    samples = [run_dir / SAMPLES] if (run_dir / SAMPLES).is_file() else []  # generative streams
+    tracker.log_artifacts([run_dir / "results.json", r_json, png, *samples, *(extra or [])])
     tracker.end("FINISHED")
 
 

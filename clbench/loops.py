@@ -26,7 +26,7 @@ from torch import nn
 from clbench import metrics as M
 from clbench.checkpoint import STEP_CHECKPOINT, load_checkpoint, save_checkpoint
 from clbench.config import RunConfig
-from clbench.evaluation import Evaluator
+from clbench.evaluation import SAMPLES, Evaluator, SampleLog
 from clbench.models import count_params
 from clbench.objectives import Objective
 from clbench.options import to_plain
@@ -78,6 +78,10 @@ class Loop:
         """The run's record, with what this loop adds."""
         return record
 
+    def resumed(self, progress: RunProgress) -> None:
+        """Called when a run resumes from ``progress`` (possibly fresh): drop what the killed run
+        wrote beyond it, which the resumed run writes again."""
+
 
 class TrainingLoop(Loop):
     """Training streams: per experience the trainer (the method's hooks), then a row of R on
@@ -90,12 +94,21 @@ class TrainingLoop(Loop):
         if stream.scenario_type == "task_incremental":
             task_mask = task_class_mask(stream.experiences, stream.num_classes)
         self.trainer = Trainer(cfg.trainer, parts.device, task_mask, parts.objective)
+        samples = None
+        if parts.objective.judge is not None and parts.run_dir is not None:  # judged by generation
+            samples = SampleLog(parts.run_dir / SAMPLES, stream.meta.get("tasks") or ())
         self.evaluator = Evaluator(parts.device, cfg.eval.batch_size, task_mask,
-                                   cfg.trainer.precision, cfg.trainer.progress, parts.objective)
+                                   cfg.trainer.precision, cfg.trainer.progress, parts.objective,
+                                   samples=samples)
 
     def before_stream(self) -> list[float]:
         p = self.parts
         return self.evaluator.row(p.model, p.method, p.stream.experiences, desc="eval pre-training")
+
+    def resumed(self, progress: RunProgress) -> None:
+        log = self.evaluator.samples
+        if log is not None:  # rows after the last checkpoint (and a pre-training row not checkpointed)
+            log.keep(lambda r: r["after"] < progress.done and (r["after"] >= 0 or progress.b is not None))
 
     def experience(self, i: int, progress: RunProgress) -> dict[str, float]:
         p = self.parts
@@ -105,10 +118,10 @@ class TrainingLoop(Loop):
         resume, save = self._step_checkpoints(i)
         stats = self.trainer.train_experience(p.model, p.method, exps[i], exps[: i + 1], gen, resume, save)
         report = to_plain(p.method.experience_report())
-        row = self.evaluator.row(p.model, p.method, exps, desc=f"eval after exp {i}")
+        row = self.evaluator.row(p.model, p.method, exps, desc=f"eval after exp {i}", after=i)
         progress.R.append(row)
         if p.cfg.eval.validation:
-            progress.R_val.append(self.evaluator.row(p.model, p.method, exps, "val"))
+            progress.R_val.append(self.evaluator.row(p.model, p.method, exps, "val", after=i))
         ppl = self.evaluator.perplexity(p.model, p.method, exps[i].test)  # language-modelling streams
         progress.per_exp.append(ExperienceRecord(
             optimizer_steps=stats.optimizer_steps, train_samples=stats.train_samples,

@@ -11,12 +11,14 @@
 - ``causal_lm_generate``: the same packed inputs and answer-token loss, but each test example is
   judged on the model's **greedy generation** (prompt only; the gold answer is never in the
   inputs) against the gold answer with its task's metric (``clbench/textmetrics.py``: exact
-  match, ROUGE-L, edit similarity, SARI). R then holds the mean metric per task (TRACE).
+  match, ROUGE-L, edit similarity, SARI, as TRACE computes them). R then holds the mean metric
+  per task, scaled to [0, 1]; each judged example can be recorded (the run's ``samples.jsonl``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,10 @@ class Objective:
         """What inference may see of a test input (nothing that reveals the label)."""
         return x
 
+    def compact(self, batch: Batch) -> Batch:
+        """The batch without what cannot change the outputs that count (identity here)."""
+        return batch
+
     def count(self, outputs: Tensor, batch: Batch, y: Tensor, task_mask: Tensor | None) -> tuple[Tensor, int]:
         """(number correct, number judged) for one evaluation batch."""
         scores = self.scores(outputs, batch)
@@ -66,6 +72,12 @@ class CausalLMObjective(Objective):
     def __init__(self, first_tokens: Tensor, pad_id: int) -> None:
         self.first_tokens = first_tokens  # (C,) token id of each class's first answer token
         self.pad_id = pad_id
+
+    def compact(self, batch: Batch) -> Batch:
+        """Trailing columns that are padding in every row dropped (right padding, causal model:
+        no earlier position attends to them, and no loss or score reads them)."""
+        x = batch.x
+        return trim_columns(batch, (x[:, 0] != self.pad_id) | (x[:, 1] == 1))
 
     def eval_inputs(self, x: Tensor) -> Tensor:
         """The gold answer tokens are replaced by padding; the mask still marks where it starts."""
@@ -94,6 +106,10 @@ class LanguageModelingObjective(Objective):
 
     name = "causal_lm_text"
     class_logits = False
+
+    def compact(self, batch: Batch) -> Batch:
+        """Trailing columns without a real token in any row dropped (see CausalLMObjective)."""
+        return trim_columns(batch, batch.x[:, 1] == 1)
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         ids, mask = batch.x[:, 0], batch.x[:, 1]
@@ -126,24 +142,45 @@ class GenerationObjective(CausalLMObjective):
         self.metrics, self.max_new_tokens = metrics, max_new_tokens
 
     def judge(self, infer: Callable[[Batch], Tensor], data: Split, exp_index: int | None,
-              task: int | None, batch_size: int, device: torch.device) -> float:
-        """Mean metric of greedy generations over ``data`` (exact match outside the stream)."""
+              task: int | None, batch_size: int, device: torch.device,
+              samples: list[dict[str, Any]] | None = None) -> float:
+        """Mean metric of greedy generations over ``data`` (exact match outside the stream), in
+        [0, 1] (TRACE's figure / ``textmetrics.SCALE``). Prompt, generation and reference are
+        decoded without clean-up (as TRACE decodes), and the space the packing put before each
+        answer is dropped from generation and reference. ``samples``: one record per example
+        (its index in ``data``, metric, prompt, generation, reference and the metric's figure on
+        TRACE's scale) is appended, in example order."""
         from clbench.hf import load_tokenizer
-        from clbench.textmetrics import METRIC_FNS
+        from clbench.textmetrics import METRIC_FNS, SCALE
 
         tok = load_tokenizer(self.tokenizer_id)
-        metric = METRIC_FNS[self.metrics[exp_index] if exp_index is not None else "accuracy"]
+        name = self.metrics[exp_index] if exp_index is not None else "accuracy"
+        metric, scale = METRIC_FNS[name], SCALE[name]
+
+        def text(ids: list[int]) -> str:
+            return str(tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
         total = 0.0
+        records: list[dict[str, Any]] = []
+        # prompts of similar length share a batch, so little of each forward pass is padding
+        order = torch.argsort(answer_start(data.x[:, 1]), stable=True)
         for i in range(0, len(data), batch_size):
-            x = data.x[i : i + batch_size]
+            index = order[i : i + batch_size]
+            x = data.x[index]
             budget = self.max_new_tokens[exp_index] if exp_index is not None else max(self.max_new_tokens)
             preds = self.generate(infer, x, task, device, budget)
-            for row, pred in zip(x, preds, strict=True):
+            for k, row, pred in zip(index.tolist(), x, preds, strict=True):
                 prompt_ids = row[0][: int(answer_start(row[1:2])[0])]
-                ref_ids = [t for t in row[0][row[1] == 1].tolist() if t != self.eos_id]
-                ref = str(tok.decode(ref_ids, skip_special_tokens=True))
-                source = str(tok.decode(prompt_ids.tolist(), skip_special_tokens=True))
-                total += metric(str(tok.decode(pred, skip_special_tokens=True)), ref, source)
+                ref = text([t for t in row[0][row[1] == 1].tolist() if t != self.eos_id]).removeprefix(" ")
+                source = text(prompt_ids.tolist())
+                generation = text(pred).removeprefix(" ")
+                score = metric(generation, ref, source)
+                total += score / scale
+                if samples is not None:
+                    records.append({"example": k, "metric": name, "prompt": source,
+                                    "generation": generation, "reference": ref, "score": score})
+        if samples is not None:
+            samples.extend(sorted(records, key=lambda r: r["example"]))
         return total / max(len(data), 1)
 
     def generate(self, infer: Callable[[Batch], Tensor], x: Tensor, task: int | None,
@@ -163,10 +200,12 @@ class GenerationObjective(CausalLMObjective):
             done |= cur >= length
             if bool(done.all()):
                 break
-            packed = torch.stack([ids, gen_mask], dim=1).to(device)
+            # columns past the furthest position still predicting are never read (causal model)
+            width = int(cur[~done].max())
+            packed = torch.stack([ids[:, :width], gen_mask[:, :width]], dim=1).to(device)
             logits = infer(Batch(packed, None, tasks))
             rows = torch.arange(len(x))
-            nxt = logits[rows.to(device), (cur - 1).clamp(max=length - 1).to(device)].argmax(-1).cpu()
+            nxt = logits[rows.to(device), (cur - 1).clamp(max=width - 1).to(device)].argmax(-1).cpu()
             for r in rows[~done].tolist():
                 token = int(nxt[r])
                 if self.eos_id is not None and token == self.eos_id:
@@ -176,6 +215,15 @@ class GenerationObjective(CausalLMObjective):
                 ids[r, cur[r]] = token
                 gen_mask[r, cur[r]] = 1
         return out
+
+
+def trim_columns(batch: Batch, used: Tensor) -> Batch:
+    """``batch`` with its packed inputs (N, 2, L) cut after the last column any row ``used``."""
+    cols = used.any(0).nonzero()
+    width = int(cols.max()) + 1 if len(cols) else 1
+    if width == batch.x.shape[-1]:
+        return batch
+    return Batch(batch.x[..., :width], batch.y, batch.task)
 
 
 def answer_start(mask: Tensor) -> Tensor:

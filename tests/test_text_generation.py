@@ -172,22 +172,6 @@ def test_trace_fomc_generation_stream_reports_missing_tasks() -> None:
     assert s.experiences[0].train.x.shape == (30, 2, 64) and len(s.experiences[0].test) == 20
 
 
-def test_text_metrics_by_hand() -> None:
-    from clbench.textmetrics import accuracy, edit_similarity, rouge_l, sari
-
-    assert accuracy(" hawkish ", "hawkish") == 1.0 and accuracy("dovish", "hawkish") == 0.0
-    # LCS("the cat sat", "the cat sat down") = 3: P = 1, R = 3/4
-    assert rouge_l("the cat sat", "the cat sat down") == pytest.approx(2 * 1 * 0.75 / 1.75)
-    assert rouge_l("a b", "c d") == 0.0
-    assert edit_similarity("abcd", "abce") == pytest.approx(0.75)
-    # output == reference, a deletion-only edit: keep-F1 = delete-P = 1, and the add term is 0
-    # because neither side adds an n-gram (as in Xu et al.'s reference implementation)
-    assert sari("the cat sat", "the cat sat", "the big cat sat there") == pytest.approx(2 / 3)
-    # copying the source: keeps are right, nothing added or deleted
-    copy = sari("the big cat sat there", "the cat sat", "the big cat sat there")
-    assert 0.0 < copy < sari("the cat sat", "the cat sat", "the big cat sat there")
-
-
 @pytest.fixture
 def open_scenario() -> Iterator[str]:
     def summary(split: str, n: int) -> tuple[TextExample, ...]:
@@ -225,13 +209,89 @@ def test_open_ended_tasks_are_judged_on_greedy_generation_without_the_answer(
     with METHODS.override("naive", Spy):
         res = run(tiny_config(tmp_path, "naive", **opts))
     assert len(res.R) == 2 and all(0.0 <= a <= 1.0 for row in res.R for a in row)
-    # generation inputs: a prompt, then only tokens the model generated itself (mask row = 1)
+    # generation inputs: a prompt, then only tokens the model generated itself (mask row = 1);
+    # at step 0 (nothing generated yet) each row is exactly one test prompt, gold answer hidden
     test = stream.experiences[1].test.x
-    first = next(x for x in seen if x.shape == test.shape and torch.equal(x[:, 0, :3], test[:, 0, :3]))
-    start = test[:, 1].int().argmax(1)
-    for r in range(len(first)):
-        assert int(first[r, 1].sum()) == 0  # step 0: nothing generated yet
-        assert bool((first[r, 0, int(start[r]):] == 0).all())  # gold answer hidden (BERT [PAD] = 0)
+    prompts = {tuple(row[0, : int(row[1].int().argmax())].tolist())
+               for e in stream.experiences for split in (e.val, e.test) if split is not None for row in split.x}
+    firsts = [x for x in seen if int(x[:, 1].sum()) == 0 and len(x) == len(test)]
+    assert firsts
+    for x in firsts:
+        for row in x:
+            tokens = row[0][row[0] != 0].tolist()  # BERT [PAD] = 0
+            assert bool((row[0, len(tokens):] == 0).all()) and tuple(tokens) in prompts
+
+
+def test_a_generative_run_writes_and_logs_its_samples(tmp_path: Path, open_scenario: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """samples.jsonl: one line per judged example, row and experience; the scores average to R."""
+    import json
+
+    import clbench.runner
+    from clbench.textmetrics import SCALE
+
+    logged: list[str] = []
+
+    class Recorder:
+        uri, run_id = "memory://", None
+
+        def start(self, run_name: str, params: Any, tags: Any, resume_id: str | None = None) -> str:
+            return "r1"
+
+        def log_metrics(self, metrics: Any, step: int) -> None:
+            pass
+
+        def log_artifacts(self, paths: list[Path]) -> None:
+            logged.extend(p.name for p in paths if p.is_file())
+
+        def end(self, status: str, reason: str | None = None) -> None:
+            pass
+
+    monkeypatch.setattr(clbench.runner, "open_tracker", lambda cfg: Recorder())
+    opts: dict[str, Any] = {"scenario": open_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
+                            "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
+                            "trainer.epochs": 1, "eval.lm_eval_tasks": []}
+    res = run(tiny_config(tmp_path, "naive", **opts))
+    path = Path(res.run_dir) / "samples.jsonl"
+    assert "samples.jsonl" in logged
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    n = {"test": [6, 4], "val": [4, 2]}  # fomc: 2 labels x 3 (x 2), meetingbank: 4 (2)
+    # test: the pre-training row and one row per experience; val: one row per experience
+    assert len(lines) == 3 * sum(n["test"]) + 2 * sum(n["val"])
+    assert {tuple(r) for r in lines} == {("after", "split", "experience", "task", "example", "metric", "prompt",
+                                          "generation", "reference", "score")}
+    rows = [("test", -1, res.R_pretrain), *(("test", i, r) for i, r in enumerate(res.R)),
+            *(("val", i, r) for i, r in enumerate(res.R_val or []))]
+    assert len(rows) == 5
+    for split, after, row in rows:
+        for j, (task, metric) in enumerate([("fomc", "accuracy"), ("meetingbank", "rouge_l")]):
+            mine = [r for r in lines if (r["split"], r["after"], r["experience"]) == (split, after, j)]
+            assert [r["example"] for r in mine] == list(range(n[split][j]))
+            assert {(r["task"], r["metric"]) for r in mine} == {(task, metric)}
+            assert row is not None and sum(r["score"] for r in mine) / SCALE[metric] / len(mine) == pytest.approx(row[j])
+    meeting = [r for r in lines if r["task"] == "meetingbank" and r["split"] == "test"]
+    # each line's prompt and reference are its example's (the uncased test tokenizer lower-cases)
+    assert all(r["reference"] == f"budget {r['example']}" for r in meeting)
+    assert all(r["prompt"].endswith(f"meeting test {r['example']} about budget items") for r in meeting)
+
+
+def test_a_resumed_run_drops_the_samples_it_evaluates_again(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from clbench.evaluation import SampleLog
+    from clbench.loops import TrainingLoop
+    from clbench.records import RunProgress
+
+    log = SampleLog(tmp_path / "samples.jsonl")
+    log.write([{"after": a, "score": 1.0} for a in (-1, -1, 0, 1, 1)])
+    with log.path.open("a") as f:
+        f.write('{"after": 1, "sco')  # the line a kill cut short
+    loop: Any = SimpleNamespace(evaluator=SimpleNamespace(samples=log))
+    TrainingLoop.resumed(loop, RunProgress(done=1, b=[0.0]))  # killed during experience 1
+    assert [json.loads(x)["after"] for x in log.path.read_text().splitlines()] == [-1, -1, 0]
+    TrainingLoop.resumed(loop, RunProgress())  # killed before the first checkpoint
+    assert log.path.read_text() == ""
 
 
 def test_open_ended_trace_tasks_need_generation_mode(tmp_path: Path) -> None:
@@ -261,3 +321,51 @@ def test_the_gpu_check_runs_its_cpu_smoke_path(tmp_path: Path, capsys: pytest.Ca
     assert gpu_check.main(["--methods", "naive", "--steps", "40", "--tiny", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| naive |" in out and "| True |" in out and "x |" in out and "plain Hugging Face loop" in out
+
+
+def _tiny_lm_and_batch() -> tuple[torch.nn.Module, torch.Tensor, int]:
+    from clbench.text_models import load_tokenizer, pack_answers
+    from clbench.tiny_models import tiny_llama
+
+    tok = load_tokenizer(TOK)
+    prompts = [f"Pick the topic.\n{'word ' * (2 + 3 * i)}" for i in range(6)]
+    x = pack_answers(prompts, [" sports", " science", " good", " bad", " sports", " middle"], TOK, 48)
+    return tiny_llama(tok).eval(), x, int(tok.pad_token_id)
+
+
+def test_compacting_a_batch_drops_only_padding_and_keeps_the_loss() -> None:
+    model, x, pad = _tiny_lm_and_batch()
+    obj = CausalLMObjective(torch.tensor([5, 7]), pad_id=pad)
+    batch = Batch(x, torch.zeros(len(x), dtype=torch.long))
+    short = obj.compact(batch)
+    used = (x[:, 0] != pad) | (x[:, 1] == 1)
+    assert short.x.shape[-1] == int(used.any(0).nonzero().max()) + 1 < x.shape[-1]
+    assert not bool(used[:, short.x.shape[-1]:].any())
+
+    def forward(b: Batch) -> torch.Tensor:
+        ids, answer = b.x[:, 0], b.x[:, 1]
+        return model(input_ids=ids, attention_mask=((ids != pad) | (answer == 1)).long()).logits
+
+    with torch.no_grad():
+        full, cut = obj.loss(forward(batch), batch), obj.loss(forward(short), short)
+        assert float(cut) == pytest.approx(float(full), rel=1e-5)
+        assert torch.allclose(obj.scores(forward(short), short), obj.scores(forward(batch), batch), atol=1e-5)
+
+
+def test_batched_generation_gives_the_one_at_a_time_outputs() -> None:
+    model, x, pad = _tiny_lm_and_batch()
+    obj = GenerationObjective(pad, None, TOK, ["rouge_l"], [6])
+
+    def infer(b: Batch) -> torch.Tensor:
+        ids, answer = b.x[:, 0], b.x[:, 1]
+        return model(input_ids=ids, attention_mask=((ids != pad) | (answer == 1)).long()).logits
+
+    with torch.no_grad():
+        batched = obj.generate(infer, x, None, torch.device("cpu"), 6)
+        single = [obj.generate(infer, x[i : i + 1], None, torch.device("cpu"), 6)[0] for i in range(len(x))]
+        assert batched == single and all(len(g) == 6 for g in batched)
+        from clbench.splits import Split
+
+        data = Split(x, torch.zeros(len(x), dtype=torch.long))
+        one = obj.judge(infer, data, 0, None, 1, torch.device("cpu"))
+        assert obj.judge(infer, data, 0, None, 4, torch.device("cpu")) == pytest.approx(one, abs=1e-12)
