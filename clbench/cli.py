@@ -2,6 +2,7 @@
 
     clbench run method=<name> scenario=split_mnist seed=0 trainer.epochs=2 [--config f.yaml]
     clbench list
+    clbench config [method=<name> | scenario=<name> | model=<name> | trainer | eval ...]
     clbench show <run dir | MLflow run id>
     clbench bench method=<name> [--track vision_cil] [--quick] [--workers N] [--storage URL]
     clbench protocol method=<name> [--track vision_cil] [--workers N] [--storage URL]
@@ -25,6 +26,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from clbench.cli_config import add_config_verb
 from clbench.cli_leaderboard import add_leaderboard_verbs
 from clbench.errors import ClbenchError
 from clbench.records import RunRecord
@@ -47,10 +49,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from clbench.registry import METHODS, MODELS, SCENARIOS
 
+    # read from the plug-ins' source: importing them (torch and its kin) would take seconds
     for title, reg in (("methods", METHODS), ("scenarios", SCENARIOS), ("models", MODELS)):
         print(f"{title}:")
-        for name in reg.names():
-            print(f"  {name:<24} {reg.describe(name)}")
+        for name, description in reg.catalog().items():
+            print(f"  {name:<24} {description}")
+    print("\noptions of one: clbench config method=<name> (or scenario=<name>, model=<name>)")
     return 0
 
 
@@ -126,7 +130,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from clbench.tracks import get_track, health_path
 
     track = get_track(args.track)
-    rec = check_track(track, seeds=args.seeds, resume=not args.no_resume)
+    rec = check_track(track, seeds=args.seeds, resume=not args.no_resume, workers=args.workers)
     print(health_table(rec))
     print(f"\nwrote {health_path(track)} (and health.md)")
     if args.readme:
@@ -182,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="discard an existing run dir and restart")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="list methods, scenarios and models").set_defaults(fn=cmd_list)
+    add_config_verb(sub)
     s = sub.add_parser("show", help="print R and metrics of a run")
     s.add_argument("target", help="run directory, results.json or MLflow run id")
     s.set_defaults(fn=cmd_show)
@@ -219,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
     tc.add_argument("track", help="a track name (see `clbench tracks`)")
     tc.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the track's seeds")
     tc.add_argument("--no-resume", action="store_true", help="retrain runs that already finished")
+    tc.add_argument("--workers", type=int, default=1,
+                    help="train the check's runs in this many processes (the CPU's threads shared out)")
     tc.add_argument("--readme", default=None,
                     help="also write the health table into this file's <!-- health-<track>:start/end --> block")
     tc.set_defaults(fn=cmd_track)

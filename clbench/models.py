@@ -36,9 +36,9 @@ DEFAULT_MODEL = "mlp"
 
 @dataclass(frozen=True)
 class MLPConfig:
-    hidden: int = 256
-    layers: int = 2
-    dropout: float = 0.0
+    hidden: int = 256  # units of every hidden layer
+    layers: int = 2  # hidden Linear + ReLU layers before the head
+    dropout: float = 0.0  # dropout after every hidden layer; 0 = none
 
 
 @register_model("mlp")
@@ -66,7 +66,7 @@ class MLP(nn.Module):
 
 @dataclass(frozen=True)
 class CNNConfig:
-    channels: int = 32
+    channels: int = 32  # output channels of the first conv (the second has twice as many)
 
 
 @register_model("cnn")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import importlib
+import importlib.util
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from clbench.errors import ConfigError
@@ -67,8 +71,22 @@ class Registry(Generic[T]):
 
     def describe(self, name: str) -> str:
         """First line of the plug-in's docstring."""
-        doc = (getattr(self.get(name), "__doc__", None) or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return _first_line(getattr(self.get(name), "__doc__", None))
+
+    def catalog(self) -> dict[str, str]:
+        """Name -> :meth:`describe` of every plug-in, sorted by name, without importing a plug-in.
+
+        The names and docstrings are read from the source of the plug-in modules (see
+        :func:`declared`), so listing them costs milliseconds where importing them (torch and
+        its kin) costs seconds; plug-ins registered at run time (a test's temporary ones) are
+        added from the registry itself. ``tests/test_cli_config.py`` checks that the two agree.
+        """
+        static = declared()
+        if not static:  # no plug-in source to read (a bytecode-only install): import them
+            load_plugins()
+        found = dict(static.get(self.kind, {}))
+        found.update({name: _first_line(getattr(obj, "__doc__", None)) for name, obj in self._items.items()})
+        return dict(sorted(found.items()))
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests that register temporary plug-ins)."""
@@ -94,6 +112,11 @@ class Registry(Generic[T]):
         finally:
             self._items.pop(name, None)
             self._items.update(saved)
+
+
+def _first_line(doc: str | None) -> str:
+    doc = (doc or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 def _model_problem(cls: Any) -> str | None:
@@ -138,3 +161,59 @@ def load_plugins() -> None:
     _loaded = True
     for pkg in _PLUGIN_PACKAGES:
         importlib.import_module(pkg)
+
+
+@functools.cache
+def declared() -> dict[str, dict[str, str]]:
+    """Kind -> {name: first docstring line} of the plug-ins that the plug-in packages declare with
+    a ``@register_<kind>("<name>")`` decorator on a class or function, read with :mod:`ast` from
+    their source files (nothing is imported).
+
+    The files read are those :func:`load_plugins` imports: each module of ``_PLUGIN_PACKAGES``
+    and, for a package, the submodules its ``__init__`` imports by name.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for path in (p for pkg in _PLUGIN_PACKAGES for p in _plugin_files(pkg)):
+        text = path.read_text(encoding="utf-8")
+        if "@register_" not in text:
+            continue
+        for node in ast.walk(ast.parse(text, str(path))):
+            if not isinstance(node, ast.ClassDef | ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name)
+                        and deco.func.id.startswith("register_") and len(deco.args) == 1
+                        and isinstance(deco.args[0], ast.Constant) and isinstance(deco.args[0].value, str)):
+                    kind = deco.func.id.removeprefix("register_")
+                    out.setdefault(kind, {})[deco.args[0].value] = _first_line(ast.get_docstring(node))
+    return out
+
+
+def _plugin_files(module: str) -> list[Path]:
+    """The source file of ``module`` and, for a package, of the submodules its ``__init__``
+    imports (``from pkg import a, b`` / ``from . import a`` / ``import pkg.a``), recursively."""
+    spec = importlib.util.find_spec(module)  # imports the parent package only (clbench: cheap)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return []
+    return _module_files(module, Path(spec.origin), spec.submodule_search_locations)
+
+
+def _module_files(module: str, origin: Path, locations: list[str] | None) -> list[Path]:
+    files = [origin]
+    if locations is None:  # a plain module
+        return files
+    subs: list[str] = []
+    for node in ast.walk(ast.parse(origin.read_text(encoding="utf-8"), str(origin))):
+        if isinstance(node, ast.ImportFrom) and (node.module == module or (node.level == 1 and not node.module)):
+            subs += [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            subs += [a.name[len(module) + 1:].split(".")[0] for a in node.names if a.name.startswith(module + ".")]
+    for sub in dict.fromkeys(subs):
+        for loc in map(Path, locations):
+            if (loc / f"{sub}.py").is_file():
+                files.append(loc / f"{sub}.py")
+                break
+            if (loc / sub / "__init__.py").is_file():
+                files += _module_files(f"{module}.{sub}", loc / sub / "__init__.py", [str(loc / sub)])
+                break
+    return files

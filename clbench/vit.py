@@ -21,11 +21,11 @@ from clbench.streams import StreamInfo
 
 @dataclass(frozen=True)
 class ViTConfig:
-    patch: int = 7
-    dim: int = 64
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: int = 2
+    patch: int = 7  # side in pixels of the square patches (must divide the image size)
+    dim: int = 64  # embedding width (must divide by heads)
+    depth: int = 4  # transformer blocks
+    heads: int = 4  # attention heads per block
+    mlp_ratio: int = 2  # hidden width of each block's MLP, in multiples of dim
     # channels of an optional convolutional stem (two 3x3 conv + GELU at full resolution before
     # the patch embedding; "early convolutions help transformers see better", Xiao et al. 2021),
     # which lets the small ViT reach a strong source accuracy on a few thousand digits; 0 = none

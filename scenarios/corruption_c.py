@@ -67,7 +67,16 @@ def _stream(name: str, domains: list[tuple[Tensor, Tensor]], num_classes: int, n
 
 @dataclass(frozen=True)
 class CIFAR10CConfig:
-    """Options of ``cifar10_c`` (data_dir empty = the default location)."""
+    """Options of ``cifar10_c`` (data_dir empty = the default location).
+
+    Attributes:
+        data_dir: folder with ``<corruption>.npy`` and ``labels.npy``; empty =
+            ``$CLBENCH_DATA_DIR/CIFAR-10-C`` or ``../shared/data/CIFAR-10-C``.
+        severity: corruption severity 1..5 (CTTA standard: 5).
+        corruptions: the domains in stream order (default: the 15 in the standard CTTA order).
+        n_examples: images per domain: the first ``n_examples`` of the severity's block.
+        batch_size: test-time batch size of the online stream.
+    """
 
     data_dir: str = ""
     severity: int = 5
@@ -110,7 +119,18 @@ class CIFAR10C(Scenario):
 
 @dataclass(frozen=True)
 class ImageNetCConfig:
-    """Options of ``imagenet_c`` (data_dir empty = the default location)."""
+    """Options of ``imagenet_c`` (data_dir empty = the default location).
+
+    Attributes:
+        data_dir: folder tree ``<corruption>/<severity>/<class>/*.JPEG``; empty =
+            ``$CLBENCH_DATA_DIR/ImageNet-C`` or ``../shared/data/ImageNet-C``.
+        severity: corruption severity 1..5 (CTTA standard: 5).
+        corruptions: the domains in stream order (default: the 15 in the standard CTTA order).
+        n_examples: images per domain, the same files in every domain (a fixed-seed pick).
+        image_size: side in pixels of the centre crop (after resizing the shorter side to
+            ``image_size * 256 / 224``); images already this size are kept as they are.
+        batch_size: test-time batch size of the online stream.
+    """
 
     data_dir: str = ""
     severity: int = 5

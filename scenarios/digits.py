@@ -28,12 +28,12 @@ VERSION = "1"
 
 @dataclass(frozen=True)
 class SplitDigitsConfig:
-    n_experiences: int = 5
-    task_incremental: bool = False
-    class_order_seed: int | None = None
-    image_size: int = 8
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    n_experiences: int = 5  # the 10 classes in equal groups, one group per experience (must divide 10)
+    task_incremental: bool = False  # True: task ids given at train and test (task-IL)
+    class_order_seed: int | None = None  # None: classes 0..9 in order; else a seeded permutation
+    image_size: int = 8  # side in pixels; other than 8 = bilinear resize (28 matches MNIST models)
+    test_fraction: float = 0.2  # share of each class held out as the test split (fixed data seed)
+    val_fraction: float = 0.1  # share of each class's remaining train data carved out as validation
     # True: carry MNIST 5k's upright source half (scenarios.mnist_ft) as source data, so the
     # stream shares the vit_tiny foundation of split_mnist(foundation=true); needs image_size=28
     foundation: bool = False
@@ -77,11 +77,11 @@ class SplitDigits(Scenario):
 
 @dataclass(frozen=True)
 class PermutedDigitsConfig:
-    n_experiences: int = 5
-    permutation_seed: int = 0
+    n_experiences: int = 5  # one fixed random pixel permutation per experience, all 10 classes each
+    permutation_seed: int = 0  # seed of the permutations
     image_size: int = 28  # resized like split_digits, so the stream shares a model with permuted_mnist
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # share of each class held out as the test split (fixed data seed)
+    val_fraction: float = 0.1  # share of each class's remaining train data carved out as validation
 
 
 @register_scenario("permuted_digits")
@@ -113,10 +113,10 @@ class PermutedDigits(Scenario):
 
 @dataclass(frozen=True)
 class RotatedDigitsFTConfig:
-    angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)
+    angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)  # degrees; one experience per angle
     source_fraction: float = 0.5  # as rotated_mnist_ft's: the same source, so the same foundation
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # share of each class held out as the test split (fixed data seed)
+    val_fraction: float = 0.1  # share of each class's remaining train data carved out as validation
 
 
 @register_scenario("rotated_digits_ft")

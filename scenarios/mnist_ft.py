@@ -55,7 +55,7 @@ def rotate(s: Split, angle: float) -> Split:
 
 @dataclass(frozen=True)
 class RotatedFTConfig(MNISTData):
-    angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)
+    angles: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0, 150.0)  # degrees; one experience per angle
     source_fraction: float = 0.5  # share of MNIST 5k that is upright source (the rest is the stream)
 
 
@@ -78,9 +78,9 @@ class RotatedMNISTFT(Scenario):
 
 @dataclass(frozen=True)
 class SplitRotatedFTConfig(MNISTData):
-    angle: float = 90.0
-    n_experiences: int = 5
-    class_order_seed: int | None = None
+    angle: float = 90.0  # degrees, applied to every stream image (the source stays upright)
+    n_experiences: int = 5  # the 10 classes in equal groups, one group per experience (must divide 10)
+    class_order_seed: int | None = None  # None: classes 0..9 in order; else a seeded permutation
 
 
 @register_scenario("split_rotated_mnist_ft")

@@ -59,19 +59,24 @@ CALIBRATION_PASSAGES = 256
 
 @dataclass(frozen=True)
 class TextCLConfig:
+    # standard: Standard CL (4 tasks, orders 1-3); long: Long Sequence (15 tasks, orders 4-6);
+    # trace: the TRACE benchmark's tasks
     benchmark: Literal["standard", "long", "trace"] = "standard"
     # trace: task names (() = all 8; missing ones are reported); long: a subset of the 15 tasks,
     # in the given order (the LM tuning protocol tunes on tasks disjoint from Standard CL's)
     tasks: tuple[str, ...] = ()
-    order: int = 1
-    source: Literal["lfpt5", "olora"] = "lfpt5"  # standard only; long reads the O-LoRA layout
-    data_dir: str = ""  # "" = $CLBENCH_DATA_DIR or ../shared/data
-    lfpt5_seed: str = "0_42"
-    tokenizer: str = MINILM_ID
-    max_length: int = 128
-    max_train_per_task: int = 0  # 0 = all (else a seeded random subset, same for every run)
-    max_test_per_task: int = 0
+    order: int = 1  # task order: 1-3 for standard, 4-6 for long (O-LoRA / MIGU scripts)
+    source: Literal["lfpt5", "olora"] = "lfpt5"  # data copy of standard; long reads the O-LoRA layout
+    data_dir: str = ""  # folder of the local data copies; "" = $CLBENCH_DATA_DIR or ../shared/data
+    lfpt5_seed: str = "0_42"  # LFPT5 sampling-seed folder (source=lfpt5)
+    tokenizer: str = MINILM_ID  # hub id; must be the model's tokenizer (the runner checks)
+    max_length: int = 128  # tokens per input (padded or truncated)
+    max_train_per_task: int = 0  # train (and val) examples per task: 0 = all, else a seeded subset (same every run)
+    max_test_per_task: int = 0  # test examples per task: 0 = all, else a seeded subset (same every run)
+    # classification: token ids for a classifier head; generation: prompt + answer for a causal LM
     mode: Literal["classification", "generation"] = "classification"
+    # task_incremental: task id at train and test, logits masked to the task's labels;
+    # class_incremental: one head over every class, no task id (classification only)
     setting: Literal["task_incremental", "class_incremental"] = "task_incremental"
     # general-capability probes: O-LoRA task names disjoint from the stream's (e.g. sst2, imdb)
     probe_tasks: tuple[str, ...] = ()

@@ -77,9 +77,9 @@ DOMAINS: dict[str, Callable[[], str]] = {
 
 @dataclass(frozen=True)
 class TextDomainsConfig:
-    domains: tuple[str, ...] = tuple(DOMAINS)
-    tokenizer: str = SMOLLM2_ID
-    max_length: int = 64
+    domains: tuple[str, ...] = tuple(DOMAINS)  # target domains in stream order, one experience each
+    tokenizer: str = SMOLLM2_ID  # hub id; must be the model's tokenizer
+    max_length: int = 64  # tokens per block (texts are cut into blocks of this length)
     max_blocks: int = 240  # per domain (and for the source), a seeded random subset; 0 = all
 
 
