@@ -90,7 +90,7 @@ def pretrain(model: nn.Module, stream: Stream, cfg: FoundationConfig, device: to
     model.to(device)
     start = time.perf_counter()
     method = Method() if not cfg.augment_degrees else _Augment(cfg.augment_degrees, cfg.seed)
-    Trainer(tcfg, device).train_experience(model, method, exp, [exp],
+    Trainer(tcfg, device, inputs=stream.inputs).train_experience(model, method, exp, [exp],
                                            torch.Generator().manual_seed(cfg.seed))
     seconds = time.perf_counter() - start
     model.cpu()

@@ -93,7 +93,7 @@ class TrainingLoop(Loop):
         task_mask = None
         if stream.scenario_type == "task_incremental":
             task_mask = task_class_mask(stream.experiences, stream.num_classes)
-        self.trainer = Trainer(cfg.trainer, parts.device, task_mask, parts.objective)
+        self.trainer = Trainer(cfg.trainer, parts.device, task_mask, parts.objective, stream.inputs)
         samples = None
         if parts.objective.judge is not None and parts.run_dir is not None:  # judged by generation
             samples = SampleLog(parts.run_dir / SAMPLES, stream.meta.get("tasks") or ())

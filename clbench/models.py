@@ -119,13 +119,16 @@ class CNNBN(nn.Module):
 
 
 def build_model(name: str, info: StreamInfo, options: dict[str, Any]) -> tuple[nn.Module, Any]:
-    """Resolve ``name`` (``auto`` -> the default) and build it; returns (model, config)."""
+    """Resolve ``name`` (``auto`` -> the default) and build it; returns (model, config). For a
+    stream of uint8 images (``info.inputs``) the model normalises such inputs itself
+    (:func:`clbench.augment.attach`)."""
+    from clbench.augment import attach
     from clbench.options import build_dataclass
     from clbench.registry import MODELS
 
     cls = MODELS.get(DEFAULT_MODEL if name == "auto" else name)
     cfg = build_dataclass(cls.Config, options, "model")
-    return cls(info, cfg), cfg
+    return attach(cls(info, cfg), info.inputs), cfg  # uint8 image streams: normalised on the way in
 
 
 def model_family(model: nn.Module) -> str:

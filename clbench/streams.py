@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from clbench.augment import ImageInputs
 from clbench.objectives import Objective
 from clbench.splits import Batch, Split
 
@@ -82,6 +83,7 @@ class StreamInfo:
     classes_per_experience: tuple[tuple[int, ...], ...]
     has_source: bool = False
     label_names: tuple[str, ...] = ()  # verbalised class names (``meta["label_names"]``), if any
+    inputs: ImageInputs | None = None  # uint8 image streams: normalisation and augmentation
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class Stream:
     meta: dict[str, Any] = field(default_factory=dict)
     probes: tuple[ProbeTask, ...] = ()  # general-capability probe tasks (not trained on)
     objective: Objective = field(default_factory=Objective)  # loss and judging of the outputs
+    # images stored as uint8: how they are normalised (every forward) and augmented (training);
+    # see clbench/augment.py. None: the inputs are fed as stored
+    inputs: ImageInputs | None = None
 
     def __post_init__(self) -> None:
         if self.scenario_type not in SCENARIO_TYPES:
@@ -126,6 +131,7 @@ class Stream:
             classes_per_experience=tuple(e.classes for e in self.experiences),
             has_source=self.source is not None,
             label_names=tuple(self.meta.get("label_names", ())),
+            inputs=self.inputs,
         )
 
     def content_hash(self) -> str:

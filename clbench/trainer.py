@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from clbench.augment import ImageInputs
 from clbench.config import TrainerConfig
 from clbench.errors import ConfigError
 from clbench.objectives import Objective
@@ -92,7 +93,7 @@ class Trainer:
     """Runs one experience of training for any method through its hooks."""
 
     def __init__(self, cfg: TrainerConfig, device: torch.device, task_mask: Tensor | None = None,
-                 objective: Objective | None = None) -> None:
+                 objective: Objective | None = None, inputs: ImageInputs | None = None) -> None:
         self.cfg = cfg
         self.device = device
         self.objective = objective or Objective()
@@ -103,6 +104,10 @@ class Trainer:
         self._share = 1.0  # this process's share of the current global batch (data parallel)
         self._ddp: nn.Module | None = None  # the experience's DDP wrapper (data parallel)
         self._stand_in: Tensor | None = None  # one input of the batch, for a process with an empty shard
+        # uint8 image streams: training augmentation + normalisation of each batch (clbench.augment);
+        # per batch: the draw's seed, the global batch size and this process's rows of it
+        self.inputs = inputs
+        self._draw: tuple[int, int, slice | None] = (0, 0, None)
 
     def train_experience(
         self,
@@ -178,8 +183,12 @@ class Trainer:
         order = torch.randperm(n, generator=gen) if self.cfg.shuffle else torch.arange(n)
         tasks = torch.full((bs,), exp.task_id, dtype=torch.long)
         rank, world = world_info()
+        # augmentation draws: one seed per epoch from the same generator (redrawn with the order on
+        # resume), then seed + batch index per batch
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if self.inputs is not None and self.inputs.augments else 0
         for i in range(skip * bs, n, bs):
             idx = order[i : i + bs]
+            self._draw = (seed + i // bs, len(idx), slice(rank, None, world) if world > 1 else None)
             self._share = 1.0
             if world > 1:  # this process's interleaved shard and its share of the batch mean
                 self._share = len(idx[rank::world]) / len(idx)
@@ -195,6 +204,8 @@ class Trainer:
                 self._join_reduction(model)
             return torch.zeros((), device=self.device)
         batch = self.objective.compact(method.transform_batch(batch))
+        if self.inputs is not None and batch.x.dtype == torch.uint8:  # augmented, normalised
+            batch = Batch(self.inputs.train(batch.x, self._draw[0], self._draw[1], self._draw[2]), batch.y, batch.task)
         assert batch.y is not None, "training batches carry labels"
         stats.forward_samples += len(batch.y)
         with autocast_for(self.device, self.cfg.precision):
