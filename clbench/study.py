@@ -2,13 +2,15 @@
 
 The declared protocols (one per track, ``PROTOCOLS``), a protocol run's identity (``ProtocolRun``:
 study name, directory, Optuna storage URL, run configurations), and its Optuna studies: creation
-and slot queueing. Who takes the trials (claims, heartbeats, requeueing, worker processes) is
-:mod:`clbench.workers`. What a slot runs, its objective and the chosen hyperparameters belong to
-``clbench.tuning``; this module never imports it.
+and slot queueing; the storage object behind them (:func:`storage`). Who takes the trials
+(claims, heartbeats, requeueing, worker processes) is :mod:`clbench.workers`. What a slot runs,
+its objective and the chosen hyperparameters belong to ``clbench.tuning``; this module never
+imports it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -151,11 +153,47 @@ def load_optuna() -> Any:
     return optuna
 
 
+@functools.cache
 def storage(url: str) -> Any:
+    """The process's one RDBStorage for ``url``: the studies opened on it and the queue's claims and
+    requeues (:mod:`clbench.workers`, which needs this object, never a study's private one) share it."""
     optuna = load_optuna()
     if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        from sqlalchemy.engine import make_url
+
+        store = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        db = make_url(url).database
+        if db and db != ":memory:":
+            _STATE_LOCKS[id(store)] = Path(db).with_name(Path(db).name + ".state.lock")
+        return store
     return optuna.storages.RDBStorage(url)
+
+
+_STATE_LOCKS: dict[int, Path] = {}  # id of a cached SQLite storage -> its lock file
+
+
+@contextmanager
+def state_lock(store: Any) -> Iterator[None]:
+    """Hold while changing a trial's state in ``store``: an exclusive lock of the SQLite file's
+    processes (other storages: nothing to hold).
+
+    Optuna reads a trial's state and writes the new one in one session, under ``SELECT ... FOR
+    UPDATE``: a row lock in PostgreSQL, but SQLite ignores it, and pysqlite only begins the
+    transaction at the write, so two processes can both read WAITING and both claim the trial
+    (seen with four processes claiming from one queue). The lock makes that read and write one
+    step. Every process that changes states holds it, and a SQLite file is only shared on one host."""
+    path = _STATE_LOCKS.get(id(store))
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

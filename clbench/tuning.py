@@ -47,7 +47,8 @@ from clbench.study import (
     protocol_of,  # noqa: F401 - re-exported (moved to clbench.study)
     study_exists,
 )
-from clbench.workers import claim, heartbeat, requeue, tell, until_done
+from clbench.study import storage as open_storage
+from clbench.workers import claim, heartbeat, release, requeue, tell, until_done
 
 # --------------------------------------------------------------------------- the protocol run
 
@@ -69,29 +70,39 @@ def _work(pr: ProtocolRun, suffix: str, phase: str, parent: str, params_of: Any)
     """Claim and run slots of one study until none is waiting."""
     from clbench.runner import run
 
-    optuna = load_optuna()
     study = open_study(pr, suffix, [], {})
+    store = open_storage(pr.storage_url)
     space = pr.space
-    while (trial := claim(study)) is not None:
-        slot = int(trial.user_attrs["slot"])
-        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
-        params = params_of(trial, space)
-        seed = int(params.pop("__seed__", pr.protocol.tuning_seeds[0]))
-        with heartbeat(trial):
-            start = time.perf_counter()
-            try:
-                res = run(pr.config(phase, params, seed, parent), resume=True)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a crashed or NaN trial counts in the budget
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-                tell(study, trial, optuna.trial.TrialState.FAIL)
-                _log(pr, f"{phase} slot {slot} {params} failed: {type(exc).__name__}: {exc}")
-                continue
-        value = _objective(res, phase)
-        trial.set_user_attr("results", _compact(res))
-        tell(study, trial, optuna.trial.TrialState.COMPLETE, value)
-        _log(pr, f"{phase} slot {slot} seed {seed} {params} -> {value:.4f} ({time.perf_counter() - start:.1f} s)")
+    while (trial := claim(study, store)) is not None:
+        try:
+            _run_slot(pr, study, store, trial, space, phase, parent, params_of, run)
+        except BaseException:  # interrupted before its tell: back to the queue, a rerun resumes it
+            release(study, store, trial)
+            raise
+
+
+def _run_slot(pr: ProtocolRun, study: Any, store: Any, trial: Any, space: dict[str, Any], phase: str,
+              parent: str, params_of: Any, run: Any) -> None:
+    optuna = load_optuna()
+    slot = int(trial.user_attrs["slot"])
+    trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
+    params = params_of(trial, space)
+    seed = int(params.pop("__seed__", pr.protocol.tuning_seeds[0]))
+    with heartbeat(trial):
+        start = time.perf_counter()
+        try:
+            res = run(pr.config(phase, params, seed, parent), resume=True)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crashed or NaN trial counts in the budget
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            tell(study, store, trial, optuna.trial.TrialState.FAIL)
+            _log(pr, f"{phase} slot {slot} {params} failed: {type(exc).__name__}: {exc}")
+            return
+    value = _objective(res, phase)
+    trial.set_user_attr("results", _compact(res))
+    tell(study, store, trial, optuna.trial.TrialState.COMPLETE, value)
+    _log(pr, f"{phase} slot {slot} seed {seed} {params} -> {value:.4f} ({time.perf_counter() - start:.1f} s)")
 
 
 def _objective(res: RunRecord, phase: str) -> float:
@@ -173,14 +184,15 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     lock = exclusive(pr.dir / ".lock") if pr.embedded else nullcontext()
     with lock:
         study = open_study(pr, "", slots, {"method": method, "track": track})
+        store = open_storage(pr.storage_url)
         if pr.embedded:
-            n = requeue(study)
+            n = requeue(study, store)
             if n:
                 _log(pr, f"resuming: {n} interrupted trial(s) requeued")
         parent = _parent_run(pr, study)
         _log(pr, f"phase 1: {len(slots)} of {size(space)} configurations of {sorted(space)} on "
                  f"{p.tune_scenario} ({pr.dir})")
-        until_done(study, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
+        until_done(study, store, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
         best, best_value = _best(study)
         edges = grid_edges(best, space_record(space))
         _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})"
@@ -190,8 +202,8 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
         if ev is None:
             ev = open_eval(pr, eval_slots)
         if pr.embedded:
-            requeue(ev)
-        until_done(ev, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
+            requeue(ev, store)
+        until_done(ev, store, _worker_main, (pr, "-eval", "eval", parent, best), workers, "eval")
         record = _record(pr, study, ev, best, best_value, space_record(space), parent, started)
         atomic_write_json(pr.dir / "protocol.json", record.to_json())
         _finish_parent(pr, parent, record)

@@ -320,7 +320,18 @@ def test_lm_protocol_tunes_on_tasks_disjoint_from_the_evaluation_benchmark() -> 
     assert all(len(e.train) <= 64 for e in tune.experiences)
 
 
-def test_a_rerun_requeues_only_trials_whose_worker_is_gone() -> None:
+@pytest.fixture(params=["memory", "sqlite"])
+def queue_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The storage a queue test's study lives in: Optuna's in-memory one, and the SQLite
+    RDBStorage a protocol run uses (clbench.study.storage)."""
+    from clbench.study import load_optuna, storage
+
+    if request.param == "memory":
+        return load_optuna().storages.InMemoryStorage()
+    return storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_a_rerun_requeues_only_trials_whose_worker_is_gone(queue_store: Any) -> None:
     """Trials of a live worker (this host: its process exists; any host: a fresh heartbeat) stay
     RUNNING; a dead process or a silent heartbeat puts the trial back in the queue."""
     import socket
@@ -332,22 +343,60 @@ def test_a_rerun_requeues_only_trials_whose_worker_is_gone() -> None:
     from clbench.workers import STALE_AFTER_S, claim, requeue
 
     optuna = load_optuna()
-    study = optuna.create_study(direction="maximize")
+    store = queue_store
+    study = optuna.create_study(storage=store, direction="maximize")
     for slot in range(4):
         study.enqueue_trial({"x": slot}, user_attrs={"slot": slot})
-    trials = [claim(study) for _ in range(4)]
+    trials = [claim(study, store) for _ in range(4)]
     assert all(t.user_attrs["worker_pid"] == os.getpid() for t in trials)
-    assert requeue(study) == 0  # this process is alive: nothing is requeued
+    assert claim(study, store) is None and len(study.trials) == 4  # an empty queue creates no trial
+    assert requeue(study, store) == 0  # this process is alive: nothing is requeued
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    study._storage.set_trial_user_attr(trials[0]._trial_id, "worker_pid", int(gone.stdout))  # exited
-    study._storage.set_trial_user_attr(trials[1]._trial_id, "worker_host", "another-node")  # fresh beat
-    study._storage.set_trial_user_attr(trials[2]._trial_id, "worker_host", "another-node")
-    study._storage.set_trial_user_attr(trials[2]._trial_id, "heartbeat", time.time() - STALE_AFTER_S - 1)
-    assert requeue(study) == 2
+    trials[0].set_user_attr("worker_pid", int(gone.stdout))  # exited
+    trials[1].set_user_attr("worker_host", "another-node")  # fresh beat
+    trials[2].set_user_attr("worker_host", "another-node")
+    trials[2].set_user_attr("heartbeat", time.time() - STALE_AFTER_S - 1)
+    assert requeue(study, store) == 2
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert [states[t.number] for t in trials] == ["WAITING", "RUNNING", "WAITING", "RUNNING"]
     assert socket.gethostname() != "another-node"
+    # the requeued trials are the same trials (number, slot, parameters), claimed again in order
+    again = [claim(study, store), claim(study, store)]
+    assert [t.number for t in again] == [trials[0].number, trials[2].number]
+    assert [t.user_attrs["slot"] for t in again] == [0, 2] and len(study.trials) == 4
+    assert [t.suggest_int("x", 0, 3) for t in again] == [0, 2]
+
+
+def test_a_worker_stopped_before_its_tell_puts_its_trial_back(queue_store: Any) -> None:
+    """An interrupted worker releases its own trial (a rerun resumes it at once, with no wait for
+    its heartbeat to go stale); a trial since claimed by another worker, or finished, is left alone."""
+    from clbench.study import load_optuna
+    from clbench.workers import claim, release
+
+    optuna = load_optuna()
+    store = queue_store
+    study = optuna.create_study(storage=store, direction="maximize")
+    for slot in range(3):
+        study.enqueue_trial({"x": slot}, user_attrs={"slot": slot})
+    mine, other, done = (claim(study, store) for _ in range(3))
+    other.set_user_attr("worker_pid", os.getpid() + 1)  # another worker's claim
+    study.tell(done, 1.0)
+    for t in (mine, other, done):
+        release(study, store, t)
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert [states[t.number] for t in (mine, other, done)] == ["WAITING", "RUNNING", "COMPLETE"]
+
+
+def test_no_private_optuna_attribute_is_used() -> None:
+    """clbench reaches Optuna through its public API only (private attributes move between releases)."""
+    root = Path(__file__).parents[1] / "clbench"
+    private = ("._storage", "._trial_id", "._study_id", "._backend", "._pop_waiting")
+    hits = [f"{p.relative_to(root.parent)}:{n}: {line.strip()}"
+            for p in sorted(root.rglob("*.py"))
+            for n, line in enumerate(p.read_text().splitlines(), 1)
+            if any(s in line for s in private)]
+    assert not hits, hits
 
 
 def test_board_runs_the_chain_for_every_applicable_method_and_resumes(
