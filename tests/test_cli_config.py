@@ -29,7 +29,7 @@ def test_config_of_a_method_lists_every_option_with_type_default_and_doc(capsys:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["config", "method=nope"], "invalid method='nope'; allowed: classp, cotta,"),
+    (["config", "method=nope"], "invalid method='nope'; allowed: agem, classp, cotta,"),
     (["config", "scenario=nope"], "invalid scenario='nope'; allowed: avalanche,"),
     (["config", "model=auto"], "invalid model='auto'; allowed: cnn,"),
     (["config", "trainers"], "invalid config='trainers'; allowed: method=<name>, scenario=<name>, "

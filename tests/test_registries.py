@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_real_benchmarks import TINY_WRITERS
 
 from clbench.bench import default_track
 from clbench.config import RunConfig, build_run_config, load_yaml
@@ -130,6 +131,8 @@ TINY_SCENARIOS: dict[str, tuple[Callable[[], str | None], Callable[[Path], dict[
     "text_domains": (lambda: None if MINILM else NO_MINILM,
                      lambda tmp: {"tokenizer": MINILM_ID, "max_length": 16, "max_blocks": 6}),
 }
+# the real-benchmark loaders: tiny synthetic files written in each real on-disk format
+TINY_SCENARIOS.update({name: (lambda: None, write) for name, write in TINY_WRITERS.items()})
 
 
 def _frozen_dataclass(cls: Any) -> bool:
