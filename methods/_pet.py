@@ -38,9 +38,11 @@ def classifier_head(model: nn.Module, num_classes: int) -> tuple[str, nn.Linear]
     return found[-1] if found else None
 
 
-def attention_of(block: nn.Module) -> tuple[str, nn.Module] | None:
-    """The innermost submodule of ``block`` holding its q, k, v and o projections."""
-    roles = block_roles(block)
+def attention_of(block: nn.Module, patterns: dict[str, tuple[str, ...]] | None = None
+                 ) -> tuple[str, nn.Module] | None:
+    """The innermost submodule of ``block`` holding its q, k, v and o projections (roles found
+    with ``patterns``, the model's role patterns; default: the built-in ones)."""
+    roles = block_roles(block, patterns)
     if not all(r in roles for r in ("q", "k", "v", "o")):
         return None
     parts = [roles[r][0].split(".") for r in ("q", "k", "v", "o")]

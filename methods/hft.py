@@ -16,6 +16,7 @@ from clbench.modules import (
     block_norms,
     block_roles,
     linear_layers,
+    role_patterns,
     transformer_blocks,
 )
 from clbench.protocol import Method
@@ -65,9 +66,12 @@ def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
 
 
-def block_groups(prefix: str, block: nn.Module) -> dict[str, Named]:
-    """A block's modules by category: attention (q/k/v/o), ffn (gate/up/down), other linears, norms."""
-    roles = block_roles(block)
+def block_groups(prefix: str, block: nn.Module, patterns: dict[str, tuple[str, ...]] | None = None
+                 ) -> dict[str, Named]:
+    """A block's modules by category: attention (q/k/v/o), ffn (gate/up/down), other linears, norms.
+    ``patterns``: the model's role patterns (``clbench.modules.role_patterns``, its declared
+    ``module_roles`` first); default: the built-in ones."""
+    roles = block_roles(block, patterns)
     attn: Named = [roles[r] for r in ATTENTION_ROLES if r in roles]
     ffn: Named = [roles[r] for r in FFN_ROLES if r in roles]
     seen = {id(m) for _, m in attn + ffn}
@@ -88,7 +92,8 @@ def select(model: nn.Module, granularity: str, rng: random.Random) -> tuple[Name
         return rng.sample(pool, _half(len(pool), rng)), pool
     if granularity == "layer":
         return rng.sample(blocks, _half(len(blocks), rng)), blocks
-    groups = [block_groups(n, b) for n, b in blocks]
+    patterns = role_patterns(model)
+    groups = [block_groups(n, b, patterns) for n, b in blocks]
     if granularity == "model":
         pool = [nm for g in groups for c in CATEGORIES for nm in g[c]]
         return rng.sample(pool, _half(len(pool), rng)), pool

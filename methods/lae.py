@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from clbench.config import TrainerConfig
-from clbench.modules import block_roles, transformer_blocks
+from clbench.modules import block_roles, role_patterns, transformer_blocks
 from clbench.protocol import Method
 from clbench.registry import register_method
 from clbench.search import grid, with_base
@@ -104,16 +104,17 @@ def build_pets(model: nn.Module, c: LAEConfig, head: tuple[nn.Module, ...] = ())
             pets[key(name)] = adapter
         return pets
     for bname, block in blocks[: c.blocks or len(blocks)]:
-        _attach_block(pets, bname, block, c)
+        _attach_block(pets, bname, block, c, role_patterns(model))
     return pets
 
 
-def _attach_block(pets: nn.ModuleDict, bname: str, block: nn.Module, c: LAEConfig) -> None:
-    found = attention_of(block)
+def _attach_block(pets: nn.ModuleDict, bname: str, block: nn.Module, c: LAEConfig,
+                  patterns: dict[str, tuple[str, ...]] | None = None) -> None:
+    found = attention_of(block, patterns)
     if found is None:
         raise ValueError(f"LAE could not find q/k/v/o projections in block {bname!r}")
     aname, attn = found
-    q, k, o = (block.get_submodule(n) for n in _role_names(block))
+    q, k, o = (block.get_submodule(n) for n in _role_names(block, patterns))
     assert isinstance(q, nn.Linear) and isinstance(k, nn.Linear) and isinstance(o, nn.Linear)
     name = f"{bname}.{aname}" if aname else bname
     if c.pet == "adapter":
@@ -130,8 +131,8 @@ def _attach_block(pets: nn.ModuleDict, bname: str, block: nn.Module, c: LAEConfi
     pets[key(name)] = prefix
 
 
-def _role_names(block: nn.Module) -> list[str]:
-    roles = block_roles(block)
+def _role_names(block: nn.Module, patterns: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    roles = block_roles(block, patterns)
     return [roles[r][0] for r in ("q", "k", "o")]
 
 

@@ -458,3 +458,12 @@ def test_declared_module_roles_let_methods_find_layers_with_unknown_names() -> N
     assert block_roles(net.blocks[0]) == {}  # the default patterns do not know these names
     roles = block_roles(net.blocks[0], role_patterns(net))
     assert {r: name for r, (name, _) in roles.items()} == {"q": "wq", "k": "wk", "v": "wv", "o": "wo"}
+    # the methods that group or attach by role read the declaration too
+    from methods._pet import attention_of
+    from methods.hft import block_groups
+
+    patterns = role_patterns(net)
+    groups = block_groups("blocks.0", net.blocks[0], patterns)
+    assert [n for n, _ in groups["attention"]] == ["blocks.0.wq", "blocks.0.wk", "blocks.0.wv", "blocks.0.wo"]
+    assert groups["other"] == [] and block_groups("b", net.blocks[0])["attention"] == []
+    assert attention_of(net.blocks[0], patterns) == ("", net.blocks[0]) and attention_of(net.blocks[0]) is None
