@@ -45,9 +45,11 @@ def suite_for(track: str) -> dict[str, dict[str, Any]]:
 
 def suite_configs(overrides: Mapping[str, Any], seeds: Sequence[int], runs_dir: str,
                   track: str = DEFAULT_TRACK) -> list[RunConfig]:
-    """One validated RunConfig per (scenario, seed); overrides apply on top of the fixed settings."""
+    """One validated RunConfig per (scenario, seed); overrides apply on top of the fixed settings.
+    The runs are logged to the track's MLflow experiment (named as the track) unless
+    ``tracking.experiment`` is given."""
     suite = suite_for(track)
-    return [build_run_config({**fixed, "tracking.runs_dir": runs_dir, **overrides,
+    return [build_run_config({**fixed, "tracking.runs_dir": runs_dir, "tracking.experiment": track, **overrides,
                               "scenario": scenario, "seed": seed})
             for scenario, fixed in suite.items() for seed in seeds]
 

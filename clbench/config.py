@@ -105,16 +105,41 @@ class FoundationConfig:
         non_negative(self, "foundation", ("augment_degrees",))
 
 
+#: The tracking backends ``tracking.backends`` selects from (:mod:`clbench.trackers`).
+TRACKING_BACKENDS = ("mlflow", "tensorboard", "csv", "wandb")
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Where results go. An empty ``uri`` means MLFLOW_TRACKING_URI, else ./mlflow.db."""
+    """Where results go. An empty ``uri`` means MLFLOW_TRACKING_URI, else ./mlflow.db.
+
+    No field here enters ``RunConfig.key()`` (the whole section is left out), so adding one
+    never changes a recorded run's key.
+    """
 
     runs_dir: str = "runs"
-    mlflow: bool = True
+    mlflow: bool = True  # false removes mlflow from ``backends``
     uri: str = ""
+    # the MLflow experiment (W&B project); bench and protocol runs use their track's name
     experiment: str = "clbench"
     parent_run_id: str = ""  # nest this run under an MLflow parent run (tuning protocol)
     run_name: str = ""  # "" = <method>-<scenario>-s<seed>
+    # where metrics go: any of mlflow, tensorboard, csv, wandb (a list or a comma-separated string)
+    backends: tuple[str, ...] = ("mlflow",)
+    # log the training loss (``train_step_loss``) every this many optimizer steps; 0 = off
+    loss_every: int = 0
+
+    def __post_init__(self) -> None:
+        names = tuple(dict.fromkeys(n.strip() for b in self.backends for n in b.split(",") if n.strip()))
+        bad = [n for n in names if n not in TRACKING_BACKENDS]
+        if bad:
+            raise ConfigError("tracking.backends", ",".join(bad), f"a list of {', '.join(TRACKING_BACKENDS)}")
+        object.__setattr__(self, "backends", names)
+        non_negative(self, "tracking", ("loss_every",))
+
+    def selected(self) -> tuple[str, ...]:
+        """The backends in use: ``backends`` without mlflow when ``mlflow`` is false."""
+        return tuple(b for b in self.backends if b != "mlflow" or self.mlflow)
 
 
 @dataclass(frozen=True)

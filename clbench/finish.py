@@ -1,9 +1,9 @@
 """Owns a run directory's files after training, and reading a finished run back.
 
 ``results.json`` is written first (:func:`clbench.tracking.write_results`); then
-:func:`finish_outputs` writes ``R.json`` and ``R.png``, logs the final metrics and artifacts
-(with ``samples.jsonl``, the judged generations, where the stream judges by generation) and
-ends the tracked run FINISHED. Each of those steps can be redone, so ``--resume`` completes a
+:func:`finish_outputs` writes ``R.json`` and ``R.png``, logs the final metrics (at step = the
+number of experiences) and artifacts (with ``samples.jsonl``, the judged generations, where the
+stream judges by generation) and ends the tracked run FINISHED. Each of those steps can be redone, so ``--resume`` completes a
 finish that a kill interrupted.
 """
 
@@ -31,7 +31,9 @@ def finish_outputs(run_dir: Path, record: RunRecord, cfg: RunConfig, tracker: Tr
     Each step can be redone, so ``--resume`` completes a finish that a kill interrupted."""
     (run_dir / STATUS).unlink(missing_ok=True)
     cost = {f"cost/{k}": v for k, v in numeric(to_plain(record.cost)).items()}  # not the per-experience names
-    tracker.log_metrics({**record.metrics, **cost}, step=max(record.scenario.n_experiences - 1, 0))
+    # once, one step after the last experience's (step = the number of experiences), under the
+    # names searches use (``acc``, ``cost/train_time_s``): one value each, compared as bars
+    tracker.log_metrics({**record.metrics, **cost}, step=record.scenario.n_experiences)
     r_json = run_dir / "R.json"
     atomic_write_json(r_json, {"R": record.R, "R_pretrain": record.R_pretrain})
     png = heatmap_png(record.R, run_dir / "R.png", f"{cfg.method} on {cfg.scenario} (seed {cfg.seed})")

@@ -33,6 +33,7 @@ from clbench.options import to_plain
 from clbench.protocol import Method
 from clbench.records import CostRecord, ExperienceRecord, RunProgress, RunRecord
 from clbench.streams import Stream
+from clbench.trackers import STEP_LOSS
 from clbench.trainer import Trainer, task_class_mask
 
 
@@ -47,6 +48,9 @@ class RunParts:
     device: torch.device
     objective: Objective
     run_dir: Path | None = None  # where mid-experience checkpoints go (trainer.checkpoint_every)
+    # logs metrics at a step (the run's tracker); receives ``train_step_loss`` every
+    # ``tracking.loss_every`` optimizer steps, counted over the stream
+    log: Callable[[dict[str, float], int], None] | None = None
 
 
 class Loop:
@@ -116,7 +120,8 @@ class TrainingLoop(Loop):
         torch.manual_seed(derive_seed(p.cfg.seed, i))
         gen = torch.Generator().manual_seed(derive_seed(p.cfg.seed, i, 1))
         resume, save = self._step_checkpoints(i)
-        stats = self.trainer.train_experience(p.model, p.method, exps[i], exps[: i + 1], gen, resume, save)
+        stats = self.trainer.train_experience(p.model, p.method, exps[i], exps[: i + 1], gen, resume, save,
+                                              self._loss_logger(progress))
         report = to_plain(p.method.experience_report())
         row = self.evaluator.row(p.model, p.method, exps, desc=f"eval after exp {i}", after=i)
         progress.R.append(row)
@@ -141,6 +146,20 @@ class TrainingLoop(Loop):
 
     def metrics(self, progress: RunProgress) -> dict[str, float]:
         return M.summarize(progress.R, progress.b or [])
+
+    def _loss_logger(self, progress: RunProgress) -> Callable[[int, torch.Tensor], None] | None:
+        """The trainer's step callback that logs ``train_step_loss`` at every
+        ``tracking.loss_every``-th optimizer step of the stream (None when off)."""
+        p, every = self.parts, self.parts.cfg.tracking.loss_every
+        if not every or p.log is None:
+            return None
+        log, before = p.log, sum(e.optimizer_steps for e in progress.per_exp)  # steps of earlier experiences
+
+        def on_step(step: int, loss: torch.Tensor) -> None:
+            if (before + step) % every == 0:
+                log({STEP_LOSS: float(loss)}, before + step)
+
+        return on_step
 
     def _step_checkpoints(self, i: int) -> tuple[dict[str, Any] | None, Callable[[dict[str, Any]], None] | None]:
         """(the saved state within experience ``i`` to resume from, the function that saves one);

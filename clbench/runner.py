@@ -62,7 +62,8 @@ from clbench.sharding import (
     shard_model,
 )
 from clbench.streams import Stream
-from clbench.tracking import environment, open_tracker, write_results
+from clbench.trackers import check_backends, cli_params
+from clbench.tracking import environment, git_commit, open_tracker, write_results
 from clbench.trainer import resolve_device, world_info
 from clbench.tta import TestTimeLoop
 
@@ -77,6 +78,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     """
     cfg = distributed_view(cfg)
     res = resolve(cfg)
+    check_backends(cfg.tracking)
     run_dir = run_dir_for(cfg)
     runs_root = Path(cfg.tracking.runs_dir)
     if any(p.exists() and not p.is_dir() for p in (runs_root, *runs_root.parents)):
@@ -85,7 +87,8 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
         record = read_finished(run_dir / "results.json")
         if not ((run_dir / "R.json").is_file() and (run_dir / "R.png").is_file()):  # killed while finishing
             with run_dir_lock(run_dir):
-                finish_outputs(run_dir, record, cfg, open_tracker(cfg.tracking, run_id=record.mlflow.run_id))
+                tracker = open_tracker(cfg.tracking, run_id=record.mlflow.run_id, run_dir=run_dir)
+                finish_outputs(run_dir, record, cfg, tracker)
         return record
     stream = res.scenario.build()
     seed_everything(cfg.seed)
@@ -127,9 +130,11 @@ class _Run:
         self.model = self.method.setup(model, stream.info()).to(self.device)
         if cfg.trainer.distributed == "fsdp" and world_info()[1] > 1:
             self.model = shard_model(self.model)
-        parts = RunParts(cfg, stream, self.model, self.method, self.device, objective, run_dir)
-        self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
         self.tracker = open_tracker(cfg.tracking)
+        parts = RunParts(cfg, stream, self.model, self.method, self.device, objective, run_dir,
+                         self.tracker.log_metrics)
+        self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
+        self._content_hash: str | None = None
         self.progress = RunProgress(started_at=_now())
 
     def execute(self, resume: bool) -> RunRecord:
@@ -217,15 +222,25 @@ class _Run:
     def _start_tracking(self) -> None:
         cfg = self.cfg
         tags = {"method": cfg.method, "scenario": cfg.scenario, "seed": str(cfg.seed),
-                "run_dir": str(self.run_dir.resolve()), "clbench.run_key": cfg.key()}
+                "run_dir": str(self.run_dir.resolve()), "clbench.run_key": cfg.key(),
+                "clbench.scenario_hash": self.content_hash()}
+        commit = git_commit()
+        if commit:
+            tags["clbench.git_commit"] = commit
         if cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
         name = cfg.tracking.run_name or f"{cfg.method}-{cfg.scenario}-s{cfg.seed}"
         known = self.progress.mlflow_run_id or read_text(self.run_dir / MLFLOW_ID)  # killed before a checkpoint
-        rid = self.tracker.start(name, self.res.config_dict(), tags, resume_id=known)
+        rid = self.tracker.start(name, cli_params(self.res.config_dict()), tags, resume_id=known)
         self.progress.mlflow_run_id = rid
         if rid:
             atomic_write_bytes(self.run_dir / MLFLOW_ID, rid.encode())
+
+    def content_hash(self) -> str:
+        """The stream's content hash (computed once: a tag at the start and in the record)."""
+        if self._content_hash is None:
+            self._content_hash = self.stream.content_hash()
+        return self._content_hash
 
     def _finish(self) -> RunRecord:
         record = self._record()
@@ -264,7 +279,7 @@ class _Run:
             status="finished", run_key=cfg.key(), config=self.res.config_dict(),
             scenario=ScenarioRecord(
                 name=stream.name, version=self.res.scenario.VERSION, type=stream.scenario_type,
-                content_hash=stream.content_hash(), n_experiences=len(stream), num_classes=stream.num_classes,
+                content_hash=self.content_hash(), n_experiences=len(stream), num_classes=stream.num_classes,
                 classes=[list(e.classes) for e in stream.experiences], meta=to_plain(stream.meta)),
             model=ModelRecord(name=cfg.model, family=model_family(self.model), init_hash=self.init_hash,
                               trainable_params=trainable, total_params=total),

@@ -1,4 +1,5 @@
-"""Owns run directories, ``results.json`` (schema-versioned) and MLflow logging.
+"""Owns run directories, ``results.json`` (schema-versioned), MLflow logging and the tracker
+interface (:class:`Tracker`; the other backends live in :mod:`clbench.trackers`).
 
 ``results.json`` is always written to the run directory first, so a tracking failure loses
 nothing. MLflow: the embedded default store is ``sqlite:///<cwd>/mlflow.db`` (artifacts in
@@ -112,8 +113,15 @@ def heatmap_png(R: list[list[float]], path: Path, title: str) -> Path:
 
 
 class Tracker(Protocol):
-    """What the runner and the tuning protocol log through; MLflow (:class:`MlflowRun`) is one
-    backend. Every call degrades to a warning on failure: a tracker never loses a run."""
+    """What the runner and the tuning protocol log through. Backends (``tracking.backends``):
+    MLflow (:class:`MlflowRun`, the default) and those of :mod:`clbench.trackers` (TensorBoard,
+    CSV, W&B offline); :class:`clbench.trackers.FanOut` logs to several. Every call degrades to a
+    warning on failure: a tracker never loses a run.
+
+    ``start`` receives flat params (the runner gives them under the command line's names,
+    :func:`clbench.trackers.cli_params`) and tags (a run's include ``run_dir``, where the file
+    backends write); ``log_metrics`` a step (experience index; the number of experiences for the
+    final metrics; the optimizer step for ``train_step_loss``)."""
 
     uri: str
     run_id: str | None
@@ -128,12 +136,21 @@ class Tracker(Protocol):
     def end(self, status: str, reason: str | None = None) -> None: ...
 
 
-def open_tracker(cfg: TrackingConfig, run_id: str | None = None) -> Tracker:
-    """The tracker of ``cfg`` (MLflow; with ``tracking.mlflow=false`` it records nothing), attached
-    to an existing run when ``run_id`` is given."""
-    tracker = MlflowRun(cfg)
-    tracker.run_id = run_id
-    return tracker
+def open_tracker(cfg: TrackingConfig, run_id: str | None = None, run_dir: Path | None = None) -> Tracker:
+    """The tracker of ``cfg``'s selected backends (``tracking.backends`` less mlflow when
+    ``tracking.mlflow=false``; none selected: it records nothing), attached to an existing MLflow
+    run when ``run_id`` is given. The file backends write into ``run_dir``, or, when it is None,
+    into the ``run_dir`` tag given to ``start``."""
+    selected = cfg.selected()
+    mlflow = MlflowRun(cfg)
+    if "mlflow" in selected:
+        mlflow.run_id = run_id
+    others = [b for b in selected if b != "mlflow"]
+    if not others:
+        return mlflow
+    from clbench.trackers import FanOut, build
+
+    return FanOut(mlflow if "mlflow" in selected else None, [build(b, cfg, run_dir) for b in others])
 
 
 @contextlib.contextmanager
@@ -194,7 +211,7 @@ class MlflowRun:
     def start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
               resume_id: str | None = None) -> str | None:
         """Create (or reopen, when resuming) the run and log flattened params."""
-        if not self.cfg.mlflow:
+        if "mlflow" not in self.cfg.selected():
             return None
         try:
             # processes starting together on a fresh SQLite store would each create its tables

@@ -118,6 +118,7 @@ class Trainer:
         generator: torch.Generator,
         resume: Mapping[str, Any] | None = None,
         save_step: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[int, Tensor], None] | None = None,
     ) -> ExperienceStats:
         """Train ``model`` on ``exp`` with ``method``; ``generator`` drives shuffling.
 
@@ -125,6 +126,11 @@ class Trainer:
         many optimizer steps (:func:`clbench.step_state.step_state`); ``resume`` is such a state: the experience
         then continues from it (after ``on_experience_start`` ran on the same starting model)
         exactly as it would have without the interruption.
+
+        ``on_step`` (optional) is called after every optimizer step with the experience's step
+        count so far and the step's loss (mean over its micro-batches, detached, on the device:
+        the callback decides whether to read it, a host sync on accelerators). It changes nothing
+        in training.
         """
         method.on_experience_start(exp, model)
         data = method.train_data(exp, seen)
@@ -153,14 +159,21 @@ class Trainer:
             if self.cfg.progress:
                 batches = tqdm(batches, total=total, initial=skip, leave=False, unit="batch", disable=None,
                                desc=f"exp {exp.index} epoch {epoch + 1}/{self.cfg.epochs}")  # off without a TTY
+            step_loss: list[Tensor] = []  # the micro-batch losses of the current step (on_step)
             for k, batch in enumerate(batches, skip):
                 stats.train_samples += len(batch.y)  # type: ignore[arg-type]
-                losses.add(self._forward_backward(model, method, batch, stats), k)
+                loss = self._forward_backward(model, method, batch, stats)
+                losses.add(loss, k)
+                if on_step is not None:
+                    step_loss.append(loss)
                 if (k + 1) % self.cfg.grad_accum == 0 or k + 1 == total:
                     self._step(model, method, opt, params)
                     if sched is not None:
                         sched.step()
                     stats.optimizer_steps += 1
+                    if on_step is not None:
+                        on_step(stats.optimizer_steps, torch.stack(step_loss).float().mean())
+                        step_loss = []
                     every = self.cfg.checkpoint_every
                     if save_step is not None and every and stats.optimizer_steps % every == 0:
                         at_end = k + 1 == total  # the next epoch's order is not drawn yet

@@ -91,7 +91,7 @@ def _run_slot(pr: ProtocolRun, study: Any, store: Any, trial: Any, space: dict[s
     with heartbeat(trial):
         start = time.perf_counter()
         try:
-            res = run(pr.config(phase, params, seed, parent), resume=True)
+            res = run(_in_track(pr, pr.config(phase, params, seed, parent)), resume=True)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a crashed or NaN trial counts in the budget
@@ -151,8 +151,23 @@ def _parent_run(pr: ProtocolRun, study: Any) -> str:
 
 
 def _tracking_overrides(pr: ProtocolRun) -> dict[str, Any]:
-    return {k.split(".", 1)[1]: v for k, v in pr.overrides.items()
-            if k.startswith("tracking.") and k.split(".", 1)[1] in ("uri", "experiment", "mlflow")}
+    """The parent run's tracking settings: the overrides' store, and the track's experiment
+    unless ``tracking.experiment`` is given."""
+    out = {k.split(".", 1)[1]: v for k, v in pr.overrides.items()
+           if k.startswith("tracking.") and k.split(".", 1)[1] in ("uri", "experiment", "mlflow")}
+    return {"experiment": pr.protocol.track, **out}
+
+
+def _in_track(pr: ProtocolRun, cfg: Any) -> Any:
+    """``cfg`` logged to the track's MLflow experiment, beside the parent run, unless it names
+    another (tracking settings are not part of the run key)."""
+    from dataclasses import replace
+
+    from clbench.config import TrackingConfig
+
+    if cfg.tracking.experiment != TrackingConfig.experiment:
+        return cfg
+    return replace(cfg, tracking=replace(cfg.tracking, experiment=pr.protocol.track))
 
 
 def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any] | None = None,
