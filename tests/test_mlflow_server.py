@@ -62,7 +62,7 @@ def test_protocol_runs_are_nested_in_a_tracking_server(tmp_path: Path, mlflow_se
     rec = run_protocol("naive", "tiny", {"tracking.uri": mlflow_server}, runs_dir=str(tmp_path), progress=False)
     assert rec.mlflow.tracking_uri == mlflow_server
     client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name("clbench")
+    exp = client.get_experiment_by_name("tiny")  # protocol runs: one experiment per track
     runs = client.search_runs([exp.experiment_id])
     parent = client.get_run(rec.mlflow.parent_run_id)
     assert parent.info.status == "FINISHED" and "eval/acc_mean" in parent.data.metrics

@@ -37,7 +37,7 @@ def _mlflow_children(parent: str) -> list[Any]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    exp = client.get_experiment_by_name("clbench")
+    exp = client.get_experiment_by_name("tiny")  # protocol runs: one experiment per track
     return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
             if r.data.tags.get("mlflow.parentRunId") == parent]
 
