@@ -58,13 +58,24 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+# What a board writes into the checkout (entries, rendered pages, tuned configs): changing them
+# changes no run, so they do not make a tree dirty. Otherwise a board made at a new commit over a
+# committed one would turn dirty at its first overwritten entry. Track declarations (track.yaml)
+# and reported.yaml still count.
+GENERATED = (":(exclude,glob)leaderboards/**/*.json", ":(exclude,glob)leaderboards/**/*.md",
+             ":(exclude,glob)leaderboards/**/*.html", ":(exclude,glob)leaderboards/**/*.png",
+             ":(exclude,glob)leaderboards/*/configs/**")
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the checkout holding clbench (or ``root``), with ``-dirty`` when a tracked file
+    other than the boards' generated outputs (:data:`GENERATED`) has uncommitted changes."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=False)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", *GENERATED], capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:

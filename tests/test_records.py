@@ -169,3 +169,33 @@ def test_committed_protocol_records_load_and_round_trip(path: Path) -> None:
         ProtocolRecord.from_json(bad)
     with pytest.raises(ClbenchError, match="not a clbench protocol record"):
         ProtocolRecord.from_json({**data, "kind": "other"})
+
+
+def test_a_board_overwriting_committed_entries_leaves_the_tree_clean(tmp_path: Path) -> None:
+    """Entries, pages and configs a board writes never make the commit dirty; code and track
+    declarations do."""
+    import subprocess
+
+    from clbench.tracking import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    board = tmp_path / "leaderboards" / "t"
+    (board / "configs").mkdir(parents=True)
+    files = {board / "m.json": "{}", board / "README.md": "x", board / "index.html": "x",
+             board / "configs" / "m.yaml": "a: 1", board / "track.yaml": "a: 1", tmp_path / "code.py": "x = 1"}
+    for f, text in files.items():
+        f.write_text(text)
+    git("init", "-q")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "init")
+    clean = git_commit(tmp_path)
+    assert clean is not None and not clean.endswith("-dirty")
+    for f in (board / "m.json", board / "README.md", board / "index.html", board / "configs" / "m.yaml"):
+        f.write_text("changed")
+    assert git_commit(tmp_path) == clean
+    for f in (board / "track.yaml", tmp_path / "code.py"):
+        f.write_text("changed: 1")
+        assert git_commit(tmp_path) == clean + "-dirty", f
+        git("checkout", "--", str(f))
