@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clbench.trainer import mask_by_task
 from methods.replay import group_lengths
 
 Fields = dict[str, Tensor]  # one tensor per stored field (x, y, task, logits...), one row per sample
@@ -107,19 +108,24 @@ def add_task_classes(table: dict[int, tuple[int, ...]], task: int, classes: Sequ
     table[task] = tuple(sorted(set(table.get(task, ())) | {int(c) for c in classes}))
 
 
-def task_keep(task: Tensor, table: Mapping[int, Sequence[int]], n_classes: int) -> Tensor:
-    """(N, n_classes) booleans: the classes of each sample's task (a task-incremental head)."""
+def task_table(table: Mapping[int, Sequence[int]], n_classes: int) -> Tensor:
+    """(n_tasks, n_classes) booleans from a task -> classes mapping (the trainer's form,
+    :func:`clbench.trainer.task_class_mask`)."""
     keep = torch.zeros(max(table, default=0) + 1, n_classes, dtype=torch.bool)
     for t, classes in table.items():
         keep[t, list(classes)] = True
-    return keep.to(task.device)[task]
+    return keep
+
+
+def task_keep(task: Tensor, table: Mapping[int, Sequence[int]], n_classes: int) -> Tensor:
+    """(N, n_classes) booleans: the classes of each sample's task (a task-incremental head)."""
+    return task_table(table, n_classes).to(task.device)[task]
 
 
 def mask_to_tasks(logits: Tensor, task: Tensor, table: Mapping[int, Sequence[int]]) -> Tensor:
-    """Logits outside each sample's task classes set to the dtype's lowest value (as the trainer
-    masks training outputs in task-incremental streams)."""
-    keep = task_keep(task, table, logits.shape[-1])
-    return logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
+    """Logits outside each sample's task classes set to the dtype's lowest value: the trainer's
+    own task-incremental masking (:func:`clbench.trainer.mask_by_task`)."""
+    return mask_by_task(logits, task_table(table, logits.shape[-1]), task)
 
 
 def training_inputs(inputs: Any, x: Tensor) -> Tensor:
