@@ -103,7 +103,7 @@ class AGEM(Method):
 
     Config = AGEMConfig
     mechanism_figures: ClassVar[tuple[str, ...]] = ("projected_fraction",)
-    search_space = with_base({"method.sample_size": grid(64, 256, 1024)})
+    search_space = with_base({"method.sample_size": grid(16, 64, 256, 1024, 4096)})
 
     def __init__(self, config: AGEMConfig | None = None) -> None:
         super().__init__(config)

@@ -88,8 +88,8 @@ class DER(Method):
 
     Config = DERConfig
     objectives: ClassVar[frozenset[str]] = frozenset({"classification"})
-    search_space = with_base({"method.alpha": grid(0.1, 0.3, 0.5, 1.0),
-                              "method.beta": grid(0.0, 0.5, 1.0, closed_min=True)})
+    search_space = with_base({"method.alpha": grid(0.01, 0.03, 0.1, 0.3, 1.0),
+                              "method.beta": grid(0.0, 0.5, 1.0, 2.0, closed_min=True)})
 
     def __init__(self, config: DERConfig | None = None) -> None:
         super().__init__(config)

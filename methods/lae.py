@@ -198,7 +198,7 @@ class LAE(Method):
 
     Config = LAEConfig
     mechanism_figures = ("warmup_steps", "ema_moved_fraction")
-    search_space = with_base({"method.ema_decay": grid(0.99, 0.999, 0.9999)})
+    search_space = with_base({"method.ema_decay": grid(0.9, 0.99, 0.999, 0.9999)})
 
     def __init__(self, config: LAEConfig | None = None) -> None:
         super().__init__(config)

@@ -93,7 +93,7 @@ class LwF(Method):
     """
 
     Config = LwFConfig
-    search_space = with_base({"method.alpha": grid(0.1, 0.5, 1.0, 2.0, 5.0), "method.temperature": grid(0.5, 1.0, 2.0, 4.0)})
+    search_space = with_base({"method.alpha": grid(0.1, 0.5, 1.0, 2.0, 5.0), "method.temperature": grid(0.25, 0.5, 1.0, 2.0, 4.0)})
 
     def __init__(self, config: LwFConfig | None = None) -> None:
         super().__init__(config)
