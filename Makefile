@@ -77,6 +77,7 @@ perf: install
 	$(BIN)/python tests/perf/perf_methods.py
 	$(BIN)/python tests/perf/perf_pet.py
 	$(BIN)/python tests/perf/perf_uint8.py
+	$(BIN)/python tests/perf/perf_lazy.py
 	$(BIN)/python tests/perf/perf_lm.py
 
 quality: install

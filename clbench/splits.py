@@ -3,21 +3,29 @@ inputs) and ``Batch`` (a minibatch whose labels or task ids may be hidden).
 
 They live apart from :mod:`clbench.streams` so that objectives, which judge batches, can be
 declared on a stream without an import cycle.
+
+A split's inputs may be images stored on disk (:class:`clbench.lazy_images.LazyImages`, a scenario
+built with ``scenario.storage=disk``) standing in for the uint8 tensor: indexing it decodes those
+rows, :meth:`Split.subset` keeps it on disk, and :meth:`Split.concat` gives one on disk too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
+
+from clbench.lazy_images import lazy_images
 
 
 @dataclass(frozen=True)
 class Split:
     """Inputs ``x`` (N, ...), integer labels ``y`` (N,) and, optionally, per-sample task ids
-    ``task`` (N,) for training data mixed from several tasks (else the experience's task id)."""
+    ``task`` (N,) for training data mixed from several tasks (else the experience's task id).
+    ``x`` may be a :class:`~clbench.lazy_images.LazyImages` (images read from disk on access)."""
 
     x: Tensor
     y: Tensor
@@ -33,7 +41,9 @@ class Split:
         return len(self.y)
 
     def subset(self, idx: Tensor) -> Split:
-        return Split(self.x[idx], self.y[idx], None if self.task is None else self.task[idx])
+        lazy = lazy_images(self.x)
+        x = self.x[idx] if lazy is None else cast(Tensor, lazy.take(idx))  # images on disk stay there
+        return Split(x, self.y[idx], None if self.task is None else self.task[idx])
 
     def tagged(self, task_id: int) -> Split:
         """The same split with every sample's task id set to ``task_id``."""
@@ -41,7 +51,8 @@ class Split:
 
     @staticmethod
     def concat(splits: Sequence[Split]) -> Split:
-        """Inputs and labels concatenated; task ids too when every split carries them."""
+        """Inputs and labels concatenated; task ids too when every split carries them. Inputs on disk
+        concatenated with any others are on disk (``torch.cat`` of a LazyImages is one)."""
         tasks = [s.task for s in splits]
         task = torch.cat(tasks) if tasks and all(t is not None for t in tasks) else None  # type: ignore[arg-type]
         return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]), task)

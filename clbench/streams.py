@@ -1,10 +1,12 @@
 """Owns the data model of a CL scenario: Experience, Stream and StreamInfo (``Split`` and
 ``Batch`` are defined in :mod:`clbench.splits` and re-exported here).
 
-Data stays as tensors end to end (no Dataset/DataLoader on the hot path). A ``Stream`` is an
-ordered tuple of experiences; each has train/val/test splits, a task id and its class set. The
-stream carries the :class:`~clbench.objectives.Objective` its outputs are trained and judged by,
-built by the scenario (classification unless the scenario says otherwise).
+Data stays as tensors end to end (no Dataset/DataLoader on the hot path), except images a scenario
+stores on disk (:mod:`clbench.lazy_images`: decoded on access, and fed to the trainer through a
+DataLoader). A ``Stream`` is an ordered tuple of experiences; each has train/val/test splits, a
+task id and its class set. The stream carries the :class:`~clbench.objectives.Objective` its
+outputs are trained and judged by, built by the scenario (classification unless the scenario says
+otherwise).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from clbench.augment import ImageInputs
+from clbench.lazy_images import lazy_images
 from clbench.objectives import Objective
 from clbench.splits import Batch, Split
 
@@ -135,7 +138,11 @@ class Stream:
         )
 
     def content_hash(self) -> str:
-        """sha256 over every split's tensors, task ids and class sets (order-sensitive)."""
+        """sha256 over every split's tensors, task ids and class sets (order-sensitive).
+
+        Images stored on disk are hashed as the tensor they stand for (the same hash as the
+        stream held in memory): each split's images are decoded for it, once per split hashed
+        (a test split shared by several experiences is decoded for each)."""
         h = hashlib.sha256()
         for e in self.experiences:
             h.update(f"{e.index}:{e.task_id}:{e.classes}".encode())
@@ -153,7 +160,12 @@ class Stream:
 
 
 def _update(h: Any, s: Split) -> None:
-    for t in (s.x, s.y):
+    lazy = lazy_images(s.x)
+    if lazy is not None:  # the bytes the tensor would have, block by block
+        h.update(str((tuple(lazy.shape), str(lazy.dtype))).encode())
+        for block in lazy.chunks():
+            h.update(block.numpy().tobytes())
+    for t in (s.x, s.y) if lazy is None else (s.y,):
         c = t.detach().cpu().contiguous()
         h.update(str((tuple(c.shape), str(c.dtype))).encode())
         h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")

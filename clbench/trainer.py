@@ -18,6 +18,14 @@ than in one process). One process with no group is the CPU/single-GPU path.
 Sharded data parallel (``trainer.distributed=fsdp``): the same shards and loss weights; the model
 is sharded once for the run by :mod:`clbench.sharding` (FSDP2), which reduce-scatters the
 gradients in backward, so there is no wrapper here. Only methods that declare ``shardable`` run.
+
+Training data whose images are stored on disk (:class:`clbench.lazy_images.LazyImages`, a scenario
+built with ``scenario.storage=disk``) is fed through a ``torch.utils.data.DataLoader`` with the
+workers, pinned memory and persistent workers the split declares (``LazyImages.loading``), one per
+experience. Its batches are the in-memory path's: the same permutation and augmentation seed drawn
+from the same generator, the same rows, shards and shares, handed to the DataLoader as a list of
+index batches; so the two paths train identically. Every other split keeps the in-memory path
+(tensors indexed in the training loop, no DataLoader).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from tqdm.auto import tqdm
 from clbench.augment import ImageInputs
 from clbench.config import TrainerConfig
 from clbench.errors import ConfigError
+from clbench.lazy_images import BatchLoader, lazy_images
 from clbench.objectives import Objective
 from clbench.param_groups import param_groups
 from clbench.protocol import Method, trainable
@@ -108,6 +117,8 @@ class Trainer:
         # per batch: the draw's seed, the global batch size and this process's rows of it
         self.inputs = inputs
         self._draw: tuple[int, int, slice | None] = (0, 0, None)
+        # a split stored on disk: the running experience's training data and its DataLoader
+        self._loader: tuple[Split, BatchLoader] | None = None
 
     def train_experience(
         self,
@@ -183,6 +194,7 @@ class Trainer:
                                               time.perf_counter() - start))
             losses.check(total - 1)
         self._ddp = None
+        self._loader = None  # its worker processes end with it
         method.on_experience_end(exp, model)
         stats.train_time_s = time.perf_counter() - start
         stats.mean_loss = losses.mean()
@@ -199,6 +211,9 @@ class Trainer:
         # augmentation draws: one seed per epoch from the same generator (redrawn with the order on
         # resume), then seed + batch index per batch
         seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if self.inputs is not None and self.inputs.augments else 0
+        if lazy_images(data.x) is not None:  # images read from disk: the same batches through a DataLoader
+            yield from self._loaded_batches(data, exp.task_id, order, seed, skip)
+            return
         for i in range(skip * bs, n, bs):
             idx = order[i : i + bs]
             self._draw = (seed + i // bs, len(idx), slice(rank, None, world) if world > 1 else None)
@@ -208,6 +223,31 @@ class Trainer:
                 self._stand_in = data.x[idx[:1]]
                 idx = idx[rank::world]
             batch = Batch(data.x[idx], data.y[idx], tasks[: len(idx)] if data.task is None else data.task[idx])
+            yield batch if self._on_cpu else batch.to(self.device, non_blocking=True)
+
+    def _loaded_batches(self, data: Split, task_id: int, order: Tensor, seed: int, skip: int) -> Iterator[Batch]:
+        """The batches ``_batches`` makes from ``order`` (the same rows, shards, draws and shares),
+        decoded by the experience's DataLoader (:class:`clbench.lazy_images.BatchLoader`, its
+        workers and pinned memory as the split declares): a split stored on disk."""
+        n, bs = len(data), self.cfg.batch_size
+        rank, world = world_info()
+        keys, draws = [], []
+        for i in range(skip * bs, n, bs):
+            idx = order[i : i + bs]
+            rows = idx[rank::world] if world > 1 else idx
+            keys.append((rows, idx[:1] if world > 1 and len(rows) == 0 else None))  # a stand-in when empty
+            share = len(rows) / len(idx) if world > 1 else 1.0
+            draws.append(((seed + i // bs, len(idx), slice(rank, None, world) if world > 1 else None), share))
+        if self._loader is None or self._loader[0] is not data:
+            lazy = lazy_images(data.x)
+            assert lazy is not None
+            pin = lazy.loading.pin_memory and self.device.type == "cuda"
+            self._loader = (data, BatchLoader(_SplitBatches(data, task_id), lazy.loading, pin))
+        for (draw, share), (x, y, task, stand_in) in zip(draws, self._loader[1](keys), strict=True):
+            self._draw, self._share = draw, share
+            if stand_in is not None:
+                self._stand_in = stand_in
+            batch = Batch(x, y, task)
             yield batch if self._on_cpu else batch.to(self.device, non_blocking=True)
 
     def _forward_backward(self, model: nn.Module, method: Method, batch: Batch,
@@ -254,6 +294,21 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
         method.on_after_step(model)
+
+
+class _SplitBatches(torch.utils.data.Dataset[tuple[Tensor, Tensor, Tensor, Tensor | None]]):
+    """A training split whose items are whole batches: (rows, stand-in rows or None) -> (inputs,
+    labels, task ids, the stand-in's input or None), as the in-memory path of ``Trainer._batches``
+    makes them."""
+
+    def __init__(self, data: Split, task_id: int) -> None:
+        self.data, self.task_id = data, task_id
+
+    def __getitem__(self, key: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        rows, stand_in = key
+        d = self.data
+        task = torch.full((len(rows),), self.task_id, dtype=torch.long) if d.task is None else d.task[rows]
+        return d.x[rows], d.y[rows], task, None if stand_in is None else d.x[stand_in]
 
 
 def world_info() -> tuple[int, int]:

@@ -2,7 +2,9 @@
 the options they share, the data root and its one layout error, image decoding at a fixed size,
 the seeded class order and the assembly of the stream.
 
-Images are decoded into uint8 tensors (N, 3, H, W) and stay uint8 in the stream; the stream
+Images are decoded into uint8 tensors (N, 3, H, W) and stay uint8 in the stream (or, with
+``storage=disk`` on the benchmarks read from image files, stay on disk and are decoded when a batch
+needs them: :mod:`clbench.lazy_images`, :func:`image_split`); the stream
 declares how they are fed (``Stream.inputs``, :class:`clbench.augment.ImageInputs`): every forward
 pass scales them to [0, 1] and normalises them with ``normalize``'s mean and std, and training
 batches are augmented with a padded random crop (``crop_padding``) and a horizontal flip
@@ -15,7 +17,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from clbench.augment import ImageInputs
 from clbench.errors import ConfigError, DataUnavailableError
+from clbench.lazy_images import LazyImages, Loading, decode_image, lazy_images
 from clbench.streams import Experience, Split, Stream
 from scenarios._common import DATA_SEED, stratified_split
 
@@ -60,6 +63,15 @@ class VisionData:
         crop_padding: training augmentation: zero-pad by this many pixels and crop a random
             window of the image's size (torchvision ``RandomCrop(size, padding)``); 0 = none.
         hflip: training augmentation: random horizontal flip with probability 0.5.
+        storage: ``memory``: every image decoded once, at build, into a uint8 tensor held in
+            memory (the fast path); ``disk``: the split keeps the image files and decodes them
+            when indexed (:class:`clbench.lazy_images.LazyImages`), and the trainer reads the
+            training batches through a DataLoader, the same batches as with ``memory`` (the
+            benchmarks read from image files only; CIFAR's pickled batches are read whole).
+            Evaluation and a method's own passes over a split decode in the running process.
+        workers: ``storage=disk``: the DataLoader's decoding processes (0: the training process).
+        pin_memory: ``storage=disk``: batches in pinned memory when training on CUDA.
+        persistent_workers: ``storage=disk``: keep the workers between the epochs of an experience.
     """
 
     root: str = ""
@@ -74,6 +86,10 @@ class VisionData:
     normalize: Literal["dataset", "imagenet", "none"] = "dataset"
     crop_padding: int = 0
     hflip: bool = True
+    storage: Literal["memory", "disk"] = "memory"
+    workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 1:
@@ -86,6 +102,15 @@ class VisionData:
             raise ConfigError("scenario.val_fraction", self.val_fraction, "a value in [0, 1)")
         if self.crop_padding < 0:
             raise ConfigError("scenario.crop_padding", self.crop_padding, "an integer >= 0")
+        if self.storage not in ("memory", "disk"):
+            raise ConfigError("scenario.storage", self.storage, ["memory", "disk"])
+        if self.workers < 0 or (self.workers and self.storage != "disk"):
+            raise ConfigError("scenario.workers", self.workers,
+                              "0, or an integer >= 1 with scenario.storage=disk (DataLoader workers)")
+
+    def loading(self) -> Loading:
+        """How the trainer's DataLoader reads the images (``storage=disk``)."""
+        return Loading(self.workers, self.pin_memory, self.persistent_workers)
 
     def inputs(self, stats: Stats) -> ImageInputs:
         """How the stream's uint8 images are normalised and augmented (``stats``: the dataset's own)."""
@@ -158,18 +183,9 @@ def image_files(folder: Path) -> list[Path]:
 
 def read_image(path: Path, size: int, crop_fraction: float = 1.0) -> Tensor:
     """One image as uint8 (3, size, size): shorter side resized to ``size / crop_fraction``
-    (PIL bilinear, as torchvision's Resize on PIL images), then centre-cropped."""
-    import torchvision.transforms.v2.functional as F
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataUnavailableError(f"{path} is not a readable image ({exc})") from exc
-    if img.size != (size, size):
-        img = F.center_crop(F.resize(img, [round(size / crop_fraction)]), [size, size])
-    return F.pil_to_tensor(img)
+    (PIL bilinear, as torchvision's Resize on PIL images), then centre-cropped
+    (:func:`clbench.lazy_images.decode_image`, which ``storage=disk`` decodes with too)."""
+    return decode_image(path, size, crop_fraction)
 
 
 def read_images(paths: Sequence[Path], size: int, crop_fraction: float = 1.0) -> Tensor:
@@ -178,6 +194,18 @@ def read_images(paths: Sequence[Path], size: int, crop_fraction: float = 1.0) ->
     for i, p in enumerate(paths):
         out[i] = read_image(p, size, crop_fraction)
     return out
+
+
+def image_split(listing: Sequence[tuple[Path, int]], c: VisionData, crop_fraction: float = 1.0) -> Split:
+    """The images of ``listing`` (file, class id) at ``c.image_size`` with their labels: decoded
+    now into a uint8 tensor (``c.storage=memory``) or kept on disk and decoded on access
+    (``disk``: a :class:`clbench.lazy_images.LazyImages` with ``c.loading()``)."""
+    paths = [p for p, _ in listing]
+    y = label_tensor(y for _, y in listing)
+    if c.storage == "disk":
+        lazy = LazyImages.from_files(paths, c.image_size, crop_fraction, c.loading())
+        return Split(cast(Tensor, lazy), y)  # stands in for the uint8 tensor (clbench.lazy_images)
+    return Split(read_images(paths, c.image_size, crop_fraction), y)
 
 
 def resize_batch(x: Tensor, size: int, chunk: int = 2048) -> Tensor:
@@ -230,7 +258,14 @@ def _carve(train: Split, fraction: float) -> tuple[Split, Split]:
 
 def experiences(parts: Sequence[tuple[tuple[int, ...], Split]], test: Split, c: VisionData) -> tuple[Experience, ...]:
     """One experience per (classes, train split): validation carved from train, test = the test
-    images of those classes (one shared split when the classes repeat, as in a domain stream)."""
+    images of those classes (one shared split when the classes repeat, as in a domain stream).
+
+    Raises:
+        ConfigError: ``c.storage=disk`` but the loader gave splits held in memory (it does not
+            read through :func:`image_split`), rather than ignore the option."""
+    if c.storage == "disk" and any(lazy_images(s.x) is None for s in (test, *(p for _, p in parts))):
+        raise ConfigError("scenario.storage", c.storage, "memory: this loader decodes its images when the "
+                          "stream is built (storage=disk needs a loader that reads through image_split)")
     tests: dict[tuple[int, ...], Split] = {}  # one split shared by the experiences with those classes
     out = []
     for i, (classes, train) in enumerate(parts):

@@ -16,7 +16,8 @@ for Continuous Object Recognition" (CoRL 2017, PMLR 78; arXiv 1705.03550), secti
   the others with 5, each with all 8 training sessions of its objects; experience i is tested on
   the test images of its objects.
 
-Images stay uint8 at 128 px (``image_size`` resizes), normalised with ImageNet's mean/std and
+Images stay uint8 at 128 px (``image_size`` resizes; ``storage=disk`` keeps them on disk, decoded when
+a batch needs them, see :class:`scenarios._vision.VisionData`), normalised with ImageNet's mean/std and
 flipped at random in training (Avalanche's default CORe50 transforms). The simplest faithful version: the batches follow the session/object rules above; session order
 is ascending (``session_order_seed`` shuffles it) and the NC object order is PyCIL's seeded
 permutation (``class_order_seed``, 1993). The ten official runs (``batches_filelists.zip``,
@@ -53,11 +54,10 @@ from scenarios._vision import (
     experiences,
     find_dataset,
     image_files,
-    label_tensor,
+    image_split,
     layout_error,
     make_stream,
     ordered_classes,
-    read_images,
 )
 
 VERSION = "1"
@@ -118,20 +118,20 @@ def _sessions(base: Path, sessions: tuple[int, ...], n: int, step: int) -> Listi
     return [(p, o - 1) for s in sessions for o in range(1, n + 1) for p in _clip(base, s, o, step)]
 
 
-def _split(listing: Listing, size: int) -> Split:
-    return Split(read_images([p for p, _ in listing], size), label_tensor(y for _, y in listing))
+def _split(listing: Listing, c: CORe50Config) -> Split:
+    return image_split(listing, c)  # decoded now, or on access with storage=disk
 
 
 def _session_parts(c: CORe50Config, base: Path, n: int) -> tuple[list[tuple[tuple[int, ...], Split]], Split, dict[str, Any]]:
-    test = _split(_sessions(base, c.test_sessions, n, c.frame_step), c.image_size)
+    test = _split(_sessions(base, c.test_sessions, n, c.frame_step), c)
     if c.protocol == "ni":
         order = list(c.train_sessions)
         if c.session_order_seed is not None:
             order = [order[i] for i in np.random.RandomState(c.session_order_seed).permutation(len(order))]
         every = tuple(range(n))
-        parts = [(every, _split(_sessions(base, (s,), n, c.frame_step), c.image_size)) for s in order]
+        parts = [(every, _split(_sessions(base, (s,), n, c.frame_step), c)) for s in order]
         return parts, test, {"session_order": order}
-    train = _split(_sessions(base, c.train_sessions, n, c.frame_step), c.image_size)
+    train = _split(_sessions(base, c.train_sessions, n, c.frame_step), c)
     objects = ordered_classes(n, c)
     groups = class_groups(objects, c.n_experiences, c.first_classes)
     parts = [(g, train.subset(torch.isin(train.y, torch.tensor(g)))) for g in groups]
@@ -164,8 +164,8 @@ def _filelist_parts(c: CORe50Config, base: Path, n: int) -> tuple[list[tuple[tup
     parts = []
     for b in batches:
         listing = _read_filelist(b, base, n)
-        parts.append((tuple(sorted({y for _, y in listing})), _split(listing, c.image_size)))
-    test = _split(_read_filelist(folder / "test_filelist.txt", base, n), c.image_size)
+        parts.append((tuple(sorted({y for _, y in listing})), _split(listing, c)))
+    test = _split(_read_filelist(folder / "test_filelist.txt", base, n), c)
     return [p for p in parts if p[0]], test, {"filelists": [b.name for b in batches]}
 
 

@@ -159,12 +159,20 @@ class SplitCIFARConfig(VisionData):
     Attributes:
         verify_checksums: check each file's md5 against torchvision's list of the official
             release before reading it (a synthetic or re-encoded copy needs false).
+
+    ``storage`` is ``memory`` only: the pickled batches hold every image and are read whole.
     """
 
     n_experiences: int = 5
     image_size: int = 32
     crop_padding: int = 4
     verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.storage != "memory":
+            raise ConfigError("scenario.storage", self.storage,
+                              "memory (CIFAR's pickled batches are read whole; disk is for image files)")
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,24 @@ def test_each_loader_builds_a_tiny_copy_reproducibly_as_uint8_images(name: str, 
     assert torch.allclose(plain.normalize(x), x.float() / 255)
 
 
+# loaders that read through scenarios._vision.image_split: storage=disk keeps their images on disk
+DISK_LOADERS = ("core50",)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in TINY_WRITERS if not n.startswith("split_cifar")))
+def test_each_image_file_loader_keeps_its_images_on_disk_or_refuses_to(name: str, tmp_path: Path) -> None:
+    from clbench.lazy_images import lazy_images
+
+    options = TINY_WRITERS[name](tmp_path)
+    if name not in DISK_LOADERS:  # never silently held in memory
+        with pytest.raises(ConfigError, match=r"scenario\.storage"):
+            _build(name, **options, storage="disk")
+        return
+    memory, disk = _build(name, **options), _build(name, **options, storage="disk")
+    assert all(lazy_images(s.x) is not None for e in disk.experiences for s in (e.train, e.val, e.test))
+    assert disk.content_hash() == memory.content_hash()  # the same images, decoded on access
+
+
 @pytest.mark.parametrize("name", sorted(TINY_WRITERS))
 def test_each_loader_names_the_layout_and_root_when_the_folder_is_missing(name: str, tmp_path: Path) -> None:
     options = TINY_WRITERS[name](tmp_path / "written")
