@@ -11,6 +11,12 @@ per logged value), ``params.json`` and ``tags.json``; ``tensorboard`` writes eve
 sync`` uploads a run later). A resumed run appends to the same files and may repeat the rows
 logged after its last checkpoint.
 
+Under a multi-process launch only rank 0 writes these files (:func:`process_rank`). The other
+processes (replicas) train and log the same values but keep only their own run files under
+``<runs_dir>/_replicas/rank<r>`` (:func:`clbench.resolve.distributed_view`, which turns MLflow off
+for them): tracker files there would be a second copy of the same run (another W&B offline run to
+sync, other TensorBoard event files), so their file backends log nothing.
+
 Steps: per-experience metrics have ``step`` = experience index, the final metrics ``step`` = the
 number of experiences, ``train_step_loss`` (``tracking.loss_every``) ``step`` = the optimizer step
 counted over the whole stream.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import os
 import secrets
 import warnings
 from collections.abc import Mapping
@@ -69,6 +76,19 @@ def build(name: str, cfg: TrackingConfig, run_dir: Path | None) -> Any:
     return kinds[name](cfg, run_dir)
 
 
+def process_rank() -> int:
+    """This process's rank in a multi-process launch: the initialised process group's, else the
+    ``RANK`` the launcher (``torchrun``, ``accelerate launch``) sets when ``WORLD_SIZE`` > 1 (as
+    :func:`clbench.resolve.distributed_view` tells replicas apart); 0 in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ.get("RANK", "0"))
+    return 0
+
+
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
     """The finite values of ``metrics`` as floats (MLflow drops NaN/inf; so do the others)."""
     return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
@@ -112,7 +132,8 @@ class FanOut:
 
 
 class FileTracker:
-    """A backend that writes into the run directory; failures become warnings."""
+    """A backend that writes into the run directory; failures become warnings. In a process of rank
+    > 0 (:func:`process_rank`, read when the backend is built) it writes nothing."""
 
     name = ""
     uri = ""
@@ -121,6 +142,7 @@ class FileTracker:
     def __init__(self, cfg: TrackingConfig, run_dir: Path | None) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         self.broken = False  # a failed backend stays quiet for the rest of the run
+        self.replica = process_rank() != 0  # a data-parallel replica: rank 0 writes the files
 
     def start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
               resume_id: str | None = None) -> str | None:
@@ -150,7 +172,7 @@ class FileTracker:
         """Nothing to close by default."""
 
     def _guard(self, what: str, fn: Any) -> None:
-        if self.broken or self.run_dir is None:
+        if self.broken or self.replica or self.run_dir is None:
             return
         try:
             fn()

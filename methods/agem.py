@@ -14,7 +14,14 @@ from clbench.registry import register_method
 from clbench.search import grid, with_base
 from clbench.streams import Batch, Experience, StreamInfo
 from clbench.trainer import sum_across_processes, world_info
-from methods._memory import Fields, add_task_classes, mask_to_tasks, training_inputs
+from methods._memory import (
+    Fields,
+    add_task_classes,
+    experience_seed,
+    mask_to_tasks,
+    memory_seed,
+    training_inputs,
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,10 @@ class AGEM(Method):
           as the trainer masks training outputs. Language-model objectives use the stream's own
           loss on the memory sample. On uint8 image streams the memory sample gets the stream's
           training augmentation and normalisation (as Avalanche's buffers apply the training
-          transforms), drawn from the global RNG.
+          transforms), drawn from a seed of its own per optimizer step: the experience's seed (the
+          one the runner gives the global RNG) with the step's number among the experience's
+          reference gradients (``methods._memory.memory_seed``). So every data-parallel process
+          draws the same and the draws do not depend on other random draws.
     """
 
     Config = AGEMConfig
@@ -113,6 +123,7 @@ class AGEM(Method):
         self._inputs: Any = None  # the stream's uint8 image pipeline, if any
         self._pos: list[int] = []  # next stored index of each group
         self._steps = self._projected = 0
+        self._seed = 0  # the experience's seed (memory augmentation)
 
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
         self._task_aware = stream_info.scenario_type == "task_incremental"
@@ -123,6 +134,7 @@ class AGEM(Method):
         add_task_classes(self.task_classes, exp.task_id, exp.classes)
         self._pos = [0] * len(self.buffers)
         self._steps = self._projected = 0
+        self._seed = experience_seed()
 
     def on_after_backward(self, model: nn.Module) -> None:
         if not self.buffers:
@@ -144,11 +156,13 @@ class AGEM(Method):
                 offset += n
 
     def reference_gradient(self, model: nn.Module, params: list[nn.Parameter]) -> Tensor:
-        """Flat gradient of the loss on the next memory sample (averaged over processes)."""
+        """Flat gradient of the loss on the next memory sample (averaged over processes); its
+        augmentation (uint8 image streams) is drawn from the seed of the experience's step
+        ``self._steps`` (the reference gradients so far)."""
         device = params[0].device if params else torch.device("cpu")
         mem = self.memory_sample()
         batch = self.objective.compact(Batch(mem["x"].to(device), mem["y"].to(device), mem["task"].to(device)))
-        out = model(training_inputs(self._inputs, batch.x))
+        out = model(training_inputs(self._inputs, batch.x, memory_seed(self._seed, self._steps)))
         if self.objective.class_logits and self._task_aware:
             out = mask_to_tasks(out, batch.task, self.task_classes)  # type: ignore[arg-type]
         grads = torch.autograd.grad(self.objective.loss(out, batch), params, allow_unused=True)

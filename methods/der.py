@@ -84,6 +84,11 @@ class DER(Method):
           sample's logits to its task's classes, and the MSE covers those classes only (mean over
           the covered entries).
         - Classification objectives only (the logits are class logits).
+        - uint8 image streams: the memory samples are augmented by the trainer with the batch they
+          join (from the batch's seed; no draw of their own). Coming first, they take the batch's
+          first draws and the current samples the following ones, so with data parallel a shard's
+          samples get other draws than one process gives them (data parallel differs from one
+          process anyway: every process adds a memory minibatch to its shard).
     """
 
     Config = DERConfig

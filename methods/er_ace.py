@@ -19,7 +19,9 @@ from methods._memory import (
     MemoryPasses,
     ReservoirMemory,
     add_task_classes,
+    experience_seed,
     mask_to_tasks,
+    memory_seed,
     training_inputs,
 )
 
@@ -83,7 +85,8 @@ class ERACE(Method):
     experience the loss is plain cross-entropy.
 
     Hooks used: ``setup`` (task-aware flag), ``on_experience_start`` (memory update, new pass),
-    ``loss`` (memory forward + asymmetric loss), ``experience_report``,
+    ``loss`` (memory forward + asymmetric loss), ``on_after_step`` (counts optimizer steps, which
+    name the memory augmentation's draws), ``experience_report``,
     ``state_dict``/``load_state_dict``.
 
     Deviations from the paper/official code:
@@ -108,7 +111,11 @@ class ERACE(Method):
         - Classification objectives only. Memory samples are forwarded inside ``loss``, so the
           run's ``forward_samples`` counter does not include them; on uint8 image streams they get
           the stream's training augmentation and normalisation there (as Avalanche's buffer
-          applies the training transforms), drawn from the global RNG.
+          applies the training transforms), drawn from a seed of their own per training batch: the
+          experience's seed (the one the runner gives the global RNG) with the batch's optimizer
+          step and micro-batch numbers (``methods._memory.memory_seed``). So the draws are the
+          same in every data-parallel process and do not depend on other random draws; they are
+          not the trainer's own draws for the batch (that seed is not passed to methods).
     """
 
     Config = ERACEConfig
@@ -126,6 +133,8 @@ class ERACE(Method):
         self._replay = False  # the running experience replays (not the first one)
         self._bsm = 0  # memory minibatch size of the running experience (0: not known yet)
         self._steps = 0
+        self._seed = 0  # the experience's seed (memory augmentation)
+        self._opt_steps = self._micro = 0  # optimizer steps, micro-batches of the running step
 
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
         self._task_aware = stream_info.scenario_type == "task_incremental"
@@ -140,9 +149,11 @@ class ERACE(Method):
         self._mem = self.memory.tensors()
         self.passes.reset()
         self._replay, self._bsm, self._steps = exp.index > 0, self.config.batch_size_mem, 0
+        self._seed, self._opt_steps, self._micro = experience_seed(), 0, 0
 
     def loss(self, model: nn.Module, batch: Batch, outputs: Tensor, base_loss: Tensor) -> Tensor:
         self._bsm = self._bsm or len(batch)
+        micro, self._micro = self._micro, self._micro + 1
         size = len(self._mem["y"]) if self._mem else 0
         if not self._replay or size < self._bsm or batch.y is None:
             return base_loss
@@ -150,12 +161,16 @@ class ERACE(Method):
         if self._mem["x"].device != dev:
             self._mem = {k: t.to(dev) for k, t in self._mem.items()}
         idx = self.passes.next(size, self._bsm).to(dev)
-        mem_out = model(training_inputs(self._inputs, self._mem["x"][idx]))
+        seed = memory_seed(self._seed, self._opt_steps, micro)
+        mem_out = model(training_inputs(self._inputs, self._mem["x"][idx], seed))
         if self._task_aware:
             mem_out = mask_to_tasks(mem_out, self._mem["task"][idx], self.task_classes)
         self._steps += 1
         loss_buffer = F.cross_entropy(mem_out.float(), self._mem["y"][idx])
         return (loss_buffer + asymmetric_ce(outputs.float(), batch.y)) / 2
+
+    def on_after_step(self, model: nn.Module) -> None:
+        self._opt_steps, self._micro = self._opt_steps + 1, 0
 
     def experience_report(self) -> dict[str, Any]:
         return {"memory_size": len(self.memory), "replay_steps": self._steps}
@@ -163,7 +178,8 @@ class ERACE(Method):
     def state_dict(self) -> dict[str, Any]:
         return {"memory": self.memory.state_dict(), "passes": self.passes.state_dict(),
                 "task_classes": [[t, list(c)] for t, c in self.task_classes.items()],
-                "replay": self._replay, "bsm": self._bsm, "steps": self._steps}
+                "replay": self._replay, "bsm": self._bsm, "steps": self._steps,
+                "optimizer_steps": self._opt_steps, "micro": self._micro}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.memory.load_state_dict(state["memory"])
@@ -171,3 +187,5 @@ class ERACE(Method):
         self.passes.load_state_dict(state["passes"])
         self.task_classes = {int(t): tuple(int(c) for c in v) for t, v in state["task_classes"]}
         self._replay, self._bsm, self._steps = bool(state["replay"]), int(state["bsm"]), int(state["steps"])
+        # a state saved before these counters were kept: counted from 0
+        self._opt_steps, self._micro = int(state.get("optimizer_steps", 0)), int(state.get("micro", 0))

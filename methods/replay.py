@@ -12,8 +12,8 @@ from clbench.protocol import Method
 from clbench.registry import register_method
 from clbench.search import grid, with_base
 from clbench.streams import Batch, Experience
+from methods._memory import Fields, ReservoirMemory
 
-Group = dict[str, Tensor]  # x, y, task, w (reservoir weights, sorted descending)
 Storage = Literal["reservoir", "class_balanced", "experience_balanced"]
 
 
@@ -44,14 +44,6 @@ class ReplayConfig:
             raise ValueError(f"batch_size_mem must be >= 0, got {self.batch_size_mem}")
 
 
-def group_lengths(max_size: int, n_groups: int) -> list[int]:
-    """Equal split of ``max_size`` over groups; the remainder goes to the first groups."""
-    lengths = [max_size // n_groups] * n_groups
-    for i in range(max_size - sum(lengths)):
-        lengths[i] += 1
-    return lengths
-
-
 @register_method("replay")
 class Replay(Method):
     """Experience replay with a fixed-size memory and balanced minibatches.
@@ -64,7 +56,9 @@ class Replay(Method):
     memory in passes like Avalanche's ``ReplayDataLoader``: a new (shuffled) pass starts when
     the memory is exhausted and at each pass over the experience's data (epoch). After an
     experience the memory is updated by reservoir sampling: each new sample gets a uniform
-    random weight and each group keeps its highest-weight samples, old and new together.
+    random weight and each group keeps its highest-weight samples, old and new together (the
+    replay family's shared :class:`methods._memory.ReservoirMemory`; with ``experience_balanced``
+    one group per experience, an experience without samples still taking its share).
 
     Hooks used: ``on_experience_start`` (memory snapshot for the experience),
     ``transform_batch`` (appends memory samples), ``on_experience_end`` (memory update),
@@ -90,19 +84,24 @@ class Replay(Method):
 
     def __init__(self, config: ReplayConfig | None = None) -> None:
         super().__init__(config)
-        self.groups: dict[int, Group] = {}
-        self._mem: Group = {}
+        self.memory = ReservoirMemory(self.config.mem_size, by_class=self.config.storage == "class_balanced")
+        self._mem: Fields = {}
         self._order: Tensor | None = None
         self._pos = self._consumed = self._n_train = self._bs = 0
 
     @property
+    def groups(self) -> dict[int, Fields]:
+        """The memory's groups (x, y, task and reservoir weights ``w``, sorted descending), by key:
+        0 (``reservoir``), the class (``class_balanced``) or the experience (``experience_balanced``)."""
+        return self.memory.groups
+
+    @property
     def memory_size(self) -> int:
         """Number of samples in the memory."""
-        return sum(len(g["y"]) for g in self.groups.values())
+        return len(self.memory)
 
     def on_experience_start(self, exp: Experience, model: nn.Module) -> None:
-        parts = list(self.groups.values()) if self.memory_size else []
-        self._mem = {k: torch.cat([g[k] for g in parts]) for k in ("x", "y", "task")} if parts else {}
+        self._mem = self.memory.tensors() if self.memory_size else {}
         self._order, self._pos, self._consumed = None, 0, 0
         self._n_train, self._bs = len(exp.train), 0
 
@@ -132,34 +131,13 @@ class Replay(Method):
         return idx
 
     def on_experience_end(self, exp: Experience, model: nn.Module) -> None:
-        x, y = exp.train.x, exp.train.y
-        task = torch.full_like(y, exp.task_id)
-        if self.config.storage == "class_balanced":
-            # classes in order of first appearance, as Avalanche's ClassBalancedBuffer
-            parts = {c: y == c for c in dict.fromkeys(y.tolist())}
-        else:
-            key = exp.index if self.config.storage == "experience_balanced" else 0
-            parts = {key: torch.ones_like(y, dtype=torch.bool)}
-        for key, sel in parts.items():
-            self._add(key, {"x": x[sel], "y": y[sel], "task": task[sel]})
-        if not self.groups:
-            return
-        caps = group_lengths(self.config.mem_size, len(self.groups))
-        for key, cap in zip(sorted(self.groups), caps, strict=True):
-            self.groups[key] = {k: t[:cap] for k, t in self.groups[key].items()}
-
-    def _add(self, key: int, new: Group) -> None:
-        new = {**new, "w": torch.rand(len(new["y"]))}
-        old = self.groups.get(key)
-        if old is not None:
-            new = {k: torch.cat([new[k], old[k]]) for k in new}
-        order = new["w"].sort(descending=True).indices
-        self.groups[key] = {k: t[order] for k, t in new.items()}
+        y = exp.train.y
+        # every sample is stored with the experience's task id
+        new = {"x": exp.train.x, "y": y, "task": torch.full_like(y, exp.task_id)}
+        self.memory.update(new, group=exp.index if self.config.storage == "experience_balanced" else 0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"groups": [{"key": k, **{n: t.cpu() for n, t in g.items()}}
-                           for k, g in self.groups.items()]}
+        return self.memory.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.groups = {int(g["key"]): {n: g[n] for n in ("x", "y", "task", "w")}
-                       for g in state["groups"]}
+        self.memory.load_state_dict(state)

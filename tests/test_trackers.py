@@ -244,3 +244,25 @@ def test_bench_and_protocol_runs_go_to_their_tracks_experiment() -> None:
     assert tuning._in_track(pr, RunConfig()).tracking.experiment == "tiny"
     named = build_run_config({"tracking.experiment": "mine"})
     assert tuning._in_track(pr, named).tracking.experiment == "mine"
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_only_rank_0_writes_tracker_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: int) -> None:
+    # a process of a 2-process launch, as torchrun sets it (no process group: the environment is read)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    assert trackers.process_rank() == rank
+    backends = ("csv", "tensorboard", "wandb") if rank else ("csv",)  # rank 0: the csv files suffice
+    fan = open_tracker(TrackingConfig(backends=backends, mlflow=False), run_dir=tmp_path)
+    assert isinstance(fan, FanOut) and [m.name for m in fan.members] == list(backends)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no backend failed: a replica's simply write nothing
+        fan.start("r", {"a": 1}, {"run_dir": str(tmp_path)})
+        fan.log_metrics({"acc": 0.5}, 0)
+        fan.end("FINISHED")
+    if rank:
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert _csv_rows(tmp_path) == [(0, "acc", 0.5)] and (tmp_path / "params.json").is_file()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: RANK alone means nothing
+    assert trackers.process_rank() == 0

@@ -121,13 +121,13 @@ def test_uint8_memory_samples_get_the_training_pipeline() -> None:
     augment = pytest.importorskip("clbench.augment")
     inputs = augment.ImageInputs(mean=(0.5,), std=(0.25,), crop_padding=1, hflip=True)
     x = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
-    torch.manual_seed(3)
-    out = training_inputs(inputs, x)
-    torch.manual_seed(3)
-    seed = int(torch.randint(0, 2**62, (1,)))
-    assert out.dtype == torch.float32 and torch.equal(out, inputs.train(x, seed, 5))
+    before = torch.get_rng_state()
+    out = training_inputs(inputs, x, 3)
+    assert torch.equal(torch.get_rng_state(), before)  # the seed is given: no global draw
+    assert out.dtype == torch.float32 and torch.equal(out, inputs.train(x, 3, 5))
+    assert not torch.equal(out, training_inputs(inputs, x, 4))
     floats = torch.randn(5, 1, 4, 4)
-    assert training_inputs(inputs, floats) is floats and training_inputs(None, x) is x
+    assert training_inputs(inputs, floats, 3) is floats and training_inputs(None, x, 3) is x
 
 
 def test_state_dict_round_trips_through_weights_only_load() -> None:

@@ -15,7 +15,8 @@ from clbench.protocol import check_compatible
 from clbench.runner import run
 from clbench.streams import Batch, Experience, Split
 from clbench.testing import tiny_config, tiny_stream
-from methods.replay import Replay, ReplayConfig, Storage, group_lengths
+from methods._memory import group_lengths
+from methods.replay import Replay, ReplayConfig, Storage
 
 MODEL = nn.Identity()
 
