@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,12 @@ class TrainerConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
     progress: bool = True
     # learning-rate schedule within each experience: linear warmup over warmup_ratio of its
-    # optimizer steps, then constant, linear decay to 0 or cosine decay to 0
-    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    # optimizer steps, then constant, linear decay to 0 or cosine decay to 0; or multistep: the
+    # rate times gamma at each of the milestones (epochs of the experience), no warmup
+    scheduler: Literal["constant", "linear", "cosine", "multistep"] = "constant"
     warmup_ratio: float = 0.0
+    milestones: tuple[int, ...] = ()  # multistep only: strictly increasing epochs >= 1
+    gamma: float = 0.1  # multistep only: the factor at each milestone
     no_decay_norms_biases: bool = False  # weight decay 0 for norms and biases (1-D parameters)
     gradient_checkpointing: bool = False  # recompute activations in backward (Hugging Face models)
     # also checkpoint within an experience every this many optimizer steps (0 = at experience
@@ -58,6 +62,23 @@ class TrainerConfig:
         non_negative(self, "trainer", ("lr", "head_lr", "momentum", "weight_decay", "grad_clip", "checkpoint_every"))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("trainer.warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
+        self._check_multistep()
+
+    def _check_multistep(self) -> None:
+        if self.scheduler != "multistep":
+            if self.milestones:
+                raise ConfigError("trainer.milestones", list(self.milestones), "[] unless trainer.scheduler=multistep")
+            if self.gamma != 0.1:
+                raise ConfigError("trainer.gamma", self.gamma, "0.1 (the default) unless trainer.scheduler=multistep")
+            return
+        m = self.milestones
+        if not m or m[0] < 1 or any(b <= a for a, b in zip(m, m[1:], strict=False)):
+            raise ConfigError("trainer.milestones", list(m),
+                              "a non-empty, strictly increasing list of epochs >= 1 (e.g. [35, 45])")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ConfigError("trainer.gamma", self.gamma, "a finite factor > 0 (0.1: MultiStepLR's decay)")
+        if self.warmup_ratio:
+            raise ConfigError("trainer.warmup_ratio", self.warmup_ratio, "0 with trainer.scheduler=multistep")
 
 
 @dataclass(frozen=True)
@@ -191,7 +212,9 @@ class RunConfig:
 #: here, or every recorded run's key changes (tests/test_config.py pins two keys).
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"trainer.scheduler": "constant", "trainer.warmup_ratio": 0.0,
                                          "trainer.no_decay_norms_biases": False,
-                                         "trainer.gradient_checkpointing": False, "eval.general_every": 1}
+                                         "trainer.gradient_checkpointing": False, "eval.general_every": 1,
+                                         # as to_dict() writes them: a tuple is a list there
+                                         "trainer.milestones": [], "trainer.gamma": 0.1}
 
 
 _PLUGIN_SECTIONS = ("method", "scenario", "model")

@@ -5,8 +5,19 @@ the learning rate rises linearly from 0 over the first ``warmup_ratio`` of the e
 optimizer steps, then stays (constant), decays linearly to 0 or follows a half cosine to 0 by the
 experience's last step; every experience starts its own schedule, as LLM continual fine-tuning
 recipes do. The schedules are Hugging Face ``transformers``' (``get_scheduler``), the ones those
-recipes use. ``trainer.gradient_checkpointing`` turns on the Hugging Face models' own activation
-checkpointing.
+recipes use.
+
+``trainer.scheduler=multistep`` with ``trainer.milestones`` (epochs) and ``trainer.gamma`` is
+PyTorch's ``MultiStepLR`` as the vision recipes use it (Mammoth's seq-cifar100 builds
+``MultiStepLR(opt, [35, 45], gamma=0.1)`` at each task's start and steps it after each epoch): the
+rate is ``lr * gamma ** k`` during an epoch that follows ``k`` milestones, so with milestones [35,
+45] epochs 1-35 run at ``lr``, 36-45 at ``lr * gamma`` and 46 on at ``lr * gamma ** 2``. The
+trainer steps every schedule after each optimizer step, so the milestones are placed at the
+matching optimizer steps (a milestone times the steps of one epoch): the rate changes exactly at
+the epoch boundary. Like the other schedules it restarts with every experience (the trainer builds
+a fresh optimizer and schedule per experience, as Mammoth does per task); milestones at or past the
+experience's last epoch never apply. No warmup (MultiStepLR has none).
+``trainer.gradient_checkpointing`` turns on the Hugging Face models' own activation checkpointing.
 """
 
 from __future__ import annotations
@@ -30,9 +41,14 @@ def steps_per_experience(n_samples: int, cfg: TrainerConfig) -> int:
 
 
 def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainerConfig, steps: int) -> Any:
-    """The experience's schedule over ``steps`` optimizer steps; None for a constant rate."""
+    """The experience's schedule over ``steps`` optimizer steps (``cfg.epochs`` epochs of equal
+    steps, :func:`steps_per_experience`), stepped after every optimizer step; None for a constant
+    rate."""
     if cfg.scheduler == "constant" and cfg.warmup_ratio == 0.0:
         return None
+    if cfg.scheduler == "multistep":
+        per_epoch = steps // cfg.epochs
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [m * per_epoch for m in cfg.milestones], gamma=cfg.gamma)
     from transformers import get_scheduler
 
     return get_scheduler(_HF_NAMES[cfg.scheduler], opt, num_warmup_steps=round(cfg.warmup_ratio * steps),

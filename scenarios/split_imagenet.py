@@ -35,22 +35,30 @@ wnids (torchvision ImageFolder). Both have no official train/test split:
 Both default to 10 experiences x 20 classes at 224 px (Resize(256) + CenterCrop(224), the
 evaluation transform of the pretrained ViT backbones these benchmarks serve), normalised with
 ImageNet's mean/std (``normalize=none`` gives the [0, 1] inputs L2P/CODA-Prompt feed their ViT);
-training batches are flipped at random. Deviation: the reference code trains on
-RandomResizedCrop(224) crops of the full image, which :mod:`clbench.augment` cannot draw from the
-stored 224 px centre crops. Class order:
+training batches are flipped at random. The reference code (L2P, CODA-Prompt, LAE) trains on
+RandomResizedCrop(224) crops + flips: ``resized_crop=true`` draws torchvision's RandomResizedCrop
+boxes (``crop_scale`` (0.08, 1), ``crop_ratio`` (3/4, 4/3), its defaults) and resizes them back to
+``image_size`` (:class:`AugmentedFolderData`). Deviation that remains: the boxes are drawn from the
+stored 224 px centre crop (Resize(256) + CenterCrop(224)), not from the full-size image, so a crop
+never reaches beyond that centre square and is enlarged from at most 224 px of it. It is off by
+default, so that runs of the default options keep their results (a scenario's defaults are not in
+a run's key); the ``imagenet_r_vit`` track declares it. Class order:
 PyCIL's seed 1993 permutation (see :mod:`scenarios._vision`). Online alternative: Avalanche's
 ``SplitTinyImageNet`` through ``scenario=avalanche`` (downloads); ImageNet-R/A have none there.
 
-VERSION history: 1 = initial.
+VERSION history: 1 = initial (the training augmentation options added later default to off and
+leave every earlier stream and run as it was).
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from clbench.augment import ImageInputs
 from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
@@ -75,6 +83,63 @@ TINY_LAYOUT = ("tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/im
                "val/val_annotations.txt}")
 Listing = list[tuple[Path, int]]
 TINY_STATS: Stats = ((0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821))  # Mammoth seq-tinyimg
+
+
+@dataclass(frozen=True)
+class AugmentedFolderData(FolderData):
+    """Options of the folder benchmarks, with the research recipes' training augmentation
+    (:class:`clbench.augment.ImageInputs`; every option here defaults to off).
+
+    Attributes:
+        resized_crop: training: a RandomResizedCrop of each stored image, resized back to
+            ``image_size`` (bilinear, antialiased); one crop: needs ``crop_padding=0``. The box is
+            drawn from the stored image (already resized and centre-cropped, ``crop_fraction``),
+            not from the full-size original that reference code crops.
+        crop_scale: [min, max] share of the stored image's area a box covers (torchvision's default).
+        crop_ratio: [min, max] aspect ratio (width / height) of a box (torchvision's default).
+        brightness: training: ColorJitter brightness (factor in [max(0, 1 - b), 1 + b]); 0 = none.
+        contrast: training: ColorJitter contrast, as brightness; 0 = none.
+        saturation: training: ColorJitter saturation, as brightness; 0 = none.
+        hue: training: ColorJitter hue (shift in [-hue, hue], at most 0.5); 0 = none.
+    """
+
+    resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.resized_crop and self.crop_padding:
+            raise ConfigError("scenario.resized_crop", True,
+                              f"false while scenario.crop_padding={self.crop_padding} (one crop: set crop_padding=0)")
+        scale, ratio = self.crop_scale, self.crop_ratio
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ConfigError("scenario.crop_scale", list(scale), "[min, max] with 0 < min <= max <= 1")
+        if len(ratio) != 2 or not (0.0 < ratio[0] <= ratio[1] and math.isfinite(ratio[1])):
+            raise ConfigError("scenario.crop_ratio", list(ratio), "[min, max] with 0 < min <= max")
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f"scenario.{name}", value, "a value >= 0 (0 = not jittered)")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ConfigError("scenario.hue", self.hue, "a value in [0, 0.5] (0 = not jittered)")
+
+    def inputs(self, stats: Stats) -> ImageInputs:
+        """:meth:`FolderData.inputs` with the resized crop and the colour jitter declared here."""
+        size = (self.image_size, self.image_size)
+        return replace(super().inputs(stats), resized_crop=size if self.resized_crop else None,
+                       crop_scale=self.crop_scale, crop_ratio=self.crop_ratio, brightness=self.brightness,
+                       contrast=self.contrast, saturation=self.saturation, hue=self.hue)
+
+
+def with_augmentation(stream: Stream) -> Stream:
+    """``stream`` whose provenance (``meta["augment"]``) lists every declared training op."""
+    assert stream.inputs is not None
+    return replace(stream, meta={**stream.meta, "augment": stream.inputs.augmentation()})
 
 
 def _classes(found: list[str], expected: int, n_classes: int, name: str, base: Path, layout: str) -> list[str]:
@@ -140,8 +205,8 @@ def _tiny_names(base: Path, wnids: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class SplitTinyImageNetConfig(FolderData):
-    """Options of ``split_tiny_imagenet`` (see :class:`scenarios._vision.FolderData`)."""
+class SplitTinyImageNetConfig(AugmentedFolderData):
+    """Options of ``split_tiny_imagenet`` (see :class:`AugmentedFolderData`)."""
 
     image_size: int = 64
     crop_fraction: float = 1.0
@@ -163,12 +228,12 @@ class SplitTinyImageNet(Scenario):
         return _stream("split_tiny_imagenet", c, train, test, len(wnids), meta, self.__doc__ or "", TINY_STATS)
 
 
-def _stream(name: str, c: FolderData, train: Listing, test: Listing, n: int, meta: dict[str, Any],
+def _stream(name: str, c: AugmentedFolderData, train: Listing, test: Listing, n: int, meta: dict[str, Any],
             doc: str, stats: Stats = IMAGENET_STATS) -> Stream:
     tr, te = _split(train, c.image_size, c.crop_fraction), _split(test, c.image_size, c.crop_fraction)
     exps, order = class_incremental(tr, te, n, c)
     meta = {**meta, "class_order": order, "image_size": c.image_size, "n_train": len(train), "n_test": len(test)}
-    return make_stream(name, VERSION, doc, exps, n, meta, c.inputs(stats))
+    return with_augmentation(make_stream(name, VERSION, doc, exps, n, meta, c.inputs(stats)))
 
 
 # --------------------------------------------------------------------------- ImageNet-R / ImageNet-A
@@ -258,8 +323,8 @@ def _from_yaml(folder: Path, base: Path, index: dict[str, int], s: _Subset) -> t
 
 
 @dataclass(frozen=True)
-class SplitImageNetAConfig(FolderData):
-    """Options of ``split_imagenet_a`` (see :class:`scenarios._vision.FolderData`).
+class SplitImageNetAConfig(AugmentedFolderData):
+    """Options of ``split_imagenet_a`` (see :class:`AugmentedFolderData`).
 
     Attributes:
         split_seed: seed of the 80/20 train/test draw (``random.Random(seed).shuffle``), used
