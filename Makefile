@@ -62,12 +62,14 @@ compare: install
 	$(BIN)/clbench compare --track $(or $(TRACK),vision_cil) --seeds $(SEEDS) $(if $(RESUME),--resume,)
 
 # A track's board from this clean commit: protocol for every applicable method -> submit -> validate -> render (resumable)
+# ARGS: where data and weights are, location keys only, e.g. ARGS="scenario.root=/data model.weights=/w/vit.pth"
 board: install
-	$(BIN)/clbench board $(or $(TRACK),vision_cil) --workers $(WORKERS)
+	$(BIN)/clbench board $(or $(TRACK),vision_cil) $(ARGS) --workers $(WORKERS)
 
 # Track health check: the reference learners on the track's evaluation scenario -> leaderboards/<track>/health.json
+# (ARGS as for board)
 health: install
-	$(BIN)/clbench track check $(or $(TRACK),vision_cil)
+	$(BIN)/clbench track check $(or $(TRACK),vision_cil) $(ARGS)
 
 tracks: install
 	$(BIN)/clbench tracks

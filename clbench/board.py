@@ -5,7 +5,12 @@ For every registered method the track's scenarios and model can run (the others 
 not applicable, with the reason), in registry order: the tuning protocol (resumes its finished
 trials and seeds), ``submit`` into ``leaderboards/<track>/``; then ``validate`` and ``render``.
 A method whose entry at this commit is already on the board is skipped, so a killed ``board``
-rerun continues with the next method.
+rerun continues with the next method. Location overrides (``clbench board <track>
+scenario.root=/data model.weights=/w/vit.pth``: the keys of :func:`clbench.tracks.locations_of`
+only, anything else is refused) tell every run where the data and weights are; they change
+neither the protocol runs' names nor the settings the entries record (see
+:func:`clbench.tuning.run_protocol`). A ``scenario.*`` one serves the tuning and the evaluation
+scenario alike, so ``scenario.root`` must be the folder holding both datasets.
 
 The chain refuses to start from a working tree with uncommitted changes (its entries would be
 rejected as dirty) and on a track without a passing health check: produce boards from a clean
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,14 +64,17 @@ def clean_commit() -> str:
 
 def make_board(track: str, leaderboards: str | Path = "leaderboards", methods: Sequence[str] | None = None,
                workers: int = 1, storage: str = "", progress: bool = True,
-               log: Callable[[str], None] = print) -> BoardReport:
-    """Protocol, submit, validate and render for every applicable method of ``track``."""
+               log: Callable[[str], None] = print, locations: Mapping[str, str] | None = None) -> BoardReport:
+    """Protocol, submit, validate and render for every applicable method of ``track``
+    (``locations``: where data and weights are, checked against the track's declaration)."""
     from clbench.leaderboard.publish import render, submit
     from clbench.leaderboard.validate import validate_dir
     from clbench.registry import METHODS, load_plugins
     from clbench.study import ProtocolRun, protocol_for
+    from clbench.tracks import all_tracks, check_locations
     from clbench.tuning import run_protocol
 
+    locs = check_locations(all_tracks().get(track), locations or {})  # a protocol of no track: any location key
     commit = clean_commit()
     boards = Path(leaderboards)
     _require_health(boards / track / "health.json", track)
@@ -78,7 +86,7 @@ def make_board(track: str, leaderboards: str | Path = "leaderboards", methods: S
             continue
         start = time.perf_counter()
         try:
-            run_protocol(method, track, storage=storage, workers=workers, progress=progress)
+            run_protocol(method, track, storage=storage, workers=workers, progress=progress, locations=locs)
         except IncompatibleError as exc:
             report.not_applicable[method] = str(exc)
             continue

@@ -71,8 +71,11 @@ def _signing(args: argparse.Namespace) -> int:
 
 def cmd_board(args: argparse.Namespace) -> int:
     from clbench.board import make_board
+    from clbench.tracks import all_tracks, parse_locations
 
-    report = make_board(args.track, args.leaderboards, args.methods, args.workers, args.storage)
+    locations = parse_locations(all_tracks().get(args.track), args.locations)
+    report = make_board(args.track, args.leaderboards, args.methods, args.workers, args.storage,
+                        locations=locations)
     print(report.summary())
     return 0
 
@@ -83,6 +86,10 @@ def add_leaderboard_verbs(sub: Any) -> None:
     b = sub.add_parser("board", help="a track's whole board from this clean commit: protocol for every "
                                      "applicable method, submit, validate, render (resumable)")
     b.add_argument("track", help="a track from `clbench tracks`")
+    b.add_argument("locations", nargs="*", metavar="key=path",
+                   help="where data and weights are, e.g. scenario.root=/data model.weights=/w/vit.pth "
+                        "(location keys only: scenario.root, scenario.data_dir, model.weights, "
+                        "foundation.cache_dir; before any --option)")
     b.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     b.add_argument("--workers", type=int, default=1, help="worker processes per protocol")
     b.add_argument("--storage", default="", help="shared Optuna storage URL (default: SQLite per protocol)")

@@ -42,7 +42,7 @@ from clbench.checkpoint import atomic_write_json
 from clbench.records import RunRecord
 from clbench.report import markdown_table, method_of
 from clbench.stats import mean, sample_sd
-from clbench.tracks import Track, health_path
+from clbench.tracks import Track, check_locations, health_path
 
 HEALTH_SCHEMA_VERSION = 1
 HEALTH_RUNS_DIR = "runs/health"
@@ -145,13 +145,17 @@ FIGURE_KEYS = ("acc", "plasticity", "forgetting", "bwt", "general_retention", "m
 
 
 def health_record(track: Track, lower: Sequence[RunRecord], upper: Sequence[RunRecord],
-                  seeds: Sequence[int], commit: str | None) -> dict[str, Any]:
-    """The content of health.json."""
+                  seeds: Sequence[int], commit: str | None,
+                  locations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The content of health.json. ``settings`` is the declaration's (location overrides never
+    enter it); ``locations``, present when the check was given any, records where the data and
+    weights were read from."""
     crit = criteria_for(track, lower, upper)
     return {
         "schema_version": HEALTH_SCHEMA_VERSION, "kind": "clbench-track-health", "track": track.name,
         "declaration_sha256": track.digest(), "health_digest": track.health_digest(), "git_commit": commit, "seeds": list(seeds),
         "settings": track.run_values(),
+        **({"locations": dict(locations)} if locations else {}),
         "learners": {"lower": track.health.lower, "upper": track.health.upper,
                      **({"upper_options": track.health.upper_options} if track.health.upper_options else {})},
         "figures": {"lower": _figures(lower, FIGURE_KEYS), "upper": _figures(upper, FIGURE_KEYS)},
@@ -196,22 +200,28 @@ def _train_runs(values: Sequence[Mapping[str, Any]], resume: bool, threads: int)
 def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool = True,
                 runs_dir: str = HEALTH_RUNS_DIR, write: bool = True,
                 run_fn: Callable[[Mapping[str, Any]], RunRecord] | None = None,
-                workers: int = 1) -> dict[str, Any]:
+                workers: int = 1, locations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Train both reference learners on every seed and judge the criteria; write health.json.
 
     Finished runs are reused (``resume``), so a killed check continues where it stopped. With
     ``workers`` > 1 the runs are first trained in that many processes (the CPU's threads shared
     out among them unless ``OMP_NUM_THREADS`` is set); the judgement then reads them back.
+    ``locations`` (keys of :func:`clbench.tracks.locations_of`, e.g. ``scenario.root``,
+    ``model.weights``; anything else is refused) go into every run's settings on top of the
+    declaration: each run's results.json records them, health.json lists them under
+    ``locations``, and its ``settings`` and ``health_digest`` stay the declaration's.
     """
     from clbench.config import build_run_config
     from clbench.runner import run
     from clbench.tracking import git_commit
 
     seeds = list(seeds if seeds is not None else track.seeds)
+    locs = check_locations(track, locations or {})
 
     def values_for(method: str, seed: int) -> dict[str, Any]:
         extra = track.health.upper_options if method == track.health.upper else {}
-        return {**track.run_values(), **extra, "method": method, "seed": seed, "tracking.runs_dir": runs_dir}
+        return {**track.run_values(), **extra, **locs, "method": method, "seed": seed,
+                "tracking.runs_dir": runs_dir}
 
     def one(method: str, seed: int) -> RunRecord:
         values = values_for(method, seed)
@@ -229,7 +239,7 @@ def check_track(track: Track, seeds: Sequence[int] | None = None, resume: bool =
         resume = True  # the workers trained every run: read them back
     lower = [one(track.health.lower, s) for s in seeds]
     upper = [one(track.health.upper, s) for s in seeds]
-    rec = health_record(track, lower, upper, seeds, git_commit())
+    rec = health_record(track, lower, upper, seeds, git_commit(), locs)
     rec["check_wall_time_s"] = time.perf_counter() - start
     if write:
         atomic_write_json(health_path(track), rec)

@@ -104,6 +104,9 @@ class ProtocolRun:
     storage: str  # "" = sqlite file in the protocol directory
     runs_dir: str = PROTOCOL_RUNS_DIR
     progress: bool = True
+    # where inputs are (clbench.tracks.LOCATION_KEYS: data folder, weights file, cache): in every
+    # run's settings, never in the study name nor in protocol.json's fixed settings
+    locations: dict[str, str] = field(default_factory=dict)
 
     @property
     def space(self) -> dict[str, Any]:
@@ -137,7 +140,7 @@ class ProtocolRun:
         p = self.protocol
         scen = (_scenario_values(p.tune_scenario, p.tune_options) if phase == "tune"
                 else _scenario_values(p.eval_scenario, p.eval_options))
-        values = {**p.fixed, **self.overrides, **params, **scen, "method": self.method, "seed": seed,
+        values = {**p.fixed, **self.overrides, **params, **scen, **self.locations, "method": self.method, "seed": seed,
                   "tracking.runs_dir": str(self.dir / phase), "tracking.parent_run_id": parent,
                   "trainer.progress": False}
         return build_run_config(values)

@@ -31,13 +31,22 @@ reference learners and thresholds of its health check. The quick suite (``make b
       upper: <method>                                    # sequential fine-tuning, training on all seen data
       thresholds: {learns: 0.8, forgets: 0.05, headroom: 0.05, resolution: 4.0, ...}
       upper_options: {method.once: true}                 # optional: the upper learner's options in the check
+
+Location overrides: a track check (:func:`clbench.health.check_track`) and a board
+(:func:`clbench.board.make_board`, ``clbench board <track> key=path ...``) take, on top of the
+declaration, only keys that say *where* an input is (:data:`LOCATION_KEYS`: the data folder, the
+weights file, the foundation cache), never what a run does; a track's settings stay its
+declaration. They reach the runs (whose ``results.json`` config records the paths used) but
+not the health digest, the settings health.json and protocol.json record, nor the protocol's
+study name. A run's own key (its run directory, hence resume) leaves them out only where
+:meth:`clbench.config.RunConfig.key` does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +68,12 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
                    "source_min": 0.95, "retention_max": 0.9, "source_margin": 0.0},
     "test_time": {"source_min": 0.95, "adapt_gain": 0.10, "min_steps": 500},
 }
+#: Run options that say where an input is, not what it is: the data folder of the vision scenarios
+#: (``root``) and of the file-based ones (``data_dir``), a backbone's local weights file
+#: (``weights``) and the foundation cache. The only keys a track check or a board takes on top of
+#: the declaration. (``scenario.split_yaml`` is a folder too, but its lists choose the split, so
+#: it is not among them.)
+LOCATION_KEYS: tuple[str, ...] = ("scenario.root", "scenario.data_dir", "model.weights", "foundation.cache_dir")
 
 
 def tracks_root() -> Path:
@@ -212,6 +227,61 @@ def get_track(name: str, root: Path | None = None) -> Track:
     if name not in tracks:
         raise ConfigError("track", name, sorted(tracks))
     return tracks[name]
+
+
+def locations_of(track: Track) -> tuple[str, ...]:
+    """The :data:`LOCATION_KEYS` the track's runs have: ``scenario.<x>`` when its evaluation
+    scenario (and its tuning scenario, when it declares one) has the option ``x``, ``model.<x>``
+    when its model has it, and ``foundation.cache_dir``. Imports the plug-ins."""
+    from dataclasses import fields, is_dataclass
+
+    from clbench.models import DEFAULT_MODEL
+    from clbench.registry import MODELS, SCENARIOS, load_plugins
+
+    load_plugins()
+
+    def options(cls: Any) -> set[str]:
+        conf = getattr(cls, "Config", None)
+        return {f.name for f in fields(conf)} if conf is not None and is_dataclass(conf) else set()
+
+    scenarios = [SCENARIOS.get(ref.name) for ref in (track.evaluate, track.tune) if ref is not None]
+    model = str(track.fixed.get("model", "auto"))
+    if model == "auto":
+        model = getattr(scenarios[0], "default_model", "") or DEFAULT_MODEL
+    have = {"scenario": set.intersection(*(options(s) for s in scenarios)), "model": options(MODELS.get(model)),
+            "foundation": {"cache_dir"}}
+    return tuple(k for k in LOCATION_KEYS if k.partition(".")[2] in have[k.partition(".")[0]])
+
+
+def check_locations(track: Track | None, locations: Mapping[str, Any]) -> dict[str, str]:
+    """``locations`` as a plain dict once every key is one of the track's :func:`locations_of`
+    (of :data:`LOCATION_KEYS` without a track) and every value a non-empty path; else one
+    :class:`ConfigError` naming the key and the keys allowed."""
+    if not locations:
+        return {}
+    allowed = locations_of(track) if track is not None else LOCATION_KEYS
+    out: dict[str, str] = {}
+    for key, value in locations.items():
+        if key not in allowed:
+            raise ConfigError(f"{track.name + ' ' if track else ''}override key", key,
+                              f"{', '.join(allowed)} (where data and weights are; nothing else: a track's "
+                              "settings are its declaration)")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(key, value, "a non-empty path")
+        out[key] = value
+    return out
+
+
+def parse_locations(track: Track | None, items: Sequence[str]) -> dict[str, str]:
+    """``key=value`` strings of the command line checked by :func:`check_locations`; values are
+    kept verbatim (a path is never parsed as YAML)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("override", item, "key=value, e.g. scenario.root=/data")
+        pairs[key.strip()] = value
+    return check_locations(track, pairs)
 
 
 def health_path(track: Track) -> Path:

@@ -143,7 +143,8 @@ def _parent_run(pr: ProtocolRun, study: Any) -> str:
     rid = tracker.start(f"protocol-{pr.method}-{pr.protocol.track}",
                         {"protocol": pr.protocol.record(), "search_space": space_record(pr.space),
                          "tune_scenario": pr.protocol.tune_scenario, "eval_scenario": pr.protocol.eval_scenario,
-                         "fixed": pr.protocol.fixed, "overrides": pr.overrides},
+                         "fixed": pr.protocol.fixed, "overrides": pr.overrides,
+                         **({"locations": pr.locations} if pr.locations else {})},
                         {"method": pr.method, "track": pr.protocol.track, "clbench.kind": "protocol",
                          "clbench.protocol_dir": str(pr.dir.resolve())}) or ""
     study.set_user_attr("mlflow_parent_run_id", rid)
@@ -172,12 +173,16 @@ def _in_track(pr: ProtocolRun, cfg: Any) -> Any:
 
 def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any] | None = None,
                  storage: str = "", workers: int = 1, runs_dir: str = PROTOCOL_RUNS_DIR,
-                 progress: bool = True) -> ProtocolRecord:
+                 progress: bool = True, locations: Mapping[str, str] | None = None) -> ProtocolRecord:
     """Phase 1 (tune on the tuning scenario's validation split) then phase 2 (evaluate per seed).
 
     Resumable: rerunning the same command continues (finished trials and runs are kept). With a
     shared ``storage`` URL (PostgreSQL), the same command on many machines shares the work; each
-    trial and each evaluation seed runs exactly once.
+    trial and each evaluation seed runs exactly once. ``locations`` (keys of
+    :data:`clbench.tracks.LOCATION_KEYS` only: where data and weights are) go into every run's
+    settings, both phases' (a ``scenario.*`` one reaches the tuning and the evaluation scenario),
+    and into the MLflow parent run's parameters, but neither into the study name (a rerun with
+    other paths resumes the same protocol run) nor into protocol.json's ``fixed``.
     """
     from clbench.registry import METHODS, load_plugins
     from clbench.search import draw, grid_edges, size, space_record
@@ -190,7 +195,9 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
         if key in ("method", "scenario", "seed") or key.startswith("scenario."):
             raise ConfigError("override key", key, "trainer.*, eval.*, model.*, method.*, tracking.* "
                               "(the protocol fixes method, scenarios and seeds)")
-    pr = ProtocolRun(method, p, overrides, storage, runs_dir, progress)
+    from clbench.tracks import check_locations
+
+    pr = ProtocolRun(method, p, overrides, storage, runs_dir, progress, check_locations(None, locations or {}))
     _precheck(pr.config("tune", {}, 0, ""))  # settings valid and the pair runnable, before any work
     space = pr.space
     slots = draw(space, p.n_trials, p.sampler_seed)

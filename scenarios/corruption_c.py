@@ -12,11 +12,20 @@
   they are not already 224 px. Batch size 64.
 
 Images are kept as uint8 (N, 3, H, W); the test-time loop scales them to [0, 1] per batch
-(ImageNet-C at 5,000 x 15 domains is ~11 GB as uint8). Neither scenario has source data: bring a
-model pretrained on the clean dataset. Missing files raise :class:`DataUnavailableError` naming
-the expected layout.
+(ImageNet-C at 5,000 x 15 domains is ~11 GB as uint8). Bring a model pretrained on the clean
+dataset (``model.weights``). ``imagenet_c`` has no source data. ``cifar10_c`` with
+``clean_source=true`` has one, as RobustBench evaluates clean accuracy: the first ``n_examples``
+images of the clean CIFAR-10 test set (the images the corruptions were made from), read from
+torchvision's python batch ``cifar-10-batches-py/test_batch`` (where
+``torchvision.datasets.CIFAR10(<dir>, train=False)``, which RobustBench's ``load_cifar10`` calls,
+leaves it): inside the CIFAR-10-C folder, or beside it (RobustBench's layout,
+``<dir>/{CIFAR-10-C, cifar-10-batches-py}``; with the default folder that is
+``$CLBENCH_DATA_DIR/cifar-10-batches-py``, where ``split_cifar10`` reads it too). The
+Hendrycks & Dietterich release ships no clean images. Missing files raise
+:class:`DataUnavailableError` naming the expected layout.
 
-VERSION history: 1 = initial.
+VERSION history: 1 = initial. 2 = ``cifar10_c``'s ``clean_source`` option (default off: the
+same stream as version 1).
 """
 
 from __future__ import annotations
@@ -32,17 +41,18 @@ from torch import Tensor
 from clbench.errors import ConfigError, DataUnavailableError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
-from clbench.streams import Experience, Split, Stream
+from clbench.streams import Experience, SourceData, Split, Stream
 from scenarios._common import DATA_SEED
 from scenarios.mnist import shared_data_dir
 from scenarios.mnist_c import CORRUPTIONS
 
-VERSION = "1"
+VERSION = "2"
+CLEAN_FOLDER = "cifar-10-batches-py"  # torchvision's extracted cifar-10-python.tar.gz
 
 
 def _data_dir(given: str, default: str) -> Path:
     if given:
-        return Path(given)
+        return Path(given).expanduser()
     env = os.environ.get("CLBENCH_DATA_DIR")
     return (Path(env) if env else shared_data_dir()) / default
 
@@ -56,13 +66,52 @@ def _check(severity: int, corruptions: tuple[str, ...]) -> None:
 
 
 def _stream(name: str, domains: list[tuple[Tensor, Tensor]], num_classes: int, names: tuple[str, ...],
-            severity: int, batch_size: int, doc: str) -> Stream:
+            severity: int, batch_size: int, doc: str, source: SourceData | None = None) -> Stream:
     exps = []
     for i, (x, y) in enumerate(domains):
         empty = Split(x[:0], y[:0])
         exps.append(Experience(i, 0, tuple(range(num_classes)), empty, empty, Split(x, y)))
     meta = {"domains": list(names), "severity": severity, "batch_size": batch_size}
-    return Stream(name, VERSION, "test_time", tuple(exps), num_classes, doc, meta=meta)
+    return Stream(name, VERSION, "test_time", tuple(exps), num_classes, doc, source=source, meta=meta)
+
+
+def clean_cifar10_test(folder: Path, n: int, verify: bool) -> Split:
+    """The first ``n`` clean CIFAR-10 test images as float32 (N, 3, 32, 32) in [0, 1] (what the
+    test-time loop makes of uint8 images) with their labels, from ``test_batch`` in
+    ``<folder>/cifar-10-batches-py`` or, failing that, ``<folder>/../cifar-10-batches-py``.
+    ``verify``: check the file's md5 against torchvision's list first. Read with an unpickler
+    that admits numpy arrays only (``scenarios.split_cifar``'s)."""
+    from scenarios._vision import md5
+    from scenarios.split_cifar import _ArrayUnpickler
+
+    cands = [folder / CLEAN_FOLDER / "test_batch", folder.parent / CLEAN_FOLDER / "test_batch"]
+    path = next((p for p in cands if p.is_file()), None)
+    layout = (f"the clean CIFAR-10 test set as torchvision's python batch, {cands[0]} or (RobustBench's "
+              f"layout, beside the CIFAR-10-C folder) {cands[1]}: the extracted cifar-10-python.tar.gz, e.g. "
+              "from torchvision.datasets.CIFAR10(<dir>, train=False, download=True) on a connected machine")
+    if path is None:
+        raise DataUnavailableError(f"cifar10_c clean_source: no test_batch; expected {layout}")
+    if verify:
+        from torchvision.datasets import CIFAR10
+
+        want, got = dict(CIFAR10.test_list)["test_batch"], md5(path)
+        if got != want:
+            raise DataUnavailableError(f"cifar10_c clean_source: {path} has md5 {got}, torchvision lists "
+                                       f"{want} (a corrupt or different copy; scenario.verify_checksums=false "
+                                       "reads it anyway)")
+    try:
+        with path.open("rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not a batch
+        raise DataUnavailableError(f"cifar10_c clean_source: {path} is not a CIFAR python batch ({exc}); "
+                                   f"expected {layout}") from exc
+    data, labels = (obj.get("data"), obj.get("labels")) if isinstance(obj, dict) else (None, None)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3072 and labels is not None and len(labels) == len(data)):
+        raise DataUnavailableError(f"cifar10_c clean_source: {path} lacks a uint8 'data' array (N, 3072) with as "
+                                   f"many 'labels'; expected {layout}")
+    x = torch.from_numpy(np.array(data[:n])).reshape(-1, 3, 32, 32).float().div_(255.0)
+    return Split(x, torch.as_tensor(np.asarray(labels[:n], dtype=np.int64)))
 
 
 @dataclass(frozen=True)
@@ -76,6 +125,15 @@ class CIFAR10CConfig:
         corruptions: the domains in stream order (default: the 15 in the standard CTTA order).
         n_examples: images per domain: the first ``n_examples`` of the severity's block.
         batch_size: test-time batch size of the online stream.
+        clean_source: give the stream a source split (``cifar10``): the first ``n_examples``
+            clean CIFAR-10 test images (see the module docstring for where they are read), so
+            that the source model's clean accuracy (``source_acc_before``/``_after``) is scored.
+            Its train, val and test splits are all these images: there is no other clean split,
+            and methods that calibrate on source data (``needs_source_data``) see them as
+            ``train``. With a source split the runner pretrains a foundation on ``train`` unless
+            ``foundation.pretrain=false``: set it when the model comes with its weights.
+        verify_checksums: check ``test_batch``'s md5 against torchvision's list before reading
+            it (a synthetic or re-encoded copy needs false); only with ``clean_source``.
     """
 
     data_dir: str = ""
@@ -83,6 +141,8 @@ class CIFAR10CConfig:
     corruptions: tuple[str, ...] = CORRUPTIONS
     n_examples: int = 10000
     batch_size: int = 200
+    clean_source: bool = False
+    verify_checksums: bool = True
 
     def __post_init__(self) -> None:
         _check(self.severity, self.corruptions)
@@ -104,6 +164,10 @@ class CIFAR10C(Scenario):
             raise DataUnavailableError(
                 f"CIFAR10-C files missing: {', '.join(missing)}; expected <dir>/<corruption>.npy and "
                 f"<dir>/labels.npy (the CIFAR-10-C release); set scenario.data_dir")
+        source = None
+        if c.clean_source:
+            clean = clean_cifar10_test(root, c.n_examples, c.verify_checksums)
+            source = SourceData("cifar10", clean, clean, clean)
         labels = np.load(files[0], mmap_mode="r")
         per = len(labels) // 5
         lo, hi = (c.severity - 1) * per, (c.severity - 1) * per + min(c.n_examples, per)
@@ -114,7 +178,8 @@ class CIFAR10C(Scenario):
             if len(arr) != len(labels):
                 raise DataUnavailableError(f"{f} has {len(arr)} images but labels.npy has {len(labels)}")
             domains.append((torch.from_numpy(np.array(arr[lo:hi])).permute(0, 3, 1, 2).contiguous(), y))
-        return _stream("cifar10_c", domains, 10, c.corruptions, c.severity, c.batch_size, self.__doc__ or "")
+        return _stream("cifar10_c", domains, 10, c.corruptions, c.severity, c.batch_size, self.__doc__ or "",
+                       source)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ settings, shrunk only in data size, model depth/width and epochs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,16 @@ import pytest
 import torch
 import yaml
 from test_backbones import _native
-from test_real_benchmarks import TINY_WRITERS
+from test_real_benchmarks import TINY_WRITERS, write_cifar
 
 from clbench.cli import main
 from clbench.config import build_run_config
+from clbench.health import check_track
 from clbench.models import build_model
 from clbench.records import RunRecord
 from clbench.runner import run
 from clbench.streams import StreamInfo
-from clbench.tracks import Track, all_tracks, parse_track
+from clbench.tracks import Track, all_tracks, locations_of, parse_track
 from scenarios.mnist_c import CORRUPTIONS
 
 NAMES = ("cifar100_resnet18", "imagenet_r_vit", "cifar10c_wrn28")
@@ -81,8 +83,10 @@ def test_recipes_are_the_stated_ones() -> None:
                            "trainer.lr": pytest.approx(0.005 * 24 / 256)})
     assert vit.tune is not None and vit.tune.name == "split_cub200"
     # CoTTA's CIFAR10-C: severity 5, the 15 corruptions in the standard order, batch 200, WRN-28-10
-    assert ctta.evaluate.options == {"severity": 5, "n_examples": 10000, "batch_size": 200, "corruptions": CORRUPTIONS}
+    assert ctta.evaluate.options == {"severity": 5, "n_examples": 10000, "batch_size": 200, "corruptions": CORRUPTIONS,
+                                     "clean_source": True}  # the clean test images: source accuracy
     assert ctta.fixed["model"] == "wrn28" and (ctta.fixed["model.depth"], ctta.fixed["model.widen"]) == (28, 10)
+    assert ctta.fixed["foundation.pretrain"] is False  # RobustBench's model is the source model
     assert (ctta.health.lower, ctta.health.upper, ctta.rank_by) == ("source_only", "norm_adapt", "mean_error")
     assert ctta.tune is None and ctta.health.thresholds == TRACKS["tta"].health.thresholds
     for t in (cifar, vit):  # health as the other labelled vision tracks
@@ -157,13 +161,16 @@ def test_imagenet_r_vit_builds_and_trains_on_tiny_files(phase: str, tmp_path: Pa
 
 def _write_cifar10_c(folder: Path, per: int) -> dict[str, Any]:
     """The CIFAR-10-C release layout: ``<corruption>.npy`` uint8 (5 x per, 32, 32, 3), the five
-    severities stacked, and ``labels.npy`` repeated per severity."""
+    severities stacked, and ``labels.npy`` repeated per severity; beside it, as RobustBench lays
+    them out, the clean test set as torchvision's ``cifar-10-batches-py/test_batch`` (``per``
+    images, a multiple of 10)."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     np.save(folder / "labels.npy", np.tile(np.arange(per) % 10, 5).astype(np.uint8))
     for name in CORRUPTIONS:
         np.save(folder / f"{name}.npy", rng.integers(0, 256, (5 * per, 32, 32, 3), dtype=np.uint8))
-    return {"data_dir": str(folder), "n_examples": per, "batch_size": per // 2}
+    write_cifar(folder.parent, per_class=per // 10)
+    return {"data_dir": str(folder), "n_examples": per, "batch_size": per // 2, "verify_checksums": False}
 
 
 def _write_wrn(path: Path, options: dict[str, Any]) -> None:
@@ -187,4 +194,47 @@ def test_cifar10c_wrn28_builds_and_adapts_over_the_15_corruptions(method: str, t
     assert rec.test_time.domains == list(CORRUPTIONS) and rec.test_time.batch_size == 10
     assert len(rec.R) == 1 and len(rec.R[0]) == 15
     assert rec.cost.adapt_batches == 15 * 2 and 0.0 <= rec.metrics["mean_error"] <= 1.0
-    assert "source_acc_before" not in rec.metrics  # cifar10_c has no source split (see the track)
+    assert 0.0 <= rec.metrics["source_acc_before"] <= 1.0  # the clean test images, scored before the stream
+    assert rec.foundation is None  # the weights file is the source model: nothing pretrained over it
+
+
+# ---------------------------------------------------------------------------- location overrides
+
+TINY_WRN = {"model.depth": 10, "model.widen": 1}
+
+
+def test_cifar10c_wrn28_check_reads_data_and_weights_from_given_locations(tmp_path: Path) -> None:
+    """``clbench track check cifar10c_wrn28 scenario.data_dir=... model.weights=...`` on tiny
+    files (one seed, the model shrunk by the test's run function): the runs read the given paths
+    and record them; health.json keeps the declared settings and digest, lists the locations,
+    and its strong-source figure is the clean accuracy."""
+    t = _track("cifar10c_wrn28")
+    data = _write_cifar10_c(tmp_path / "elsewhere" / "CIFAR-10-C", per=20)
+    weights = tmp_path / "w" / "Standard.pt"
+    _write_wrn(weights, {"depth": 10, "widen": 1})
+    locs = {"scenario.data_dir": data["data_dir"], "model.weights": str(weights)}
+
+    def tiny_run(values: Any) -> RunRecord:
+        shrink = {**TINY_WRN, "scenario.verify_checksums": False, "tracking.mlflow": False, "trainer.progress": False}
+        return run(build_run_config({**values, **shrink}))
+
+    rec = check_track(t, seeds=[0], write=False, run_fn=tiny_run, locations=locs)
+    assert rec["settings"] == t.run_values() and rec["health_digest"] == t.health_digest()
+    assert rec["locations"] == locs
+    src = {c["name"]: c for c in rec["criteria"]}["strong source"]["value"]
+    assert 0.0 <= src <= 1.0 and src == rec["figures"]["lower"]["source_acc_before"]["mean"]
+    for r in rec["runs"]:
+        cfg = json.loads((Path(r["run_dir"]) / "results.json").read_text())["config"]
+        assert cfg["scenario_options"]["data_dir"] == data["data_dir"]  # where this run read from
+        assert cfg["model_options"]["weights"] == str(weights)
+
+
+@pytest.mark.xfail(reason="RunConfig.key() (clbench/config.py, outside this change) still hashes the location "
+                          "options scenario.root/data_dir and model.weights; the change that leaves them out "
+                          "is requested there", strict=False)
+@pytest.mark.parametrize("name", NAMES)
+def test_location_overrides_leave_the_run_keys_alone(name: str) -> None:
+    t = _track(name)
+    values = {**t.run_values(), "method": t.health.lower, "seed": 0}
+    locs = {k: f"/elsewhere/{k}" for k in locations_of(t)}
+    assert build_run_config({**values, **locs}).key() == build_run_config(values).key()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,18 @@ from clbench.health import check_track, health_table, labelled_criteria, test_ti
 from clbench.records import GeneralRecord, RunRecord
 from clbench.registry import METHODS, SCENARIOS, load_plugins
 from clbench.testing import register_tiny, stub_record
-from clbench.tracks import all_tracks, get_track, health_is_current, health_path, parse_track
+from clbench.tracks import (
+    LOCATION_KEYS,
+    Track,
+    all_tracks,
+    check_locations,
+    get_track,
+    health_is_current,
+    health_path,
+    locations_of,
+    parse_locations,
+    parse_track,
+)
 
 TRACKS = all_tracks()
 ACTIVE = [n for n, t in TRACKS.items() if t.status == "active"]
@@ -244,3 +256,122 @@ def test_joint_once_trains_only_at_the_last_experience_and_the_check_passes_its_
     with pytest.raises(ConfigError, match="health.upper_options"):
         parse_track(yaml.safe_load(TINY_TRACK.replace("upper: joint}", "upper: joint, upper_options: {trainer.lr: 1}}")),
                     folder / "track.yaml")
+
+
+# ---------------------------------------------------------------------------- location overrides
+
+LOC_TRACK = ("schema_version: 1\nname: loctrack\ntitle: tiny\nstatus: active\nkind: labelled\n"
+             "evaluate: {scenario: tiny, options: {n_experiences: 3}}\n"
+             "fixed: {model: mlp, trainer.epochs: 3}\nreference: {trainer.lr: 0.05}\nseeds: [0, 1]\n"
+             "health: {lower: naive, upper: joint}\n")
+
+
+def _loc_track(tmp_path: Path) -> Track:
+    register_tiny()
+    folder = tmp_path / "boards" / "loctrack"
+    folder.mkdir(parents=True)
+    (folder / "track.yaml").write_text(LOC_TRACK)
+    return get_track("loctrack", tmp_path / "boards")
+
+
+def test_only_location_keys_are_accepted_and_any_other_key_is_refused_by_name() -> None:
+    vit, ctta = TRACKS["imagenet_r_vit"], TRACKS["cifar10c_wrn28"]
+    assert locations_of(vit) == ("scenario.root", "model.weights", "foundation.cache_dir")
+    assert locations_of(ctta) == ("scenario.data_dir", "model.weights", "foundation.cache_dir")
+    assert locations_of(TRACKS["vision_cil"]) == ("foundation.cache_dir",)  # in-repo data, a fresh model
+    got = parse_locations(vit, ["scenario.root=/data/imagenet-r", "model.weights=/w/vit.pth"])
+    assert got == {"scenario.root": "/data/imagenet-r", "model.weights": "/w/vit.pth"}
+    assert parse_locations(ctta, ["scenario.data_dir=null"]) == {"scenario.data_dir": "null"}  # a path, never YAML
+    allowed = "scenario.root, model.weights, foundation.cache_dir"
+    for item in ("trainer.lr=0.1", "scenario.n_experiences=5", "model.arch=vit_small_patch16_224",
+                 "scenario.split_yaml=/lists", "scenario.data_dir=/data", "seed=1", "method=naive"):
+        with pytest.raises(ConfigError) as err:
+            parse_locations(vit, [item])
+        key = item.split("=")[0]
+        assert f"imagenet_r_vit override key={key!r}" in str(err.value) and allowed in str(err.value), item
+    with pytest.raises(ConfigError, match="model.weights=''; allowed: a non-empty path"):
+        parse_locations(vit, ["model.weights="])  # an empty path would mean a random init
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_locations(vit, ["/data/imagenet-r"])
+    assert check_locations(None, {"scenario.root": "/d"}) == {"scenario.root": "/d"}  # a protocol of no track
+    with pytest.raises(ConfigError, match=", ".join(LOCATION_KEYS)):
+        check_locations(None, {"trainer.epochs": "1"})
+
+
+def test_a_check_given_locations_runs_there_and_records_the_declaration(tmp_path: Path) -> None:
+    track = _loc_track(tmp_path)
+    cache = str(tmp_path / "elsewhere" / "cache")
+    seen: list[dict[str, Any]] = []
+
+    def fake(values: Any) -> RunRecord:
+        seen.append(dict(values))
+        acc = 0.9 if values["method"] == "joint" else 0.3
+        return stub_record(values["method"], values["seed"],
+                           metrics={"acc": acc, "plasticity": 0.95, "forgetting": 0.6})
+
+    plain = check_track(track, run_fn=fake, write=False)
+    assert all("foundation.cache_dir" not in v for v in seen)
+    seen.clear()
+    rec = check_track(track, run_fn=fake, locations={"foundation.cache_dir": cache})
+    assert len(seen) == 4 and all(v["foundation.cache_dir"] == cache for v in seen)  # every run reads there
+    saved = json.loads(health_path(track).read_text())
+    for r in (rec, saved):
+        assert r["locations"] == {"foundation.cache_dir": cache}
+        assert r["settings"] == plain["settings"] == json.loads(json.dumps(track.run_values()))
+        assert r["health_digest"] == plain["health_digest"] == track.health_digest()
+    assert "locations" not in plain and health_is_current(track, saved)
+    with pytest.raises(ConfigError, match="loctrack override key='trainer.lr'"):
+        check_track(track, run_fn=fake, locations={"trainer.lr": "0.1"})
+
+
+def test_protocol_runs_read_locations_but_keep_their_study_and_fixed_settings(tmp_path: Path) -> None:
+    """Both phases' runs read the location; the protocol run (its study name and directory) and
+    the overrides that protocol.json's ``fixed`` records are those of the run without it."""
+    from clbench.study import ProtocolRun
+
+    proto = tuning.PROTOCOLS["imagenet_r_vit"]
+    locs = {"scenario.root": "/data", "model.weights": "/w/vit.pth"}
+    plain = ProtocolRun("naive", proto, {}, "", str(tmp_path))
+    there = ProtocolRun("naive", proto, {}, "", str(tmp_path), locations=locs)
+    assert there.name == plain.name and there.dir == plain.dir and there.overrides == {}
+    for phase in ("tune", "eval"):  # the tuning scenario (CUB) and the evaluation one (ImageNet-R)
+        cfg, ref = there.config(phase, {"trainer.lr": 1e-4}, 0, ""), plain.config(phase, {"trainer.lr": 1e-4}, 0, "")
+        assert cfg.scenario_options["root"] == "/data" and cfg.model_options["weights"] == "/w/vit.pth"
+        assert ref.model_options["weights"] == proto.fixed["model.weights"] and "root" not in ref.scenario_options
+        assert replace(cfg, scenario_options=ref.scenario_options, model_options=ref.model_options) == ref
+    with pytest.raises(ConfigError, match=r"override key='trainer.lr'; allowed: scenario.root, scenario.data_dir"):
+        tuning.run_protocol("naive", "imagenet_r_vit", locations={"trainer.lr": "0.1"}, progress=False)
+
+
+def test_board_takes_locations_of_the_track_and_passes_them_to_every_protocol(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_leaderboard import write_health
+
+    from clbench import board, tracking
+    from clbench.errors import IncompatibleError
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_protocol(method: str, track: str, **kw: Any) -> None:
+        calls.append({"method": method, "track": track, **kw})
+        raise IncompatibleError("not run in this test")
+
+    monkeypatch.setattr(tuning, "run_protocol", fake_protocol)
+    monkeypatch.setattr(tracking, "git_commit", lambda: "c" * 40)
+    boards = tmp_path / "boards"
+    write_health(boards, "cifar100_resnet18")
+    locs = {"scenario.root": str(tmp_path / "data"), "model.weights": str(tmp_path / "r18.pt")}
+    report = board.make_board("cifar100_resnet18", boards, ["naive", "ewc"], progress=False,
+                              log=lambda _: None, locations=locs)
+    assert sorted(report.not_applicable) == ["ewc", "naive"]
+    assert [(c["method"], c["locations"]) for c in calls] == [("naive", locs), ("ewc", locs)]
+    with pytest.raises(ConfigError, match=r"cifar100_resnet18 override key='trainer.lr'.*scenario.root"):
+        board.make_board("cifar100_resnet18", boards, ["naive"], locations={"trainer.lr": "0.1"})
+    # the command line refuses before anything runs, naming the key and the allowed ones
+    assert main(["board", "cifar100_resnet18", "trainer.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "override key='trainer.epochs'" in err and "scenario.root, model.weights, foundation.cache_dir" in err
+    with pytest.raises(SystemExit):
+        main(["board", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(k in out for k in LOCATION_KEYS)  # the help lists them
