@@ -1,5 +1,6 @@
 """Owns Hugging Face model resolution and loading, offline first (tiny random-config models for tests
-are in :mod:`clbench.tiny_models`).
+are in :mod:`clbench.tiny_models`), and batched greedy decoding with the key/value cache
+(:func:`greedy_decode`, over left-padded token ids from :func:`left_pad`).
 
 :func:`resolve_pretrained` turns a model id into a local directory that ``from_pretrained`` loads,
 trying in order: an existing local directory; a known offline asset shipped on PyPI (MiniLM as an
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -20,11 +22,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from clbench.errors import DataUnavailableError
 
@@ -273,3 +276,74 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Mean of ``hidden`` (B, T, D) over the positions where ``attention_mask`` (B, T) is 1."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def left_pad(prompts: Sequence[torch.Tensor], pad_id: int,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, attention mask and position ids (N, P) of 1-D id sequences padded on the left
+    to the longest, P (the token-id analogue of a left-padding tokenizer).
+
+    The attention mask is 1 where a sequence has a token other than ``pad_id`` (so a pad id
+    inside a prompt is masked too, as a right-padded packed row masks it); position ids count
+    from each sequence's first token, as they would in a right-padded row (padding columns: 0).
+    """
+    width = max((len(p) for p in prompts), default=0)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        if len(p):
+            ids[r, width - len(p):] = p.to(torch.long)
+            pos[r, width - len(p):] = torch.arange(len(p))
+    return ids, (ids != pad_id).long(), pos
+
+
+def greedy_decode(lm: nn.Module, prompts: Sequence[torch.Tensor], max_new_tokens: Sequence[int],
+                  eos_id: int | None, pad_id: int) -> list[list[int]]:
+    """Greedy continuation of each prompt by a Hugging Face causal LM, batched with left padding
+    (:func:`left_pad`) and the model's key/value cache: one forward pass over the prompts, then
+    one pass of one token per step.
+
+    Row ``r`` stops after ``max_new_tokens[r]`` tokens or at ``eos_id`` (not included); rows
+    that stopped keep being fed (their outputs are ignored) until every row has stopped.
+    Generated tokens are always attended (also one equal to ``pad_id``) and sit at the
+    positions they would have after the prompt in a right-padded row, so in exact arithmetic
+    each continuation is the one that recomputing the whole right-padded prefix per token gives;
+    in floating point the two differ by rounding (other kernels, other shapes), which can flip
+    a near-tie between the two highest logits, more likely under bf16 autocast than in float32.
+    Every prompt must hold at least one token. Runs under the caller's grad/autocast context.
+    """
+    n = len(prompts)
+    out: list[list[int]] = [[] for _ in range(n)]
+    budget = [int(b) for b in max_new_tokens]
+    if len(budget) != n:
+        raise ValueError(f"{n} prompts but {len(budget)} budgets")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("greedy_decode needs prompts of at least one token")
+    done = [b <= 0 for b in budget]
+    if all(done):
+        return out
+    device = next(lm.parameters()).device
+    ids, mask, pos = (t.to(device) for t in left_pad(prompts, pad_id))
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    # only the last position's logits (models that take logits_to_keep; the others give all)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
+    cache = None
+    for step in range(max(budget)):
+        res = lm(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                 use_cache=True, **last)
+        cache = res.past_key_values
+        nxt = res.logits[:, -1].argmax(-1)
+        for r, token in enumerate(nxt.tolist()):
+            if done[r]:
+                continue
+            if eos_id is not None and token == eos_id:
+                done[r] = True
+                continue
+            out[r].append(token)
+            done[r] = len(out[r]) >= budget[r]
+        if all(done):
+            break
+        ids = nxt[:, None]
+        mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+        pos = (lengths + step)[:, None]
+    return out

@@ -13,12 +13,15 @@
   inputs) against the gold answer with its task's metric (``clbench/textmetrics.py``: exact
   match, ROUGE-L, edit similarity, SARI, as TRACE computes them). R then holds the mean metric
   per task, scaled to [0, 1]; each judged example can be recorded (the run's ``samples.jsonl``).
+  Generation recomputes the whole prefix per new token through the method's prediction, unless
+  the evaluator passes the model's own cached generator (:class:`GreedyGenerator`), which it
+  does only where the prediction is the model's plain forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,44 @@ from torch import Tensor
 from clbench.splits import Batch, Split
 
 OBJECTIVES = ("classification", "causal_lm", "causal_lm_text", "causal_lm_generate")
+
+_T = TypeVar("_T")
+
+#: a bound :meth:`GreedyGenerator.generate_greedy`: (prompts, per-row budgets, eos id) -> tokens
+GreedyFn = Callable[[Sequence[Tensor], Sequence[int], int | None], list[list[int]]]
+
+
+@runtime_checkable
+class GreedyGenerator(Protocol):
+    """A model that continues prompts greedily faster than one full forward pass per new token
+    (the hook :class:`GenerationObjective` uses for its fast path).
+
+    ``generate_greedy(prompts, max_new_tokens, eos_id)``: ``prompts`` are 1-D token-id tensors
+    (at least one token each) exactly as the model's forward pass would see them in a packed
+    row before the answer; row ``r`` stops after ``max_new_tokens[r]`` tokens or at ``eos_id``
+    (not included). It must give the tokens that feeding the model's forward pass the prompt
+    plus the tokens generated so far (marked in the answer row) would give, one pass per token.
+    """
+
+    def generate_greedy(self, prompts: Sequence[Tensor], max_new_tokens: Sequence[int],
+                        eos_id: int | None) -> list[list[int]]: ...
+
+
+class Chunks(Protocol):
+    """Runs ``fn(i, j)`` over consecutive ranges ``[i, j)`` that cover ``range(n)`` in order and
+    returns the results in that order."""
+
+    def __call__(self, n: int, fn: Callable[[int, int], _T]) -> list[_T]: ...
+
+
+class FixedChunks:
+    """:class:`Chunks` of ``size`` items (the last one shorter)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, n: int, fn: Callable[[int, int], _T]) -> list[_T]:
+        return [fn(i, min(i + self.size, n)) for i in range(0, n, self.size)]
 
 
 class Objective:
@@ -142,53 +183,75 @@ class GenerationObjective(CausalLMObjective):
         self.metrics, self.max_new_tokens = metrics, max_new_tokens
 
     def judge(self, infer: Callable[[Batch], Tensor], data: Split, exp_index: int | None,
-              task: int | None, batch_size: int, device: torch.device,
-              samples: list[dict[str, Any]] | None = None) -> float:
+              task: int | None, batch_size: int | Chunks, device: torch.device,
+              samples: list[dict[str, Any]] | None = None,
+              generator: GreedyFn | None = None) -> float:
         """Mean metric of greedy generations over ``data`` (exact match outside the stream), in
         [0, 1] (TRACE's figure / ``textmetrics.SCALE``). Prompt, generation and reference are
         decoded without clean-up (as TRACE decodes), and the space the packing put before each
         answer is dropped from generation and reference. ``samples``: one record per example
         (its index in ``data``, metric, prompt, generation, reference and the metric's figure on
-        TRACE's scale) is appended, in example order."""
+        TRACE's scale) is appended, in example order.
+
+        ``batch_size``: prompts per generation batch, or a :class:`Chunks` runner that chooses
+        the batches (the evaluator's, which shrinks them on CUDA out-of-memory); a batch's
+        records count only once it has finished. ``generator``: see :meth:`generate`."""
         from clbench.hf import load_tokenizer
         from clbench.textmetrics import METRIC_FNS, SCALE
 
         tok = load_tokenizer(self.tokenizer_id)
         name = self.metrics[exp_index] if exp_index is not None else "accuracy"
         metric, scale = METRIC_FNS[name], SCALE[name]
+        budget = self.max_new_tokens[exp_index] if exp_index is not None else max(self.max_new_tokens)
+        chunks = FixedChunks(batch_size) if isinstance(batch_size, int) else batch_size
 
         def text(ids: list[int]) -> str:
             return str(tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
-        total = 0.0
-        records: list[dict[str, Any]] = []
         # prompts of similar length share a batch, so little of each forward pass is padding
         order = torch.argsort(answer_start(data.x[:, 1]), stable=True)
-        for i in range(0, len(data), batch_size):
-            index = order[i : i + batch_size]
+
+        def judge_batch(i: int, j: int) -> list[tuple[float, dict[str, Any]]]:
+            index = order[i:j]
             x = data.x[index]
-            budget = self.max_new_tokens[exp_index] if exp_index is not None else max(self.max_new_tokens)
-            preds = self.generate(infer, x, task, device, budget)
+            preds = self.generate(infer, x, task, device, budget, generator)
+            judged = []
             for k, row, pred in zip(index.tolist(), x, preds, strict=True):
                 prompt_ids = row[0][: int(answer_start(row[1:2])[0])]
                 ref = text([t for t in row[0][row[1] == 1].tolist() if t != self.eos_id]).removeprefix(" ")
                 source = text(prompt_ids.tolist())
                 generation = text(pred).removeprefix(" ")
                 score = metric(generation, ref, source)
-                total += score / scale
-                if samples is not None:
-                    records.append({"example": k, "metric": name, "prompt": source,
-                                    "generation": generation, "reference": ref, "score": score})
+                judged.append((score, {"example": k, "metric": name, "prompt": source,
+                                       "generation": generation, "reference": ref, "score": score}))
+            return judged
+
+        results = [r for part in chunks(len(data), judge_batch) for r in part]
+        total = 0.0
+        for score, _ in results:
+            total += score / scale
         if samples is not None:
-            samples.extend(sorted(records, key=lambda r: r["example"]))
+            samples.extend(sorted((r for _, r in results), key=lambda r: r["example"]))
         return total / max(len(data), 1)
 
     def generate(self, infer: Callable[[Batch], Tensor], x: Tensor, task: int | None,
-                 device: torch.device, max_new_tokens: int) -> list[list[int]]:
-        """Greedy continuation of each prompt (row 0 before the answer mask) until eos/budget."""
+                 device: torch.device, max_new_tokens: int,
+                 generator: GreedyFn | None = None) -> list[list[int]]:
+        """Greedy continuation of each prompt (row 0 before the answer mask) until eos/budget.
+
+        The exact path: ``infer`` on the right-padded prompt plus the tokens generated so far,
+        once per new token. Row ``r`` gets at most ``max_new_tokens`` tokens and never runs past
+        the packed width ``L`` (at most ``L - start_r`` tokens); eos ends a row and is not kept.
+        ``generator`` (a model's :meth:`GreedyGenerator.generate_greedy`, offered by the
+        evaluator only where ``infer`` is the model's own forward pass) is used instead when
+        every prompt holds a token, with the same per-row budgets and eos; it ignores ``task``,
+        which only a method's own prediction could read."""
         start = answer_start(x[:, 1])
+        length = x.shape[-1]
+        if generator is not None and bool((start > 0).all()):
+            prompts = [row[: int(s)] for row, s in zip(x[:, 0], start, strict=True)]
+            return generator(prompts, [min(max_new_tokens, length - int(s)) for s in start], self.eos_id)
         ids = x[:, 0].clone()
-        length = ids.shape[1]
         pos = torch.arange(length).expand_as(ids)
         ids[pos >= start[:, None]] = self.pad_id  # the gold answer and padding never reach the model
         gen_mask = torch.zeros_like(ids)

@@ -8,6 +8,7 @@ part of the harness (indexing, concatenation, memory buffers) handles text like 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -19,6 +20,7 @@ from clbench.errors import ConfigError
 from clbench.hf import (
     MINILM_ID,
     SMOLLM2_ID,
+    greedy_decode,
     load_causal_lm,
     load_encoder,
     load_tokenizer,
@@ -190,6 +192,19 @@ class HFCausalLM(nn.Module):
         ids, answer = x[:, 0], x[:, 1]
         attention = ((ids != self.pad_id) | (answer == 1)).long()
         return self.lm(input_ids=ids, attention_mask=attention).logits  # type: ignore[no-any-return]
+
+    def generate_greedy(self, prompts: Sequence[Tensor], max_new_tokens: Sequence[int],
+                        eos_id: int | None) -> list[list[int]]:
+        """Greedy continuations of prompts (1-D token ids, pad ids in them masked as
+        :meth:`forward` masks them) with the key/value cache and left padding
+        (:func:`clbench.hf.greedy_decode`): row ``r`` stops at ``eos_id`` (not included) or
+        after ``max_new_tokens[r]`` tokens. The fast form of feeding :meth:`forward` the prompt
+        plus the tokens generated so far (marked in the answer row) once per new token: the
+        same tokens in exact arithmetic (see ``greedy_decode`` on rounding). It calls the
+        Hugging Face model directly, so hooks on this module and an overridden ``forward`` are
+        bypassed: the evaluator offers it only where neither exists (the
+        ``clbench.objectives.GreedyGenerator`` hook)."""
+        return greedy_decode(self.lm, prompts, max_new_tokens, eos_id, self.pad_id)
 
     def lm_eval_handle(self) -> tuple[nn.Module, object]:
         """(Hugging Face model, tokenizer) for lm-eval's ``HFLM`` (general capability)."""
