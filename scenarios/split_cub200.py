@@ -31,8 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
@@ -43,10 +41,10 @@ from scenarios._vision import (
     check_classes,
     class_incremental,
     find_dataset,
+    image_split,
     label_tensor,
     layout_error,
     make_stream,
-    read_images,
 )
 from scenarios.split_imagenet import AugmentedFolderData, with_augmentation
 
@@ -112,8 +110,7 @@ class SplitCUB200(Scenario):
 
         def split(train: bool) -> Split:
             part = [(p, y) for p, y, t in rows if t == train]
-            x = read_images([p for p, _ in part], c.image_size, c.crop_fraction)
-            return Split(x, torch.tensor([y for _, y in part], dtype=torch.long))
+            return image_split(part, c, c.crop_fraction)
 
         train, test = split(True), split(False)
         exps, order = class_incremental(train, test, n, c)

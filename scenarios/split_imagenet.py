@@ -62,7 +62,7 @@ from clbench.augment import ImageInputs
 from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
-from clbench.streams import Split, Stream
+from clbench.streams import Stream
 from scenarios._vision import (
     IMAGENET_STATS,
     FolderData,
@@ -72,10 +72,10 @@ from scenarios._vision import (
     data_root,
     find_dataset,
     image_files,
+    image_split,
     label_tensor,
     layout_error,
     make_stream,
-    read_images,
 )
 
 VERSION = "1"
@@ -153,10 +153,6 @@ def _classes(found: list[str], expected: int, n_classes: int, name: str, base: P
     return sorted(found)[:need]
 
 
-def _split(listing: Listing, size: int, crop: float) -> Split:
-    return Split(read_images([p for p, _ in listing], size, crop), label_tensor(y for _, y in listing))
-
-
 # --------------------------------------------------------------------------- Tiny-ImageNet
 
 def load_tiny(c: FolderData) -> tuple[Listing, Listing, list[str], Path]:
@@ -230,7 +226,7 @@ class SplitTinyImageNet(Scenario):
 
 def _stream(name: str, c: AugmentedFolderData, train: Listing, test: Listing, n: int, meta: dict[str, Any],
             doc: str, stats: Stats = IMAGENET_STATS) -> Stream:
-    tr, te = _split(train, c.image_size, c.crop_fraction), _split(test, c.image_size, c.crop_fraction)
+    tr, te = image_split(train, c, c.crop_fraction), image_split(test, c, c.crop_fraction)
     exps, order = class_incremental(tr, te, n, c)
     meta = {**meta, "class_order": order, "image_size": c.image_size, "n_train": len(train), "n_test": len(test)}
     return with_augmentation(make_stream(name, VERSION, doc, exps, n, meta, c.inputs(stats)))

@@ -165,7 +165,7 @@ def test_each_loader_builds_a_tiny_copy_reproducibly_as_uint8_images(name: str, 
 
 
 # loaders that read through scenarios._vision.image_split: storage=disk keeps their images on disk
-DISK_LOADERS = ("core50",)
+DISK_LOADERS = ("core50", "split_cub200", "split_imagenet_a", "split_imagenet_r", "split_tiny_imagenet")
 
 
 @pytest.mark.parametrize("name", sorted(n for n in TINY_WRITERS if not n.startswith("split_cifar")))
