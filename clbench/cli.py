@@ -8,9 +8,9 @@
     clbench protocol method=<name> [--track vision_cil] [--workers N] [--storage URL]
     clbench compare [--track vision_cil] [--seeds 0 1 2] [--resume]
     clbench tracks
-    clbench track check <track> [--seeds 0 1 2] [--no-resume]
+    clbench track check <track> [key=path ...] [--seeds 0 1 2] [--no-resume]
     clbench submit <protocol run dir> [--leaderboards leaderboards]
-    clbench board <track> [--methods ...] [--workers N] [--storage URL]
+    clbench board <track> [key=path ...] [--methods ...] [--workers N] [--storage URL]
     clbench leaderboard validate|render [leaderboards]
     clbench leaderboard reproduce <entry.json> [--seed 0] [--atol 0.02] [--runs-dir runs/reproduce]
     clbench leaderboard keygen <key file> --signer NAME | sign <entry.json> --key <key file> --signer NAME
@@ -127,10 +127,11 @@ def cmd_tracks(args: argparse.Namespace) -> int:
 
 def cmd_track(args: argparse.Namespace) -> int:
     from clbench.health import check_track, health_table
-    from clbench.tracks import get_track, health_path
+    from clbench.tracks import get_track, health_path, parse_locations
 
     track = get_track(args.track)
-    rec = check_track(track, seeds=args.seeds, resume=not args.no_resume, workers=args.workers)
+    rec = check_track(track, seeds=args.seeds, resume=not args.no_resume, workers=args.workers,
+                      locations=parse_locations(track, args.locations))
     print(health_table(rec))
     print(f"\nwrote {health_path(track)} (and health.md)")
     if args.readme:
@@ -228,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
                     help="train the check's runs in this many processes (the CPU's threads shared out)")
     tc.add_argument("--readme", default=None,
                     help="also write the health table into this file's <!-- health-<track>:start/end --> block")
+    tc.add_argument("locations", nargs="*", metavar="key=path",
+                    help="where data and weights are (location keys only: scenario.root, scenario.data_dir, "
+                         "model.weights, foundation.cache_dir)")
     tc.set_defaults(fn=cmd_track)
     return p
 

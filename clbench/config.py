@@ -199,12 +199,21 @@ class RunConfig:
         d["trainer"].pop("checkpoint_every")  # when checkpoints are taken does not change the result
         d["trainer"].pop("distributed")  # how many processes share a batch does not either (up to float sums)
         d["foundation"].pop("cache_dir")
+        for section, names in LOCATION_OPTIONS.items():  # where an input is, not what it is
+            for name in names:
+                d[f"{section}_options"].pop(name, None)
         for dotted, default in KEY_NEUTRAL_DEFAULTS.items():
             section, name = dotted.split(".", 1)
             if d[section].get(name, default) == default:
                 d[section].pop(name, None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+
+#: Plug-in options that only say *where* an input is (a data folder, a weights file): left out of
+#: ``RunConfig.key()``, so the same run keeps its key wherever the files are (``clbench.tracks``'
+#: location overrides).
+LOCATION_OPTIONS: dict[str, tuple[str, ...]] = {"scenario": ("root", "data_dir"), "model": ("weights",)}
 
 
 #: Section fields added after runs were recorded, with their defaults: ``RunConfig.key()`` leaves

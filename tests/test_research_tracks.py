@@ -229,9 +229,6 @@ def test_cifar10c_wrn28_check_reads_data_and_weights_from_given_locations(tmp_pa
         assert cfg["model_options"]["weights"] == str(weights)
 
 
-@pytest.mark.xfail(reason="RunConfig.key() (clbench/config.py, outside this change) still hashes the location "
-                          "options scenario.root/data_dir and model.weights; the change that leaves them out "
-                          "is requested there", strict=False)
 @pytest.mark.parametrize("name", NAMES)
 def test_location_overrides_leave_the_run_keys_alone(name: str) -> None:
     t = _track(name)

@@ -41,6 +41,7 @@ from clbench.leaderboard.record import (
 )
 from clbench.protocol_records import ProtocolRecord
 from clbench.records import RunRecord
+from clbench.tracks import LOCATION_KEYS
 
 RUN_METRICS = ("acc", "bwt", "forgetting", "plasticity", "avg_inc_acc")
 #: JSON files a track folder holds beside its entries (the track's health check record)
@@ -233,7 +234,8 @@ def _check_runs(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> None:
         if got != want:
             raise ClbenchError(f"{where} is (method, scenario, hash, version) {got}, protocol.json {want}")
         flat = _flatten(r.config)
-        bad = [k for k, v in expected.items() if _result_key(k) in flat and flat[_result_key(k)] != v]
+        bad = [k for k, v in expected.items()
+               if k not in LOCATION_KEYS and _result_key(k) in flat and flat[_result_key(k)] != v]
         if bad:
             raise ClbenchError(f"{where} did not use the protocol's settings for {', '.join(bad)}")
 
