@@ -21,7 +21,7 @@ from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, Split, Stream
-from scenarios._common import class_order, split_by_classes, train_val_test
+from scenarios._common import DATA_SEED, class_order, split_by_classes, stratified_split, train_val_test
 
 VERSION = "1"
 
@@ -117,6 +117,13 @@ class RotatedDigitsFTConfig:
     source_fraction: float = 0.5  # as rotated_mnist_ft's: the same source, so the same foundation
     test_fraction: float = 0.2  # share of each class held out as the test split (fixed data seed)
     val_fraction: float = 0.1  # share of each class's remaining train data carved out as validation
+    # training digits kept per experience (a stratified fixed-seed subset; 0 = all 1,295): the
+    # tuning twin then takes as many optimizer steps per experience as the stream it tunes for
+    max_train: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_train < 0:
+            raise ConfigError("scenario.max_train", self.max_train, "0 (all) or a positive number of digits")
 
 
 @register_scenario("rotated_digits_ft")
@@ -145,6 +152,9 @@ class RotatedDigitsFT(Scenario):
         x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
         y = torch.as_tensor(np.asarray(d.target, dtype=np.int64))
         base = train_val_test(x, y, c.test_fraction, c.val_fraction)
+        if 0 < c.max_train < len(base[0]):
+            keep = stratified_split(base[0].y.numpy(), [c.max_train / len(base[0])], seed=DATA_SEED + 2)[0]
+            base = (base[0].subset(torch.as_tensor(keep)), *base[1:])
         exps = tuple(Experience(i, 0, tuple(range(10)), *(Split(TF.rotate(s.x, a), s.y) for s in base))
                      for i, a in enumerate(c.angles))
         source = source_and_target(MNISTData(), c.source_fraction)[0]

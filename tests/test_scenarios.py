@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clbench.errors import DataUnavailableError
+from clbench.errors import ConfigError, DataUnavailableError
 from clbench.options import build_dataclass
 from clbench.registry import SCENARIOS
 
@@ -141,3 +141,20 @@ def test_a_stream_carries_its_objective_and_its_record_must_agree() -> None:
         replace(s, objective=LanguageModelingObjective())
     lm = replace(s, objective=LanguageModelingObjective(), meta={"objective": "causal_lm_text"})
     assert lm.objective.name == "causal_lm_text" and not lm.objective.class_logits
+
+
+def test_rotated_digits_ft_max_train_keeps_a_stratified_subset_and_the_same_val_and_test() -> None:
+    from scenarios.digits import RotatedDigitsFT, RotatedDigitsFTConfig
+
+    full = RotatedDigitsFT(RotatedDigitsFTConfig()).build()
+    cut = RotatedDigitsFT(RotatedDigitsFTConfig(max_train=720)).build()
+    for a, b in zip(full.experiences, cut.experiences, strict=True):
+        assert len(b.train) == 720 < len(a.train)
+        counts = torch.bincount(b.train.y, minlength=10)
+        assert int(counts.max() - counts.min()) <= 5  # stratified: every class keeps its share
+        for s, t in ((a.val, b.val), (a.test, b.test)):
+            assert torch.equal(s.x, t.x) and torch.equal(s.y, t.y)
+        rows = {tuple(r.flatten().tolist()) for r in a.train.x}
+        assert all(tuple(r.flatten().tolist()) in rows for r in b.train.x[:20])  # a subset of the same digits
+    with pytest.raises(ConfigError, match="scenario.max_train"):
+        RotatedDigitsFTConfig(max_train=-1)
