@@ -21,7 +21,13 @@ from clbench.errors import ConfigError
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, Split, Stream
-from scenarios._common import DATA_SEED, class_order, split_by_classes, stratified_split, train_val_test
+from scenarios._common import (
+    DATA_SEED,
+    class_order,
+    split_by_classes,
+    stratified_split,
+    train_val_test,
+)
 
 VERSION = "1"
 
