@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from clbench.config import TrainerConfig
+from clbench.errors import ConfigError
 from clbench.modules import block_roles, role_patterns, transformer_blocks
 from clbench.protocol import Method
 from clbench.registry import register_method
@@ -188,6 +189,14 @@ class LAE(Method):
           lm-eval use the online expert only (the runner scores the Hugging Face model directly).
         - Adapter placement on post-norm encoders (BERT/MiniLM): parallel to the whole attention
           sub-layer including its residual and LayerNorm (pre-norm ViT/Llama: as the code).
+        - No classification head (a causal LM, whose vocabulary head, tied to the input embedding
+          in the tiny Llama, belongs to the frozen backbone; an encoder with
+          ``model.head=label_embeddings``, which has no parameters): only the PET trains, and
+          ``freeze_fraction`` > 0 is refused at ``setup`` with a ``ConfigError`` (use
+          ``method.freeze_fraction=0``). The code always has a fresh head for
+          its warm-up; here the warm-up would leave nothing to train (the loss would have no
+          gradient), and its purpose, keeping a random new head from dragging the PET, does not
+          arise without one.
         - ``pet=prefix`` is refused on Hugging Face attention (no hook point for the
           compensation); the prefix position in the key sequence is irrelevant without
           positional bias, so it is not inserted after the CLS position.
@@ -215,9 +224,23 @@ class LAE(Method):
         self._fixed: set[str] = set()  # PET parameters that never train (learnable_scale=False)
 
     def setup(self, model: nn.Module, stream_info: StreamInfo) -> nn.Module:
+        """Freeze the model, inject the PETs, train the head; refuse a warm-up with no head to train.
+
+        Raises:
+            ConfigError: ``freeze_fraction`` > 0 on a model without a classification head
+                (no ``nn.Linear`` with ``num_classes`` outputs).
+        """
         self.num_classes = stream_info.num_classes
-        model.requires_grad_(False)
         head = classifier_head(model, stream_info.num_classes)
+        if head is None and self.config.freeze_fraction > 0:
+            # the warm-up trains the head alone: without one nothing would require a gradient
+            raise ConfigError(
+                "method.freeze_fraction", self.config.freeze_fraction,
+                f"0 on {type(model).__name__}: it has no classification head (an nn.Linear with "
+                f"{stream_info.num_classes} outputs) for LAE's head-only warm-up to train "
+                "(a causal LM's vocabulary head is part of the frozen backbone); values in (0, 1] "
+                "need a model with such a head")
+        model.requires_grad_(False)
         pets = build_pets(model, self.config, () if head is None else (head[1],))
         self._fixed = {n for n, p in pets.named_parameters() if not p.requires_grad}
         model.add_module(ONLINE, pets)

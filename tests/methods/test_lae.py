@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ from torch import nn
 from torch.func import functional_call
 
 from clbench.config import TrainerConfig
+from clbench.errors import ConfigError
+from clbench.registry import SCENARIOS
 from clbench.runner import run
 from clbench.streams import Batch, Stream
-from clbench.testing import tiny_stream, tiny_vit_config
+from clbench.testing import tiny_config, tiny_stream, tiny_vit_config
 from clbench.trainer import Trainer
 from clbench.vit import ViT, ViTConfig
 from methods.lae import LAE, LAEConfig, ensemble
@@ -190,7 +193,8 @@ def test_runs_on_hugging_face_models(family: str, pet: str) -> None:
         ids[:, 1] = 0
     base.eval()  # no dropout
     before = base(ids).detach()
-    method = LAE(LAEConfig(pet=pet))  # type: ignore[arg-type]
+    warmup = 0.6 if family == "hf_encoder" else 0.0  # a causal LM has no class head to warm up
+    method = LAE(LAEConfig(pet=pet, freeze_fraction=warmup))  # type: ignore[arg-type]
     model: Any = method.setup(base, info)
     assert len(model.lae_pet) == 2 * (2 if pet == "lora" else 1)  # tiny models: 2 blocks
     assert torch.allclose(model(ids), before, atol=1e-6), "zero-initialised PET leaves outputs unchanged"
@@ -204,9 +208,49 @@ def test_runs_on_hugging_face_models(family: str, pet: str) -> None:
     model.lae_offline.exists.fill_(True)
     assert method.predict(model, Batch(ids, None)).shape == out.shape
     with pytest.raises(ValueError, match="prefix"):
-        LAE(LAEConfig(pet="prefix")).setup(
+        LAE(LAEConfig(pet="prefix", freeze_fraction=warmup)).setup(
             HFEncoderClassifier(info, HFEncoderConfig(tiny=True)) if family == "hf_encoder"
             else HFCausalLM(info, HFCausalConfig(model_id=TOK, tiny=True)), info)
+
+
+@pytest.fixture
+def text_scenario() -> Iterator[str]:
+    """A two-experience causal-LM text stream (2 then 3 labels, 6 training examples per label)."""
+    from scenarios.text import TextCLConfig, tasks_to_stream
+    from scenarios.text_data import TextExample, TextTask
+
+    def task(name: str, labels: list[str]) -> TextTask:
+        def ex(split: str, n: int) -> tuple[TextExample, ...]:
+            return tuple(TextExample(f"{split} {i} talks about {lab}", lab) for lab in labels for i in range(n))
+
+        return TextTask(name, "TC", tuple(labels), "Pick the topic.\n", ex("train", 6), ex("val", 2),
+                        ex("test", 3), {})
+
+    tasks = [task("topics", ["sports", "science"]), task("mood", ["good", "bad", "middle"])]
+
+    class Synthetic(SCENARIOS.get("text_cl")):  # type: ignore[misc]
+        def build(self):  # type: ignore[no-untyped-def]
+            return tasks_to_stream(tasks, TextCLConfig(mode="generation", tokenizer=TOK, max_length=40), [])
+
+    with SCENARIOS.override("lae_text", Synthetic):
+        yield "lae_text"
+
+
+@needs_minilm
+def test_causal_lm_refuses_the_head_only_warmup_and_trains_the_pet_without_it(
+        tmp_path: Path, text_scenario: str) -> None:
+    """Regression: on the tiny Llama the default warm-up froze the PET with no class head left to
+    train, and experience 2 stopped in backward ("element 0 of tensors does not require grad")."""
+    opts: dict[str, Any] = {"scenario": text_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
+                            "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
+                            "eval.lm_eval_tasks": [], "eval.validation": False}
+    with pytest.raises(ConfigError, match=r"method\.freeze_fraction=0\.6; allowed: 0 on HFCausalLM"):
+        run(tiny_config(tmp_path / "default", "lae", **opts))
+    res = run(tiny_config(tmp_path / "no_warmup", "lae", **{**opts, "method.freeze_fraction": 0.0}))
+    assert len(res.R) == 2 and res.mechanism["warmup_steps"] == [0.0, 0.0]
+    second = res.per_experience[1]
+    assert second.optimizer_steps > 0 and second.method["ema_steps"] == second.optimizer_steps
+    assert second.method["offline_online_rel_dist"] > 0, "the online PET trained in experience 2"
 
 
 def test_state_round_trip_resumes_identically() -> None:
