@@ -24,8 +24,9 @@ trainer loads it (:class:`Loading`). Everything else (``.to``, ``.float()``, ari
 torch functions) needs every image in memory and raises an error that says so: index rows first,
 or build the stream with ``scenario.storage=memory``.
 
-Decoding (:func:`decode_image`) is the one the in-memory loaders use, so a row decoded here is
-the row the in-memory tensor holds. Indexing decodes in the calling process, one file after the
+Decoding (:func:`decode_image`, or the ``decoder`` a scenario gives :meth:`LazyImages.from_files`
+when its in-memory loader decodes differently) is the one the in-memory loader uses, so a row
+decoded here is the row the in-memory tensor holds. Indexing decodes in the calling process, one file after the
 other; the trainer's :class:`BatchLoader` decodes its batches in ``Loading.workers`` processes.
 A file that cannot be read raises :class:`~clbench.errors.DataUnavailableError` when it is first
 decoded, not when the stream is built.
@@ -90,13 +91,28 @@ class Loading:
             raise ConfigError("scenario.workers", self.workers, "an integer >= 0")
 
 
+Decoder = Callable[[str, int], Tensor]  # (path, size) -> uint8 (3, size, size)
+
+
 @dataclass(frozen=True)
 class ImageFiles:
-    """Image files decoded at one size (:func:`decode_image`): a source of rows."""
+    """Image files decoded at one size: a source of rows.
+
+    ``decoder``: None decodes with :func:`decode_image` (``path, size, crop_fraction``); else
+    ``decoder(path, size)`` (``crop_fraction`` unused), which must return uint8 (3, size, size)
+    and should raise :class:`~clbench.errors.DataUnavailableError` for an unreadable file. It
+    must be picklable (a module-level function) when ``Loading.workers`` > 0."""
 
     paths: tuple[str, ...]
     size: int
     crop_fraction: float = 1.0
+    decoder: Decoder | None = None
+
+    def decode(self, r: int) -> Tensor:
+        """File ``r`` decoded."""
+        if self.decoder is None:
+            return decode_image(self.paths[r], self.size, self.crop_fraction)
+        return self.decoder(self.paths[r], self.size)
 
 
 Source = ImageFiles | Tensor  # a tensor source: uint8 rows kept in memory
@@ -120,9 +136,10 @@ class LazyImages:
 
     @classmethod
     def from_files(cls, paths: Sequence[str | Path], size: int, crop_fraction: float = 1.0,
-                   loading: Loading | None = None) -> LazyImages:
-        """The images in ``paths`` (in that order) as (N, 3, size, size), decoded on access."""
-        files = ImageFiles(tuple(str(p) for p in paths), size, crop_fraction)
+                   loading: Loading | None = None, decoder: Decoder | None = None) -> LazyImages:
+        """The images in ``paths`` (in that order) as (N, 3, size, size), decoded on access with
+        :func:`decode_image`, or with ``decoder(path, size)`` when given (see :class:`ImageFiles`)."""
+        files = ImageFiles(tuple(str(p) for p in paths), size, crop_fraction, decoder)
         n = len(files.paths)
         return cls((files,), torch.zeros(n, dtype=torch.long), torch.arange(n), (3, size, size),
                    loading or Loading())
@@ -238,7 +255,7 @@ class LazyImages:
                 out[where] = source[row[where]]
                 continue
             for k, r in zip(where.tolist(), row[where].tolist(), strict=True):
-                out[k] = decode_image(source.paths[r], source.size, source.crop_fraction)
+                out[k] = source.decode(r)
         return out
 
     @classmethod

@@ -12,7 +12,9 @@
   they are not already 224 px. Batch size 64.
 
 Images are kept as uint8 (N, 3, H, W); the test-time loop scales them to [0, 1] per batch
-(ImageNet-C at 5,000 x 15 domains is ~11 GB as uint8). Bring a model pretrained on the clean
+(ImageNet-C at 5,000 x 15 domains is ~11 GB as uint8; ``imagenet_c`` with ``storage=disk`` keeps
+each domain's files on disk instead and decodes the rows a batch reads, see
+:class:`ImageNetCConfig`). Bring a model pretrained on the clean
 dataset (``model.weights``). ``imagenet_c`` has no source data. ``cifar10_c`` with
 ``clean_source=true`` has one, as RobustBench evaluates clean accuracy: the first ``n_examples``
 images of the clean CIFAR-10 test set (the images the corruptions were made from), read from
@@ -25,7 +27,8 @@ Hendrycks & Dietterich release ships no clean images. Missing files raise
 :class:`DataUnavailableError` naming the expected layout.
 
 VERSION history: 1 = initial. 2 = ``cifar10_c``'s ``clean_source`` option (default off: the
-same stream as version 1).
+same stream as version 1). ``imagenet_c``'s ``storage`` option changes where the images are held,
+not the stream (the same content hash), so it has no version of its own.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from clbench.errors import ConfigError, DataUnavailableError
+from clbench.lazy_images import LazyImages
 from clbench.protocol import Scenario
 from clbench.registry import register_scenario
 from clbench.streams import Experience, SourceData, Split, Stream
@@ -195,6 +200,16 @@ class ImageNetCConfig:
         image_size: side in pixels of the centre crop (after resizing the shorter side to
             ``image_size * 256 / 224``); images already this size are kept as they are.
         batch_size: test-time batch size of the online stream.
+        storage: ``memory``: every domain's images decoded at build into a uint8 tensor held in
+            memory (~11 GB for 5,000 x 15 domains at 224 px); ``disk``: each domain keeps its
+            files (:class:`clbench.lazy_images.LazyImages`) and decodes, with the same
+            resize/crop (:func:`_load_image`, bit-identical uint8), only the rows indexed: the
+            test-time loop reads a domain in slices of ``batch_size`` (its ``predict`` pass
+            before adaptation and its online pass) and the stream's content hash in blocks of
+            256, so no domain is ever decoded whole, but each image is decoded once for each of
+            these three passes, one file after the other in the running process (no workers).
+            Missing files are still refused at build; an unreadable one raises
+            :class:`DataUnavailableError` when first decoded.
     """
 
     data_dir: str = ""
@@ -203,11 +218,14 @@ class ImageNetCConfig:
     n_examples: int = 5000
     image_size: int = 224
     batch_size: int = 64
+    storage: Literal["memory", "disk"] = "memory"
 
     def __post_init__(self) -> None:
         _check(self.severity, self.corruptions)
         if self.n_examples < 1 or self.image_size < 1:
             raise ConfigError("scenario.n_examples", self.n_examples, "n_examples >= 1, image_size >= 1")
+        if self.storage not in ("memory", "disk"):
+            raise ConfigError("scenario.storage", self.storage, ["memory", "disk"])
 
 
 def _load_image(path: Path, size: int) -> Tensor:
@@ -223,6 +241,15 @@ def _load_image(path: Path, size: int) -> Tensor:
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
         return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _decode_file(path: str, size: int) -> Tensor:
+    """:func:`_load_image` as the decoder of ``storage=disk`` (the same uint8 rows); an unreadable
+    file raises :class:`DataUnavailableError`."""
+    try:
+        return _load_image(Path(path), size)
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataUnavailableError(f"ImageNet-C: {path} is not a readable image ({exc})") from exc
 
 
 @register_scenario("imagenet_c")
@@ -254,6 +281,11 @@ class ImageNetC(Scenario):
             absent = [str(folder / f) for f in chosen if not (folder / f).is_file()]
             if absent:
                 raise DataUnavailableError(f"ImageNet-C images missing: {absent[:3]} ...")
-            domains.append((torch.stack([_load_image(folder / f, c.image_size) for f in chosen]), y))
+            if c.storage == "disk":  # decoded when indexed; stands in for the uint8 tensor
+                x = cast(Tensor, LazyImages.from_files([folder / f for f in chosen], c.image_size,
+                                                       decoder=_decode_file))
+            else:
+                x = torch.stack([_load_image(folder / f, c.image_size) for f in chosen])
+            domains.append((x, y))
         return _stream("imagenet_c", domains, len(classes), c.corruptions, c.severity, c.batch_size,
                        self.__doc__ or "")
