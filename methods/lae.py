@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from clbench.config import TrainerConfig
-from clbench.errors import ConfigError
+from clbench.errors import IncompatibleError
 from clbench.modules import block_roles, role_patterns, transformer_blocks
 from clbench.protocol import Method
 from clbench.registry import register_method
@@ -192,8 +192,9 @@ class LAE(Method):
         - No classification head (a causal LM, whose vocabulary head, tied to the input embedding
           in the tiny Llama, belongs to the frozen backbone; an encoder with
           ``model.head=label_embeddings``, which has no parameters): only the PET trains, and
-          ``freeze_fraction`` > 0 is refused at ``setup`` with a ``ConfigError`` (use
-          ``method.freeze_fraction=0``). The code always has a fresh head for
+          ``freeze_fraction`` > 0 is refused at ``setup`` as incompatible (a board lists the
+          method as not applicable on such a track; ``method.freeze_fraction=0`` runs it without
+          the warm-up). The code always has a fresh head for
           its warm-up; here the warm-up would leave nothing to train (the loss would have no
           gradient), and its purpose, keeping a random new head from dragging the PET, does not
           arise without one.
@@ -227,19 +228,19 @@ class LAE(Method):
         """Freeze the model, inject the PETs, train the head; refuse a warm-up with no head to train.
 
         Raises:
-            ConfigError: ``freeze_fraction`` > 0 on a model without a classification head
+            IncompatibleError: ``freeze_fraction`` > 0 on a model without a classification head
                 (no ``nn.Linear`` with ``num_classes`` outputs).
         """
         self.num_classes = stream_info.num_classes
         head = classifier_head(model, stream_info.num_classes)
         if head is None and self.config.freeze_fraction > 0:
             # the warm-up trains the head alone: without one nothing would require a gradient
-            raise ConfigError(
-                "method.freeze_fraction", self.config.freeze_fraction,
-                f"0 on {type(model).__name__}: it has no classification head (an nn.Linear with "
-                f"{stream_info.num_classes} outputs) for LAE's head-only warm-up to train "
-                "(a causal LM's vocabulary head is part of the frozen backbone); values in (0, 1] "
-                "need a model with such a head")
+            raise IncompatibleError(
+                f"method 'lae' with method.freeze_fraction={self.config.freeze_fraction}: "
+                f"{type(model).__name__} has no classification head (an nn.Linear with "
+                f"{stream_info.num_classes} outputs) for LAE's head-only warm-up to train (a causal "
+                "LM's vocabulary head is part of the frozen backbone); method.freeze_fraction=0 "
+                "runs it without the warm-up")
         model.requires_grad_(False)
         pets = build_pets(model, self.config, () if head is None else (head[1],))
         self._fixed = {n for n, p in pets.named_parameters() if not p.requires_grad}

@@ -95,8 +95,8 @@ LANGUAGE = ("ewc", "lwf", "classp", "hft", "migu", "ssu", "dynamic_rank_lora", "
 TEST_TIME = ("tent", "cotta", "psmt", "norm_adapt", "source_only")
 # on the mlp only: the replay-family and regularisation baselines
 MLP_ONLY = ("agem", "der", "er_ace", "icarl", "mas")
-# lae on a causal LM: its head-only warm-up (default freeze_fraction 0.6) finds no class head and
-# stops with "element 0 of tensors does not require grad" in one process too; without it, it trains
+# lae on a causal LM: its head-only warm-up (default freeze_fraction 0.6) has no class head to
+# train, so setup refuses it as incompatible; without the warm-up it trains
 LAE_LM = ("method.freeze_fraction=0",)
 
 

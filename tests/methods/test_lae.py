@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from clbench.config import TrainerConfig
-from clbench.errors import ConfigError
+from clbench.errors import IncompatibleError
 from clbench.registry import SCENARIOS
 from clbench.runner import run
 from clbench.streams import Batch, Stream
@@ -244,7 +244,7 @@ def test_causal_lm_refuses_the_head_only_warmup_and_trains_the_pet_without_it(
     opts: dict[str, Any] = {"scenario": text_scenario, "model": "hf_causal_lm", "model.model_id": TOK,
                             "model.tiny": True, "trainer.optimizer": "adamw", "trainer.lr": 0.003,
                             "eval.lm_eval_tasks": [], "eval.validation": False}
-    with pytest.raises(ConfigError, match=r"method\.freeze_fraction=0\.6; allowed: 0 on HFCausalLM"):
+    with pytest.raises(IncompatibleError, match=r"method\.freeze_fraction=0\.6: HFCausalLM has no classification head"):
         run(tiny_config(tmp_path / "default", "lae", **opts))
     res = run(tiny_config(tmp_path / "no_warmup", "lae", **{**opts, "method.freeze_fraction": 0.0}))
     assert len(res.R) == 2 and res.mechanism["warmup_steps"] == [0.0, 0.0]
