@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from clbench.checkpoint import atomic_write_json
-from clbench.errors import ClbenchError, ConfigError
+from clbench.errors import ClbenchError, ConfigError, IncompatibleError
 from clbench.protocol_records import (
     EvaluationRecord,
     ProtocolMlflow,
@@ -235,7 +235,10 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
 
 
 def _precheck(cfg: Any) -> None:
-    """Refuse a method the protocol's scenarios/backbone cannot run (declared capabilities)."""
+    """Refuse a method the protocol's scenarios/backbone cannot run: its declared capabilities,
+    then its ``setup`` on a throw-away model (a method that finds at setup what the model lacks
+    raises :class:`~clbench.errors.IncompatibleError` there, once, instead of failing every
+    trial of the budget)."""
     from clbench.models import build_model, model_family
     from clbench.protocol import check_compatible
     from clbench.runner import resolve
@@ -244,6 +247,14 @@ def _precheck(cfg: Any) -> None:
     stream = res.scenario.build()
     model, _ = build_model(cfg.model, stream.info(), dict(cfg.model_options))
     check_compatible(res.method_cls, stream, model_family(model))
+    method = res.method_cls(res.method_cfg)
+    method.objective = stream.objective
+    try:
+        method.setup(model, stream.info())
+    except IncompatibleError:
+        raise
+    except Exception:  # noqa: BLE001 - anything else is the trials' to meet and record
+        pass
 
 
 def _best(study: Any) -> tuple[dict[str, Any], float]:

@@ -300,6 +300,21 @@ def test_a_method_the_protocol_cannot_run_is_refused_before_any_trial(tmp_path: 
     assert not any(tmp_path.iterdir())
 
 
+def test_a_method_that_refuses_the_model_at_setup_is_refused_before_any_trial(tmp_path: Path, tiny: Protocol) -> None:
+    from clbench.errors import IncompatibleError
+    from clbench.protocol import Method
+
+    class NeedsAHead(Method):
+        """Declares every capability but finds at setup that the model lacks what it needs."""
+
+        def setup(self, model: Any, stream_info: Any) -> Any:
+            raise IncompatibleError("method 'naive' needs a part this model lacks")
+
+    with METHODS.override("naive", NeedsAHead), pytest.raises(IncompatibleError, match="lacks"):
+        run_protocol("naive", "tiny", runs_dir=str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())  # no trial ran, nothing was written
+
+
 def test_lm_protocol_tunes_on_tasks_disjoint_from_the_evaluation_benchmark() -> None:
     """The language track's pair: four Long-Sequence tasks vs Standard CL order 1 (needs the data)."""
     import importlib.util
