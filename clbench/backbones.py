@@ -9,6 +9,11 @@ judged on its own classes), else ``head`` keeps its fresh init; every other key 
 Inputs are used as given: the stream's normalisation must be the one the weights were trained
 with (ImageNet mean/std for torchvision and timm weights, [0, 1] pixels for RobustBench's).
 
+A backbone built with weights (a ``weights`` file, or timm's ``pretrained_online``) reports itself
+pretrained on the instance (``is_pretrained = True``; False otherwise), so the runner pretrains no
+foundation over them on a stream with a source split: the loaded model is the source model. This
+holds with ``keep_head=False`` too (the head then keeps its fresh init, untrained on the source).
+
 timm fuses each block's q/k/v projections into one ``qkv`` Linear. ``timm_vit`` splits it, after
 any weights are loaded, into ``attn.q``/``attn.k``/``attn.v`` (rows 0:d, d:2d, 2d:3d) and names
 the output projection ``attn.o``; ``blocks`` becomes a ``ModuleList``. Role selection
@@ -96,10 +101,15 @@ class _Backbone(nn.Module):
 
     family: ClassVar[str] = "vision"
     classifier: ClassVar[str] = "fc"  # the network's own name of its classifier (in weight files)
+    is_pretrained: bool = False  # the class default; set per instance by _adopt
 
-    def _adopt(self, net: nn.Module, state: dict[str, Tensor] | None, path: str, keep_head: bool) -> None:
+    def _adopt(self, net: nn.Module, state: dict[str, Tensor] | None, path: str, keep_head: bool,
+               pretrained: bool = False) -> None:
+        """Load ``state`` (when given) into ``net`` and split it into ``features`` and ``head``;
+        the instance is pretrained when ``state`` was loaded or ``net`` came ``pretrained``."""
         if state is not None:
             load_into(net, state, path, self.classifier, keep_head)
+        self.is_pretrained = state is not None or pretrained
         head = getattr(net, self.classifier)
         setattr(net, self.classifier, nn.Identity())
         self.features = net
@@ -398,7 +408,7 @@ class TimmViT(_Backbone):
             from timm.models.vision_transformer import checkpoint_filter_fn
 
             state = checkpoint_filter_fn(read_state_dict(cfg.weights), net)
-        self._adopt(net, state, cfg.weights, cfg.keep_head)
+        self._adopt(net, state, cfg.weights, cfg.keep_head, pretrained=cfg.pretrained_online)
         for block in net.blocks:
             block.attn = SplitAttention(block.attn)
         net.blocks = Blocks(list(net.blocks))
