@@ -5,7 +5,8 @@ A model plug-in is an ``nn.Module`` class with a ``Config`` dataclass, a ``famil
 registry refuses a class without them. Optional capabilities, read only through the functions
 below (never guessed elsewhere):
 
-- ``is_pretrained: ClassVar[bool]``: arrives pretrained (a Hugging Face checkpoint), so no
+- ``is_pretrained: bool`` (a class default an instance may override, e.g. a backbone given a
+  weights file): arrives pretrained (a Hugging Face checkpoint), so no
   foundation is pretrained on a stream's source split (:func:`is_pretrained`);
 - ``lm_eval_handle() -> (hf_model, tokenizer)``: lm-eval can score it (:func:`lm_eval_handle`);
 - ``embed(x) -> (N, D)``: a pooled embedding for frozen-embedding probes (:func:`embedder`);
@@ -136,8 +137,9 @@ def model_family(model: nn.Module) -> str:
 
 
 def is_pretrained(model: nn.Module) -> bool:
-    """Whether the model arrives pretrained (declared ``is_pretrained``; default False)."""
-    return bool(getattr(type(model), "is_pretrained", False))
+    """Whether the model arrives pretrained: its ``is_pretrained``, read on the instance (a
+    backbone given a weights file sets it), the class's declaration as default; False if absent."""
+    return bool(getattr(model, "is_pretrained", False))
 
 
 def lm_eval_handle(model: nn.Module) -> Callable[[], tuple[nn.Module, Any]] | None:

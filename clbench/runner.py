@@ -103,7 +103,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     # the instance, the class's declaration as default) is already the foundation: the source then
     # only serves calibration and the general-capability probe
     if (stream.source is not None and stream.source.probe and cfg.foundation.pretrain
-            and not getattr(model, "is_pretrained", is_pretrained(model))):
+            and not is_pretrained(model)):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
         # pretraining draws random numbers, loading the cached foundation does not: reseed so

@@ -60,8 +60,8 @@ def tiny_stream(n_experiences: int = 3, classes_per_exp: int = 2, n_per_class: i
 
 @dataclass(frozen=True)
 class TinyConfig:
-    n_experiences: int = 3
-    scenario_type: str = "class_incremental"
+    n_experiences: int = 3  # experiences of the synthetic stream
+    scenario_type: str = "class_incremental"  # the stream's declared type (class/domain/task_incremental)
     source: bool = False  # attach source data (foundation setting)
     image: bool = False  # (N, 1, 4, 4) inputs, e.g. for model=vit_tiny model.patch=2
 
