@@ -1,15 +1,18 @@
-"""Owns the real vision backbones: torchvision ResNet-18/50, WideResNet-28-10 and timm ViTs.
+"""Owns the real vision backbones: torchvision ResNet-18/50, WideResNet-28-10, timm ViTs, any timm
+model and any Hugging Face image-classification model.
 
 Each is ``features`` (the network up to its pooled embedding) then ``head`` (an ``nn.Linear`` for
-the stream's classes), as the small models of :mod:`clbench.models`. All start from a random init
-unless ``weights=<local file>`` names a state dict in the network's usual key layout
-(torchvision's, RobustBench's, timm's); nothing is downloaded by default. The file's classifier
+the stream's classes), as the small models of :mod:`clbench.models`. All but ``hf_image`` (which
+loads ``model_id``, see below) start from a random init unless ``weights=<local file>`` names a
+state dict in the network's usual key layout (torchvision's, RobustBench's, timm's); nothing is
+downloaded by default. The file's classifier
 goes into ``head`` when ``keep_head`` and its shape fits the stream's classes (a source model
 judged on its own classes), else ``head`` keeps its fresh init; every other key must fit exactly.
 Inputs are used as given: the stream's normalisation must be the one the weights were trained
 with (ImageNet mean/std for torchvision and timm weights, [0, 1] pixels for RobustBench's).
 
-A backbone built with weights (a ``weights`` file, or timm's ``pretrained_online``) reports itself
+A backbone built with weights (a ``weights`` file, timm's ``pretrained_online``, a checkpoint
+``hf_image`` loads; not its ``tiny`` random model) reports itself
 pretrained on the instance (``is_pretrained = True``; False otherwise), so the runner pretrains no
 foundation over them on a stream with a source split: the loaded model is the source model. This
 holds with ``keep_head=False`` too (the head then keeps its fresh init, untrained on the source).
@@ -18,16 +21,43 @@ timm fuses each block's q/k/v projections into one ``qkv`` Linear. ``timm_vit`` 
 any weights are loaded, into ``attn.q``/``attn.k``/``attn.v`` (rows 0:d, d:2d, 2d:3d) and names
 the output projection ``attn.o``; ``blocks`` becomes a ``ModuleList``. Role selection
 (:mod:`clbench.modules`) then finds q, k, v, o, up (``mlp.fc1``) and down (``mlp.fc2``) in every
-block, and the model computes what the fused one does. torchvision and timm are imported when
-such a model is built, not with this module.
+block, and the model computes what the fused one does.
+
+``timm`` builds any timm architecture by name (same ``weights``/``pretrained_online``/``keep_head``
+options): ``head`` is its classifier Linear (``get_classifier()``), the network's own classifier
+is then reset to the identity (``reset_classifier(0)``) so ``features`` ends at its pooled
+feature. A plain ViT (``blocks`` of timm's fused-qkv ``Attention``) gets the same q/k/v/o split as
+``timm_vit``; other architectures keep their modules, and role selection finds roles only where
+the default patterns of :mod:`clbench.modules` know the names (a network without a
+``ModuleList`` of blocks, such as timm's CNNs, has no blocks: methods fall back to its Linears).
+
+``hf_image`` builds any model ``AutoModelForImageClassification`` builds, from a hub id or local
+directory (resolved by :func:`clbench.hf.resolve_pretrained`: offline, only a local directory or
+the hub's local cache; otherwise its one ``DataUnavailableError``, naming the image alternatives),
+or a small random ViT (``tiny``). The model's ``classifier`` Linear becomes the identity, so
+``features`` gives the pooled feature that classifier saw (ViT: the final-norm CLS token;
+ConvNeXt/ResNet: the pooled map), and ``head`` is a fresh Linear for the stream's classes. No
+``module_roles`` is declared: the default patterns of :mod:`clbench.modules` already know
+transformers' ViT-family names (``q_proj``/``k_proj``/``v_proj``/``o_proj``, ``mlp.fc1``/``fc2``
+in transformers 5; ``query``/``key``/``value``, ``attention.output.dense``, ``intermediate.dense``,
+``output.dense`` before; CLIP/SigLIP's ``out_proj``), and norms are found by type. Architectures
+whose Linears have other names (ConvNeXt's ``pwconv1``/``pwconv2``) get no roles: the role
+selections that need q/k/v/o find none and raise their own error. Hierarchical models (Swin)
+nest their blocks per stage; the block finder of :mod:`clbench.modules` takes the longest
+``ModuleList`` (the deepest stage's blocks, or the stages themselves when none has more blocks
+than there are stages), so roles are found in part of such a network only. A Hugging Face
+checkpoint expects its ``preprocessor_config.json`` normalisation (e.g. mean/std 0.5 for ViT).
+torchvision, timm and transformers are imported when such a model is built, not with this module.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import pickle
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -412,3 +442,235 @@ class TimmViT(_Backbone):
         for block in net.blocks:
             block.attn = SplitAttention(block.attn)
         net.blocks = Blocks(list(net.blocks))
+
+
+@dataclass(frozen=True)
+class TimmConfig:
+    """Options of :class:`TimmModel`.
+
+    Attributes:
+        arch: any timm model name (``timm.list_models()``), e.g. resnet50, convnext_tiny,
+            efficientnet_b0, vit_small_patch16_224; its classifier (``get_classifier()``) must be
+            one Linear layer (distilled models with two heads are refused).
+        weights: local state dict in timm's layout (a timm model's ``state_dict()``, or the
+            ``model.safetensors``/``pytorch_model.bin`` of a ``timm/<arch>.<tag>`` hub repository
+            fetched elsewhere), passed through the architecture module's
+            ``checkpoint_filter_fn`` when it has one (e.g. a ViT's position embeddings resampled
+            to ``img_size``). Empty = random init (or ``pretrained_online``).
+        pretrained_online: load the arch's default pretrained weights through timm's hub path;
+            needs network access (refused offline: use ``weights``).
+        img_size: input side in pixels for architectures whose constructor takes ``img_size``
+            (ViTs, MaxViT, ...); 0 = the stream's image size. Ignored by the others (CNNs).
+        drop_path_rate: stochastic depth rate (timm's option; 0 = not passed to timm).
+        keep_head: load the file's classifier (timm's ``pretrained_cfg["classifier"]``) into the
+            head when it has the stream's class count; False = always a freshly initialised head.
+    """
+
+    arch: str = "resnet50"
+    weights: str = ""
+    pretrained_online: bool = False
+    img_size: int = 0
+    drop_path_rate: float = 0.0
+    keep_head: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weights and self.pretrained_online:
+            raise ValueError("give weights (a local file) or pretrained_online, not both")
+        if self.img_size < 0 or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError("img_size must be >= 0 and drop_path_rate in [0, 1)")
+
+
+def _import_timm(model: str) -> Any:
+    try:
+        import timm
+    except ImportError as exc:
+        raise DataUnavailableError(f"model {model} needs the timm package: pip install '{TIMM_PIN}'") from exc
+    return timm
+
+
+def split_fused_qkv(net: nn.Module) -> bool:
+    """When ``net.blocks`` is a ``Sequential`` of blocks whose ``attn`` is timm's plain
+    ``Attention`` (fused ``qkv``), replace each by :class:`SplitAttention` and the container by
+    :class:`Blocks`, as ``timm_vit`` does; returns whether it did (otherwise ``net`` is untouched)."""
+    from timm.layers import Attention
+
+    blocks = getattr(net, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or not len(blocks) or not all(
+            type(getattr(b, "attn", None)) is Attention for b in blocks):
+        return False
+    for block in blocks:
+        block.attn = SplitAttention(block.attn)
+    net.blocks = Blocks(list(blocks))
+    return True
+
+
+@register_model("timm")
+class TimmModel(_Backbone):
+    """Any timm model (``arch``) with a Linear head for the stream's classes; plain ViTs get their
+    qkv split into q/k/v/o Linears as ``timm_vit``."""
+
+    Config: ClassVar[type] = TimmConfig
+
+    def __init__(self, info: StreamInfo, config: TimmConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or TimmConfig()
+        timm = _import_timm("timm")
+        if not timm.is_model(cfg.arch):
+            raise ConfigError("model.arch", cfg.arch, "a timm model name (timm.list_models()), e.g. resnet50, "
+                              "convnext_tiny, efficientnet_b0")
+        kw: dict[str, Any] = {"num_classes": info.num_classes, "in_chans": _channels(info)}
+        if cfg.drop_path_rate:
+            kw["drop_path_rate"] = cfg.drop_path_rate
+        sized = {**kw, "img_size": cfg.img_size or tuple(info.input_shape[-2:])}
+        try:
+            net: Any = self._create(timm, cfg, sized)
+        except TypeError as exc:  # an architecture without an input size (a CNN)
+            if "img_size" not in str(exc):
+                raise
+            net = self._create(timm, cfg, kw)
+        head = net.get_classifier()
+        if not (isinstance(head, nn.Linear) and head.out_features == info.num_classes):
+            raise ConfigError("model.arch", cfg.arch, "a timm model whose classifier (get_classifier()) is one "
+                              f"Linear layer, got {type(head).__name__}")
+        state = None
+        if cfg.weights:
+            classifier = net.pretrained_cfg.get("classifier")
+            if not isinstance(classifier, str):
+                raise ConfigError("model.weights", cfg.weights, f"weights for an arch whose pretrained_cfg names "
+                                  f"its classifier ({cfg.arch}'s names {classifier!r})")
+            state = read_state_dict(cfg.weights)
+            filter_fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
+            if callable(filter_fn):
+                state = filter_fn(state, net)
+            load_into(net, state, cfg.weights, classifier, cfg.keep_head)
+        self.is_pretrained = state is not None or cfg.pretrained_online
+        head = net.get_classifier()  # the loaded one
+        net.reset_classifier(0)  # the network now ends at its pooled (pre-logits) feature
+        split_fused_qkv(net)
+        self.features = net
+        self.head = head  # registered last: the last Linear of the model
+
+    @staticmethod
+    def _create(timm: Any, cfg: TimmConfig, kw: dict[str, Any]) -> nn.Module:
+        return _online(timm, cfg.arch, kw) if cfg.pretrained_online else timm.create_model(cfg.arch, **kw)
+
+
+HF_IMAGE_ID = "google/vit-base-patch16-224-in21k"  # ViT-B/16 pretrained on ImageNet-21k
+
+
+@dataclass(frozen=True)
+class HFImageConfig:
+    """Options of :class:`HFImageModel`.
+
+    Attributes:
+        model_id: hub id or local directory (a ``save_pretrained`` folder: ``config.json`` and
+            weights) of a model ``AutoModelForImageClassification`` builds (ViT, DeiT, BEiT,
+            DINOv2, Swin, ConvNeXt, ResNet, CLIP/SigLIP vision, ...). Offline: only a local
+            directory or a copy already in the Hugging Face cache (``HF_HUB_OFFLINE=1``).
+        tiny: a randomly initialised 2-block ViT (``AutoConfig.for_model("vit")``: hidden 64,
+            4 heads, MLP 128) sized to the stream's images and channels; ``model_id`` is not
+            read and nothing is downloaded (fast tests).
+    """
+
+    model_id: str = HF_IMAGE_ID
+    tiny: bool = False
+
+
+def _tiny_patch(height: int, width: int) -> int:
+    """The largest of 16, 8, 4, 2 dividing both sides with at least 4 patches per side, else 1."""
+    return next((p for p in (16, 8, 4, 2) if not height % p and not width % p and min(height, width) // p >= 4), 1)
+
+
+def _pair(size: Any) -> tuple[int, int] | None:
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return None
+
+
+def _hf_image_net(cfg: HFImageConfig, info: StreamInfo) -> tuple[nn.Module, bool]:
+    """(transformers image-classification model, whether pretrained weights were loaded)."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    height, width = (int(s) for s in info.input_shape[-2:])
+    if cfg.tiny:
+        config = AutoConfig.for_model(
+            "vit", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            image_size=[height, width], patch_size=_tiny_patch(height, width), num_channels=_channels(info))
+        return AutoModelForImageClassification.from_config(config), False
+    from clbench.hf import resolve_pretrained
+
+    try:
+        path = resolve_pretrained(cfg.model_id)
+    except DataUnavailableError as exc:  # hf.unavailable's reason, with the image models' alternatives
+        reason = str(exc).partition(". Offline alternatives")[0]
+        raise DataUnavailableError(
+            f"{reason}. Offline alternatives for an image model: model.tiny=true (a small random ViT, "
+            "nothing downloaded) or model.model_id=<local directory> holding a save_pretrained "
+            "model (config.json and weights)") from exc
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        raise ConfigError("model.model_id", cfg.model_id, "a model AutoModelForImageClassification builds; "
+                          f"its config is of type {config.model_type!r}, not one of "
+                          f"{', '.join(sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES))}")
+    return AutoModelForImageClassification.from_pretrained(path, dtype=torch.float32), True
+
+
+class HFImageFeatures(nn.Module):
+    """A transformers image-classification model (``net``) whose classifier Linear became the
+    identity: ``forward(images)`` is the pooled feature its classifier saw, (N, D).
+
+    A 1-channel image is repeated to 3 channels for a 3-channel model; an input size other than
+    the config's ``image_size`` is passed ``interpolate_pos_encoding=True`` when the model takes it
+    (ViT-family position embeddings interpolated)."""
+
+    def __init__(self, net: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.net = net
+        vision = getattr(net.config, "vision_config", net.config)
+        self.grey_to_rgb = channels == 1 and getattr(vision, "num_channels", 1) == 3
+        self.image_size = _pair(getattr(vision, "image_size", None))
+        self.interpolates = "interpolate_pos_encoding" in inspect.signature(net.forward).parameters
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if self.grey_to_rgb:
+            x = x.expand(-1, 3, -1, -1)
+        kw = ({"interpolate_pos_encoding": True}
+              if self.interpolates and self.image_size is not None and tuple(x.shape[-2:]) != self.image_size else {})
+        return self.net(pixel_values=x, **kw).logits  # type: ignore[no-any-return]
+
+
+@register_model("hf_image")
+class HFImageModel(nn.Module):
+    """Hugging Face image model (``AutoModelForImageClassification``, default ViT-B/16 ImageNet-21k)
+    with a fresh Linear head over its pooled feature."""
+
+    Config: ClassVar[type] = HFImageConfig
+    family: ClassVar[str] = "vision"
+    is_pretrained: bool = False  # the class default; True on an instance that loaded weights
+
+    def __init__(self, info: StreamInfo, config: HFImageConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or HFImageConfig()
+        net, self.is_pretrained = _hf_image_net(cfg, info)
+        wanted = getattr(getattr(net.config, "vision_config", net.config), "num_channels", None)
+        if wanted is not None and _channels(info) not in (wanted, 1 if wanted == 3 else wanted):
+            raise ConfigError("model.model_id", cfg.model_id, f"a model taking the stream's {_channels(info)}-channel "
+                              f"images; it takes {wanted} channels")
+        classifier = getattr(net, "classifier", None)
+        linears = [(n, m) for n, m in classifier.named_modules() if isinstance(m, nn.Linear)] if isinstance(
+            classifier, nn.Module) else []
+        if len(linears) != 1:
+            raise ConfigError("model.model_id", cfg.model_id, "a model whose `classifier` holds one Linear layer "
+                              f"(ViT, ConvNeXt, ResNet, ...); {type(net).__name__} has {len(linears)}")
+        name, linear = linears[0]
+        net.set_submodule(f"classifier.{name}" if name else "classifier", nn.Identity())
+        self.features = HFImageFeatures(net, _channels(info))
+        self.head = nn.Linear(linear.in_features, info.num_classes)  # registered last: the last Linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))  # type: ignore[no-any-return]
