@@ -218,6 +218,9 @@ TINY_MODELS: dict[str, tuple[str | None, tuple[int, ...], dict[str, Any], Callab
     "wrn28": (None, (3, 8, 8), {"depth": 10, "widen": 1}, lambda n: torch.rand(n, 3, 8, 8), lambda m, x: (len(x), 3)),
     "timm_vit": (None if TIMM else NO_TIMM, (3, 16, 16), {"arch": "vit_tiny_patch16_224", "depth": 1, "patch_size": 8},
                  lambda n: torch.rand(n, 3, 16, 16), lambda m, x: (len(x), 3)),
+    "timm": (None if TIMM else NO_TIMM, (3, 16, 16), {"arch": "test_resnet"},
+             lambda n: torch.rand(n, 3, 16, 16), lambda m, x: (len(x), 3)),
+    "hf_image": (None, (3, 8, 8), {"tiny": True}, lambda n: torch.rand(n, 3, 8, 8), lambda m, x: (len(x), 3)),
 }
 
 
