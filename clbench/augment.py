@@ -42,10 +42,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.transforms.v2 import functional as TF
 
 #: Per-sample draws of a batch, each tensor with the batch on dim 0 (see :meth:`ImageInputs.draw`).
 Draws = dict[str, Tensor]
@@ -218,6 +218,7 @@ class ImageInputs:
             x = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
         if self.resized_crop is not None:
             size = list(self.resized_crop)
+            TF = _tv_functional()
             # one call per image (each box has its own size); the boxes are on the CPU: no device sync
             crops = [TF.resized_crop(x[k], t, left_, bh, bw, size, antialias=True)
                      for k, (t, left_, bh, bw) in enumerate(d["box"].tolist())]
@@ -286,9 +287,17 @@ def _blend(x: Tensor, other: Tensor, f: Tensor) -> Tensor:
     return _to_uint8(x.float() * ratio + other * rest)
 
 
+def _tv_functional() -> Any:
+    """``torchvision.transforms.v2.functional``, imported when an op needs it (importing
+    torchvision takes over a second, which every run that augments nothing would pay)."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 def _grey(x: Tensor) -> Tensor:
     """float32 grey level of each pixel, floored as torchvision's adjustments use it."""
-    return x.float() if x.shape[1] == 1 else TF.rgb_to_grayscale(x).float()  # uint8 result: floored
+    return x.float() if x.shape[1] == 1 else _tv_functional().rgb_to_grayscale(x).float()  # uint8: floored
 
 
 def _brightness(x: Tensor, f: Tensor) -> Tensor:
@@ -306,6 +315,7 @@ def _saturation(x: Tensor, f: Tensor) -> Tensor:
 def _hue(x: Tensor, f: Tensor) -> Tensor:
     if x.shape[1] == 1:
         return x
+    TF = _tv_functional()
     h, s, v = _rgb_to_hsv(TF.to_dtype(x, torch.float32, scale=True))
     h = (h + f.float().view(-1, 1, 1)).remainder(1.0)
     return TF.to_dtype(_hsv_to_rgb(h, s, v), torch.uint8, scale=True)

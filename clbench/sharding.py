@@ -26,6 +26,7 @@ Any multi-process launch (``ddp`` or ``fsdp``) refuses ``test_time`` streams at 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -44,6 +45,8 @@ def _dtensor_type() -> type | None:
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    if "torch.distributed.fsdp" not in sys.modules:  # never imported: nothing can be sharded
+        return []  # (and importing it to find out costs half a second per run)
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:

@@ -242,10 +242,10 @@ class MlflowRun:
         return self.run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         if self.run_id is None:
             return
+        from mlflow.entities import Metric
+
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
         self._call("log_metrics", lambda c: c.log_batch(self.run_id, metrics=items))

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import Tensor, nn
-from torchvision.transforms import InterpolationMode
 
 from clbench.adapt import (
     ResetPoint,
@@ -95,6 +93,8 @@ def color_jitter_pro(x: Tensor) -> Tensor:
     One set of factors per call (the whole batch shares them, as torchvision transforms applied
     to a batch tensor do); saturation and hue only act on 3-channel images.
     """
+    import torchvision.transforms.functional as TF  # here: torchvision takes a second to import
+
     ops = [lambda t: TF.adjust_brightness(t, _uniform(0.6, 1.4)),
            lambda t: TF.adjust_contrast(t, _uniform(0.7, 1.3)),
            lambda t: TF.adjust_saturation(t, _uniform(0.5, 1.5)) if t.shape[-3] == 3 else t,
@@ -114,6 +114,9 @@ def cotta_augment(x: Tensor, hflip: bool = True, noise_std: float = 0.005) -> Te
     """
     if x.dim() != 4:
         raise ValueError(f"the augmentation needs (N, C, H, W) images, got shape {tuple(x.shape)}")
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     h, w = x.shape[-2:]
     x = color_jitter_pro(x.clamp(0.0, 1.0))
     x = TF.pad(x, [h // 2], padding_mode="edge")

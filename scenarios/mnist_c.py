@@ -50,7 +50,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from clbench.errors import ConfigError
 from clbench.protocol import Scenario
@@ -271,6 +270,11 @@ def pixelate(x: Tensor, s: int, rng: Rng) -> Tensor:
 
 
 def jpeg_compression(x: Tensor, s: int, rng: Rng) -> Tensor:
+    from torchvision.io import (  # here: torchvision takes a second to import
+        decode_jpeg,
+        encode_jpeg,
+    )
+
     q = [80, 65, 58, 50, 40][s - 1]
     u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     out = decode_jpeg(encode_jpeg(list(u8), quality=q))

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.functional as TF
 
 from clbench.errors import ConfigError
 from clbench.protocol import Scenario
@@ -50,6 +49,8 @@ def source_and_target(c: MNISTData, source_fraction: float = 0.5) -> tuple[Sourc
 
 
 def rotate(s: Split, angle: float) -> Split:
+    import torchvision.transforms.functional as TF  # here: torchvision takes a second to import
+
     return Split(TF.rotate(s.x, angle), s.y)
 
 

