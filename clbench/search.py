@@ -21,10 +21,15 @@ class Grid:
 
     ``closed_min``: the smallest value is the parameter's own limit (a strength of 0, which
     switches the mechanism off), so a winner there is not on an open edge: no smaller value
-    exists to try. It is reported as such (``(min, closed)``), not as a budget failure."""
+    exists to try. It is reported as such (``(min, closed)``), not as a budget failure.
+
+    ``closed_max``: the largest value is a limit of the mechanism (for example a sample size that
+    already takes the whole memory, so that any larger value is the same setting); the method's
+    ``search_space`` comment says why. A winner there is no open edge either."""
 
     values: tuple[Any, ...]
     closed_min: bool = False
+    closed_max: bool = False
 
     def __post_init__(self) -> None:
         if not self.values:
@@ -33,19 +38,21 @@ class Grid:
             raise ValueError(f"a closed_min grid starts at its limit 0, got {min(self.values)}")
 
     def record(self) -> dict[str, Any]:
-        return {"type": "grid", "values": list(self.values), **({"closed": "min"} if self.closed_min else {})}
+        closed = {(True, False): "min", (False, True): "max", (True, True): "both"}.get((self.closed_min, self.closed_max))
+        return {"type": "grid", "values": list(self.values), **({"closed": closed} if closed else {})}
 
 
-def grid(*values: Any, closed_min: bool = False) -> Grid:
-    return Grid(tuple(values), closed_min)
+def grid(*values: Any, closed_min: bool = False, closed_max: bool = False) -> Grid:
+    return Grid(tuple(values), closed_min, closed_max)
 
 
 # The learning-rate grid every method shares (AdamW on every track), in half-decade steps. Widened
 # from 1e-4..3e-3 after 5 of 11 winners of the v1 vision board sat on that grid's edges, then from
 # 3e-5..1e-2 after 3 of 10 vision_cil winners sat on those edges (one at the bottom, two at the
-# top), and to 1e-1 after a vision_dil winner sat on 3e-2; a value chosen on an edge is still
-# flagged on the boards (grid_edges).
-LR = grid(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+# top), to 1e-1 after a vision_dil winner sat on 3e-2, and to 3e-1 after one sat on 1e-1 (parameter-
+# efficient modules of a method on vision_dil); a value chosen on an edge is still flagged on the boards
+# (grid_edges).
+LR = grid(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 BASE_SPACE: dict[str, Grid] = {"trainer.lr": LR}
 
 
@@ -76,7 +83,7 @@ def with_base(extra: Mapping[str, Grid] | None = None, base: Sequence[str] = ("t
 def grid_edges(chosen: Mapping[str, Any], space: Mapping[str, Any]) -> list[str]:
     """The chosen values that are the smallest or largest of a numeric grid of three or more
     values (the optimum may lie outside the grid), as ``key=value (min|max)``; the minimum of a
-    grid closed there (:class:`Grid`) is no open edge. ``space`` is a search-space record
+    grid closed there (:class:`Grid`), and the maximum of one closed there, are no open edge. ``space`` is a search-space record
     (:func:`space_record`: ``{key: {"values": [...]}}``)."""
     out = []
     for key, value in sorted(chosen.items()):
@@ -85,7 +92,8 @@ def grid_edges(chosen: Mapping[str, Any], space: Mapping[str, Any]) -> list[str]
         nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(nums) < 3 or len(nums) != len(values) or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if value == min(nums) and rec.get("closed") == "min":
+        closed = rec.get("closed")
+        if value == min(nums) and closed in ("min", "both") or value == max(nums) and closed in ("max", "both"):
             continue
         if value in (min(nums), max(nums)):
             out.append(f"{key}={value} ({'min' if value == min(nums) else 'max'})")

@@ -142,7 +142,7 @@ class ProtocolRun:
                 else _scenario_values(p.eval_scenario, p.eval_options))
         values = {**p.fixed, **self.overrides, **params, **scen, **self.locations, "method": self.method, "seed": seed,
                   "tracking.runs_dir": str(self.dir / phase), "tracking.parent_run_id": parent,
-                  "trainer.progress": False}
+                  "trainer.progress": False, "eval.validation": phase == "tune"}
         return build_run_config(values)
 
 

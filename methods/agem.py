@@ -113,7 +113,9 @@ class AGEM(Method):
 
     Config = AGEMConfig
     mechanism_figures: ClassVar[tuple[str, ...]] = ("projected_fraction",)
-    search_space = with_base({"method.sample_size": grid(16, 64, 256, 1024, 4096)})
+    # 4096 takes the whole memory (4096 // n_groups >= patterns_per_experience = 250 for streams of up
+    # to 17 experiences, every shipped track), so no larger value is another setting: closed there.
+    search_space = with_base({"method.sample_size": grid(16, 64, 256, 1024, 4096, closed_max=True)})
 
     def __init__(self, config: AGEMConfig | None = None) -> None:
         super().__init__(config)

@@ -138,7 +138,9 @@ class MIGU(Method):
 
     Config = MIGUConfig
     mechanism_figures = ("kept_fraction",)
-    search_space = with_base({"method.threshold": grid(0.5, 0.7, 0.9)})
+    # threshold 0 masks no row (plain fine-tuning, the limit); widened after vision_dil's winner sat
+    # on 0.5.
+    search_space = with_base({"method.threshold": grid(0.0, 0.3, 0.5, 0.7, 0.9, closed_min=True)})
 
     def __init__(self, config: MIGUConfig | None = None) -> None:
         super().__init__(config)

@@ -289,7 +289,10 @@ def _points(space: Mapping[str, Any]) -> list[dict[str, Any]]:
         return sorted(vals) if numeric else vals
 
     low, high = ({k: ordered(k)[0] for k in keys}, {k: ordered(k)[-1] for k in keys})
-    return draw(space, size(space), 0) if size(space) <= 256 else [low, high, *draw(space, 32, 0)]
+    if size(space) <= 256:
+        return draw(space, size(space), 0)
+    points = [low, high, *draw(space, 32, 0)]
+    return [p for i, p in enumerate(points) if p not in points[:i]]  # a draw may hit a boundary
 
 
 def _value_at(cfg: RunConfig, key: str) -> Any:

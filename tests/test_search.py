@@ -1,4 +1,4 @@
-"""Search grids: a minimum closed at the parameter's own limit is no open edge."""
+"""Search grids: a minimum or maximum closed at a limit of the parameter is no open edge."""
 
 from __future__ import annotations
 
@@ -27,3 +27,11 @@ def test_methods_close_only_grids_that_start_at_zero() -> None:
     for name in METHODS.names():
         for key, g in (getattr(METHODS.get(name), "search_space", None) or {}).items():
             assert not g.closed_min or min(g.values) == 0, (name, key)
+
+
+def test_a_closed_maximum_is_not_an_edge_but_its_minimum_still_is() -> None:
+    space = space_record({"method.size": grid(16, 256, 4096, closed_max=True), "method.both": grid(0.0, 1.0, 2.0, closed_min=True, closed_max=True)})
+    assert space["method.size"]["closed"] == "max" and space["method.both"]["closed"] == "both"
+    assert grid_edges({"method.size": 4096, "method.both": 2.0}, space) == []
+    assert grid_edges({"method.both": 0.0}, space) == []
+    assert grid_edges({"method.size": 16}, space) == ["method.size=16 (min)"]

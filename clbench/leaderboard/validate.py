@@ -25,8 +25,11 @@ from clbench.leaderboard.record import EntryRun, LeaderboardEntry, content_hash,
 from clbench.leaderboard.signing import read_allowed_signers, signature_errors
 from clbench.tuning import PROTOCOLS, Protocol
 
-# overrides that do not change what is learned (where results go, progress bars, device placement)
-NEUTRAL_KEYS = ("tracking.", "trainer.progress", "trainer.device", "trainer.precision", "eval.batch_size")
+#: settings that change no recorded R: where results go, progress bars, the device and precision
+#: (within the reproduce tolerance), the evaluation batch, and whether R_val is filled beside R
+#: (the protocol fills it in tuning trials only)
+NEUTRAL_KEYS = ("tracking.", "trainer.progress", "trainer.device", "trainer.precision", "eval.batch_size",
+                "eval.validation")
 #: metrics every run reports (their fields and types come from :class:`LeaderboardEntry`)
 _REQUIRED_METRICS = ("acc", "bwt", "forgetting", "plasticity")
 
