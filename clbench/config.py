@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from clbench.errors import ConfigError
 from clbench.options import coerce, flatten, non_negative, positive, replace_checked, to_plain
@@ -94,10 +94,17 @@ class EvalConfig:
     # score general capability after every k-th experience (and always before the stream and
     # after the last experience); 0 = only before and after the stream
     general_every: int = 1
+    # what runs lm-eval general capability and the greedy generation of generation-judged
+    # objectives: "hf" (the in-memory Hugging Face model) or "vllm" (optional: the vllm package
+    # and a CUDA GPU; not yet run on a GPU, see clbench.vllm_backend)
+    backend: str = "hf"
+    BACKENDS: ClassVar[tuple[str, ...]] = ("hf", "vllm")  # the choices of ``backend``
 
     def __post_init__(self) -> None:
         positive(self, "eval", ("batch_size",))
         non_negative(self, "eval", ("general_every",))
+        if self.backend not in self.BACKENDS:
+            raise ConfigError("eval.backend", self.backend, self.BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ LOCATION_OPTIONS: dict[str, tuple[str, ...]] = {"scenario": ("root", "data_dir")
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"trainer.scheduler": "constant", "trainer.warmup_ratio": 0.0,
                                          "trainer.no_decay_norms_biases": False,
                                          "trainer.gradient_checkpointing": False, "eval.general_every": 1,
+                                         "eval.backend": "hf",
                                          # as to_dict() writes them: a tuple is a list there
                                          "trainer.milestones": [], "trainer.gamma": 0.1}
 

@@ -6,7 +6,8 @@ bf16, bf16 autocast.
 The evaluation batch starts at ``eval.batch_size``; a batch that runs out of CUDA memory is
 retried at half its length, and the evaluator keeps the smaller size (:class:`EvalBatches`).
 Objectives that judge by generation get the model's cached greedy generator where it stands
-for the method's prediction (:func:`fast_generator`).
+for the method's prediction (:func:`fast_generator`); with ``eval.backend=vllm`` vLLM runs it on
+a saved copy of the model (:mod:`clbench.vllm_backend`; optional, not yet run on a GPU).
 
 The evaluator hides what the scenario does not grant: labels never reach ``predict``/``adapt``,
 and task ids reach them only in task-incremental streams.
@@ -18,12 +19,13 @@ Objectives that judge by generation can leave a record of every judged example: 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +36,9 @@ from clbench.protocol import Method
 from clbench.sharding import grad_free, is_sharded
 from clbench.streams import Batch, Experience, Split
 from clbench.trainer import autocast_for
+
+if TYPE_CHECKING:
+    from clbench.vllm_backend import VllmGenerators
 
 SAMPLES = "samples.jsonl"
 
@@ -148,10 +153,14 @@ class Evaluator:
                  precision: str = "auto", progress: bool = False,
                  objective: Objective | None = None,
                  prepare: Callable[[Tensor], Tensor] | None = None,
-                 samples: SampleLog | None = None) -> None:
+                 samples: SampleLog | None = None, backend: str = "hf") -> None:
         """``prepare`` maps each batch of stored inputs to model inputs before the objective's
         ``eval_inputs`` (e.g. uint8 images to floats in [0, 1]); ``samples`` receives the judged
-        examples of objectives that judge by generation."""
+        examples of objectives that judge by generation. ``backend`` (``eval.backend``; the
+        runner sets the attribute): ``vllm`` generates through vLLM where the model's cached
+        generator would stand for the method's prediction (:meth:`generation`)."""
+        self.backend = backend
+        self._vllm: VllmGenerators | None = None  # the open generation pass's (vllm backend)
         self.objective = objective or Objective()
         self.samples = samples
         self.prepare = prepare
@@ -166,6 +175,32 @@ class Evaluator:
         """The evaluation batch size now (``eval.batch_size`` unless out-of-memory shrank it)."""
         return self.batches.size
 
+    @contextlib.contextmanager
+    def generation(self) -> Iterator[None]:
+        """One generation pass: with ``backend`` vllm, the vLLM engine built inside it serves
+        every evaluation inside (the weights do not change there) and is shut down on exit, so
+        training gets its GPU memory back. Re-entrant: an inner pass joins the outer one."""
+        if self.backend != "vllm" or self._vllm is not None:
+            yield
+            return
+        from clbench.vllm_backend import VllmGenerators
+
+        bf16 = self.device.type == "cuda" and self.precision in ("auto", "bf16")  # as autocast_for
+        generators = self._vllm = VllmGenerators(dtype="bfloat16" if bf16 else None)
+        try:
+            yield
+        finally:
+            self._vllm = None
+            generators.close()
+
+    def _generator(self, model: nn.Module, method: Method) -> GreedyFn | None:
+        """:func:`fast_generator`, run by vLLM inside a vllm :meth:`generation` pass where the
+        model exposes a plain Hugging Face causal LM (``lm_eval_handle``)."""
+        cached = fast_generator(model, method)
+        if cached is None or self._vllm is None or self.objective.judge is None:
+            return cached
+        return self._vllm.get(model, cached)
+
     def _chunks(self, model: nn.Module) -> Chunks:
         """The batch runner: :attr:`batches`, or fixed batches for a sharded model (its ranks
         must run the same passes, so out-of-memory propagates there at once)."""
@@ -179,26 +214,27 @@ class Evaluator:
         model.eval()
         try:
             bar = tqdm(experiences, desc=desc, leave=False, unit="exp", disable=None if self.progress else True)  # None: off when not a TTY
-            return [self.accuracy(model, method, e, getattr(e, split), {"after": after, "split": split})
-                    for e in bar]
+            with self.generation():  # one vLLM engine for the whole row (vllm backend)
+                return [self.accuracy(model, method, e, getattr(e, split), {"after": after, "split": split})
+                        for e in bar]
         finally:
             model.train(was_training)
 
     def accuracy(self, model: nn.Module, method: Method, exp: Experience, data: Split,
                  tag: dict[str, Any] | None = None) -> float:
         """Accuracy on ``data`` of ``exp``; ``tag`` (``after``, ``split``) goes into the sample log."""
-        with grad_free(model):
+        with grad_free(model), self.generation():
             return self._accuracy(lambda b: method.predict(model, b), exp, data, tag,
-                                  self._chunks(model), fast_generator(model, method))
+                                  self._chunks(model), self._generator(model, method))
 
     def split_accuracy(self, model: nn.Module, method: Method, data: Split) -> float:
         """Accuracy on a split outside the stream (e.g. the source test split); no task id."""
         was_training = model.training
         model.eval()
         try:
-            with grad_free(model):
+            with grad_free(model), self.generation():
                 return self._accuracy(lambda b: method.predict(model, b), None, data, None,
-                                      self._chunks(model), fast_generator(model, method))
+                                      self._chunks(model), self._generator(model, method))
         finally:
             model.train(was_training)
 

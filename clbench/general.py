@@ -5,6 +5,9 @@
 after every experience without saving checkpoints. Hub tasks (arc_easy, hellaswag, mmlu...) work
 when their datasets can be downloaded; offline, the bundled local tasks below are written as
 lm-eval YAML + JSONL into a cache folder and loaded with ``TaskManager(include_path=...)``.
+With ``eval.backend=vllm`` the same tasks run through lm-eval's vLLM model on a saved copy of the
+model (:func:`clbench.vllm_backend.lm_eval_scores_vllm`), sharing :func:`task_manager` and
+:func:`scores_from_results` with :func:`lm_eval_scores`.
 
 Bundled offline task (built from real text that every Python installation carries):
 - ``clbench_pydoc_cloze``: LAMBADA-style last-word prediction as 4-way multiple choice over
@@ -30,7 +33,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +173,51 @@ def local_task_info(task: str, cache_dir: Path | None = None) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+def prefix_token_id(tokenizer: Any) -> int | None:
+    """The token lm-eval puts before a first word to score it, where the tokenizer has neither
+    BOS nor EOS (its CLS, else its pad token); None otherwise (lm-eval's own choice)."""
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
+        return tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.pad_token_id
+    return None
+
+
+def task_manager(tasks: Sequence[str], cache_dir: Path | None = None,
+                 data_dir: Path | str | None = None) -> Any:
+    """lm-eval's ``TaskManager`` with the local tasks registered (:func:`local_task_dir`).
+
+    Raises:
+        DataUnavailableError: a named data task's files are missing (before any model work).
+    """
+    from lm_eval.tasks import TaskManager
+
+    task_dir = local_task_dir(cache_dir, tasks, data_dir)
+    # indexing lm-eval's own ~10k task YAMLs costs tens of seconds per call: skip it when every
+    # task named is local
+    return TaskManager(include_path=str(task_dir), include_defaults=not set(tasks) <= set(LOCAL_TASKS))
+
+
+def evaluate(lm: Any, tasks: Sequence[str], limit: int | None, manager: Any) -> dict[str, float]:
+    """lm-eval's ``simple_evaluate`` of the lm-eval model ``lm`` on ``tasks``, as
+    :func:`scores_from_results` gives its results."""
+    import lm_eval
+
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+                                  log_samples=False, bootstrap_iters=0, verbosity="ERROR")
+    return scores_from_results(out)
+
+
+def scores_from_results(out: Mapping[str, Any] | None) -> dict[str, float]:
+    """``{"<task>/<metric>": value}`` from lm-eval's results: numeric metrics only, the filter
+    name after the comma dropped, no ``*_stderr``, ``alias`` or ``sample_len``."""
+    scores: dict[str, float] = {}
+    for task, metrics in (out or {}).get("results", {}).items():
+        for key, value in metrics.items():
+            name = key.split(",")[0]
+            if isinstance(value, int | float) and not name.endswith("_stderr") and name not in ("alias", "sample_len"):
+                scores[f"{task}/{name}"] = float(value)
+    return scores
+
+
 def lm_eval_scores(model: nn.Module, tokenizer: Any, tasks: Sequence[str], limit: int | None = None,
                    batch_size: int = 8, cache_dir: Path | None = None,
                    data_dir: Path | str | None = None) -> dict[str, float]:
@@ -184,32 +232,16 @@ def lm_eval_scores(model: nn.Module, tokenizer: Any, tasks: Sequence[str], limit
     Raises:
         DataUnavailableError: a named data task's files are missing (before any model work).
     """
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    task_dir = local_task_dir(cache_dir, tasks, data_dir)
+    manager = task_manager(tasks, cache_dir, data_dir)
     was_training = model.training  # HFLM switches the model to eval mode
     device = str(next(model.parameters()).device)
-    prefix = None  # lm-eval needs a token to score a first word; fall back when no BOS/EOS
-    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
-        prefix = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.pad_token_id
+    # lm-eval needs a token to score a first word: prefix_token_id gives one when there is no BOS/EOS
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
-              prefix_token_id=prefix)
-    # indexing lm-eval's own ~10k task YAMLs costs tens of seconds per call: skip it when every
-    # task named is local
-    manager = TaskManager(include_path=str(task_dir),
-                          include_defaults=not set(tasks) <= set(LOCAL_TASKS))
+              prefix_token_id=prefix_token_id(tokenizer))
     model.eval()
     try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
-                                      log_samples=False, bootstrap_iters=0, verbosity="ERROR")
+        return evaluate(lm, tasks, limit, manager)
     finally:
         model.train(was_training)
-    scores: dict[str, float] = {}
-    for task, metrics in (out or {}).get("results", {}).items():
-        for key, value in metrics.items():
-            name = key.split(",")[0]
-            if isinstance(value, int | float) and not name.endswith("_stderr") and name not in ("alias", "sample_len"):
-                scores[f"{task}/{name}"] = float(value)
-    return scores

@@ -79,6 +79,10 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     cfg = distributed_view(cfg)
     res = resolve(cfg)
     check_backends(cfg.tracking)
+    if cfg.eval.backend == "vllm":  # refused here, before anything is built, where it cannot run
+        from clbench.vllm_backend import require_vllm
+
+        require_vllm(world_info()[1])
     run_dir = run_dir_for(cfg)
     runs_root = Path(cfg.tracking.runs_dir)
     if any(p.exists() and not p.is_dir() for p in (runs_root, *runs_root.parents)):
@@ -135,6 +139,7 @@ class _Run:
         parts = RunParts(cfg, stream, self.model, self.method, self.device, objective, run_dir,
                          self.tracker.log_metrics)
         self.loop = TestTimeLoop(parts) if stream.scenario_type == "test_time" else TrainingLoop(parts)
+        self.loop.evaluator.backend = cfg.eval.backend  # vllm: generation through clbench.vllm_backend
         self._content_hash: str | None = None
         self.progress = RunProgress(started_at=_now())
 
@@ -171,7 +176,9 @@ class _Run:
         """General capability: source test accuracy; lm-eval scores for language models.
 
         lm-eval scores the underlying Hugging Face model directly (a method's ``predict`` path
-        is not used); its time is counted in ``cost.general_eval_time_s``, not in training.
+        is not used), through vLLM on a saved copy with ``eval.backend=vllm``
+        (:func:`clbench.vllm_backend.lm_eval_scores_vllm`); its time is counted in
+        ``cost.general_eval_time_s``, not in training.
         """
         scores: dict[str, float] = {}
         source = self.stream.source
@@ -181,11 +188,13 @@ class _Run:
         handle = lm_eval_handle(self.model)
         if handle is not None and self.cfg.eval.lm_eval_tasks:
             from clbench.general import lm_eval_scores
+            from clbench.vllm_backend import lm_eval_scores_vllm
 
+            score = lm_eval_scores_vllm if self.cfg.eval.backend == "vllm" else lm_eval_scores
             start = time.perf_counter()
             hf_model, tokenizer = handle()
-            scores.update(lm_eval_scores(hf_model, tokenizer, self.cfg.eval.lm_eval_tasks,
-                                         limit=self.cfg.eval.lm_eval_limit or None))
+            scores.update(score(hf_model, tokenizer, self.cfg.eval.lm_eval_tasks,
+                                limit=self.cfg.eval.lm_eval_limit or None))
             self.progress.general_time_s += time.perf_counter() - start
         return scores
 
