@@ -168,7 +168,8 @@ class CoDyRA(Method):
 
     Config = CoDyRAConfig
     mechanism_figures = ("kept_fraction",)
-    search_space = with_base({"method.kappa_max": grid(0.0, 0.0002, 0.001, 0.005, 0.02, closed_min=True)})
+    # widened to 0.1 after vision_cil's winner sat on 0.02 (grid round 2)
+    search_space = with_base({"method.kappa_max": grid(0.0, 0.0002, 0.001, 0.005, 0.02, 0.1, closed_min=True)})
 
     def __init__(self, config: CoDyRAConfig | None = None) -> None:
         super().__init__(config)

@@ -80,7 +80,9 @@ class EWC(Method):
     """
 
     Config = EWCConfig
-    search_space = with_base({"method.ewc_lambda": grid(0.0, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, closed_min=True)})
+    # widened to 1e5 after vision_cil's winner sat on 1e4 (grid round 2)
+    search_space = with_base({"method.ewc_lambda": grid(0.0, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0,
+                                                        closed_min=True)})
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)

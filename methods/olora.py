@@ -129,7 +129,8 @@ class OLoRA(Method):
     # refused by setup (ConfigError) unless method.target_modules names its conv layers
     model_families = frozenset({"vision", "hf_encoder", "hf_causal_lm"})
     mechanism_figures = ("orth_loss_first", "orth_loss_last")
-    search_space = with_base({"method.lambda_1": grid(0.0, 0.05, 0.5, 5.0, closed_min=True)})
+    # widened to 50 after vision_cil's winner sat on 5.0 (grid round 2)
+    search_space = with_base({"method.lambda_1": grid(0.0, 0.05, 0.5, 5.0, 50.0, closed_min=True)})
 
     def __init__(self, config: OLoRAConfig | None = None) -> None:
         super().__init__(config)
