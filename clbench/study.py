@@ -27,7 +27,11 @@ PROTOCOL_RUNS_DIR = "runs/protocol"
 
 @dataclass(frozen=True)
 class Protocol:
-    """One track's fixed protocol: the same budget and settings for every method."""
+    """One track's fixed protocol: the same budget and settings for every method.
+
+    ``n_trials == 0`` is a zero-budget protocol: no tuning scenario (``tune_scenario`` is ``""``),
+    no tuning phase; every method is evaluated with its defaults (H* = {}). ``rank_by`` is the
+    metric its board ranks by (direction: :func:`clbench.metrics.higher_is_better`)."""
 
     track: str
     tune_scenario: str
@@ -44,6 +48,14 @@ class Protocol:
     name: str = "reality_check"
     version: str = "1"
     retired: bool = False  # the track's board is superseded (kept readable, not extended)
+    rank_by: str = "acc"
+    shown: tuple[str, ...] = ()  # metrics the board shows beside it
+    kind: str = "labelled"  # the track's kind (clbench.tracks.KINDS): test_time runs record R as 1 x D
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the protocol has a tuning phase (a budget of one trial or more)."""
+        return self.n_trials > 0
 
     def record(self) -> dict[str, Any]:
         """What protocol.json stores under ``protocol``."""
@@ -55,21 +67,23 @@ class Protocol:
 
 def protocol_of(track: Any) -> Protocol:
     """The protocol a track declares (``leaderboards/<track>/track.yaml``, see clbench.tracks)."""
-    assert track.tune is not None
-    return Protocol(track=track.name, tune_scenario=track.tune.name, eval_scenario=track.evaluate.name,
-                    n_trials=track.n_trials, tune_options=dict(track.tune.options),
+    assert track.has_protocol
+    tune = track.tune
+    return Protocol(track=track.name, tune_scenario=tune.name if tune else "", eval_scenario=track.evaluate.name,
+                    n_trials=track.n_trials, tune_options=dict(tune.options) if tune else {},
                     eval_options=dict(track.evaluate.options), fixed=dict(track.fixed),
-                    eval_seeds=track.eval_seeds, retired=track.status == "retired")
+                    eval_seeds=track.eval_seeds, retired=track.status == "retired",
+                    rank_by=track.rank_by, shown=tuple(track.shown), kind=track.kind)
 
 
 def _declared() -> dict[str, Protocol]:
     from clbench.tracks import all_tracks
 
-    return {name: protocol_of(t) for name, t in all_tracks().items() if t.tune is not None}
+    return {name: protocol_of(t) for name, t in all_tracks().items() if t.has_protocol}
 
 
-# Every track that declares a tuning scenario has a protocol (retired ones too, so their boards
-# stay verifiable); tests may add entries.
+# Every track that declares a tuning scenario or a zero budget has a protocol (retired ones too,
+# so their boards stay verifiable); tests may add entries.
 PROTOCOLS: dict[str, Protocol] = _declared()
 
 
@@ -138,6 +152,8 @@ class ProtocolRun:
         from clbench.config import build_run_config
 
         p = self.protocol
+        if phase == "tune" and not p.tuned:
+            raise ClbenchError(f"the {p.track} protocol has a zero budget: no tuning phase, no tuning scenario")
         scen = (_scenario_values(p.tune_scenario, p.tune_options) if phase == "tune"
                 else _scenario_values(p.eval_scenario, p.eval_options))
         values = {**p.fixed, **self.overrides, **params, **scen, **self.locations, "method": self.method, "seed": seed,

@@ -19,11 +19,14 @@ reference learners and thresholds of its health check. The quick suite (``make b
     kind: labelled | foundation | test_time
     description: why the track looks the way it does
     evaluate: {scenario: split_mnist, options: {...}}
-    tune: {scenario: split_digits, options: {...}}     # optional: no protocol without it
+    tune: {scenario: split_digits, options: {...}}     # optional: no protocol without it (but n_trials 0)
     fixed: {model: mlp, trainer.epochs: 5, ...}          # every run of the track
     reference: {trainer.lr: 0.01}                        # quick suite + health check (tuned by the protocol)
     protocol: {n_trials: 8, eval_seeds: [0, 1, 2]}
-    rank_by: acc                                         # a results.json metric
+    #   n_trials: 0 and no tune: a zero-budget protocol (no tuning phase: every method runs its
+    #   defaults, evaluated on the evaluation seeds); a tune without a protocol: 8 trials
+    rank_by: acc                                         # a results.json metric, its direction
+                                                         # from clbench.metrics (e.g. errors: lower)
     shown: [forgetting, plasticity]                      # metrics shown beside it
     seeds: [0, 1, 2]                                     # quick suite and health check
     health:
@@ -140,9 +143,16 @@ class Track:
                           **({"upper_options": self.health.upper_options} if self.health.upper_options else {})}}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
+    @property
+    def has_protocol(self) -> bool:
+        """Whether the track declares a protocol: a tuning scenario, or a zero budget
+        (``protocol: {n_trials: 0}`` without ``tune``: the methods' defaults, no tuning phase)."""
+        return self.tune is not None or self.n_trials == 0
+
     def one_line(self) -> str:
         model = self.fixed.get("model", "auto")
-        tune = f"tune {self.tune.name}" if self.tune else "no protocol"
+        tune = f"tune {self.tune.name}" if self.tune else ("zero-budget protocol" if self.has_protocol
+                                                          else "no protocol")
         return (f"{self.name:<16} {self.status:<11} {self.kind:<10} {self.evaluate.name} "
                 f"({model}; {tune}) - {self.title}")
 
@@ -192,13 +202,19 @@ def parse_track(doc: Any, path: Path) -> Track:
         unknown_metrics = [n for n in names if n not in METRICS]
         if unknown_metrics:
             raise ConfigError(f"{path}: {key}", ", ".join(map(str, unknown_metrics)), sorted(METRICS))
+    n_trials = int(proto.get("n_trials", 8))
+    if n_trials < 0:
+        raise ConfigError(f"{path}: protocol.n_trials", n_trials, "0 (no tuning) or more")
+    if n_trials == 0 and doc.get("tune"):
+        raise ConfigError(f"{path}: protocol.n_trials", n_trials,
+                          "1 or more with a tuning scenario (n_trials 0 declares no tuning phase: drop 'tune')")
     return Track(
         name=doc["name"], title=str(doc.get("title", "")), status=doc["status"], kind=kind,
         description=str(doc.get("description", "")).strip(),
         evaluate=_scenario(doc.get("evaluate"), f"{path}: evaluate"),
         tune=_scenario(doc["tune"], f"{path}: tune") if doc.get("tune") else None,
         fixed=_tuple(dict(doc.get("fixed") or {})), reference=_tuple(dict(doc.get("reference") or {})),
-        n_trials=int(proto.get("n_trials", 8)),
+        n_trials=n_trials,
         eval_seeds=tuple(int(s) for s in proto.get("eval_seeds", (0, 1, 2))),
         rank_by=str(doc.get("rank_by", "acc")), shown=tuple(doc.get("shown") or ()), seeds=seeds,
         health=Health(str(h.get("lower", "")), str(h.get("upper", "")),

@@ -176,6 +176,10 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
                  progress: bool = True, locations: Mapping[str, str] | None = None) -> ProtocolRecord:
     """Phase 1 (tune on the tuning scenario's validation split) then phase 2 (evaluate per seed).
 
+    A zero-budget protocol (``n_trials == 0``, :attr:`clbench.study.Protocol.tuned` false) skips
+    phase 1: no tuning scenario is built, H* is ``{}`` (the method's defaults), the record's
+    search space is ``{}`` and its tuning part names no scenario and no trial.
+
     Resumable: rerunning the same command continues (finished trials and runs are kept). With a
     shared ``storage`` URL (PostgreSQL), the same command on many machines shares the work; each
     trial and each evaluation seed runs exactly once. ``locations`` (keys of
@@ -198,9 +202,10 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     from clbench.tracks import check_locations
 
     pr = ProtocolRun(method, p, overrides, storage, runs_dir, progress, check_locations(None, locations or {}))
-    _precheck(pr.config("tune", {}, 0, ""))  # settings valid and the pair runnable, before any work
-    space = pr.space
-    slots = draw(space, p.n_trials, p.sampler_seed)
+    # settings valid and the pair runnable, before any work
+    _precheck(pr.config("tune" if p.tuned else "eval", {}, 0, ""))
+    space = pr.space if p.tuned else {}
+    slots = draw(space, p.n_trials, p.sampler_seed) if p.tuned else []
     pr.dir.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     lock = exclusive(pr.dir / ".lock") if pr.embedded else nullcontext()
@@ -212,13 +217,18 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
             if n:
                 _log(pr, f"resuming: {n} interrupted trial(s) requeued")
         parent = _parent_run(pr, study)
-        _log(pr, f"phase 1: {len(slots)} of {size(space)} configurations of {sorted(space)} on "
-                 f"{p.tune_scenario} ({pr.dir})")
-        until_done(study, store, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
-        best, best_value = _best(study)
-        edges = grid_edges(best, space_record(space))
-        _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})"
-                 + (f"; on the edge of its grid: {', '.join(edges)}" if edges else ""))
+        best: dict[str, Any] = {}
+        best_value: float | None = None
+        if p.tuned:
+            _log(pr, f"phase 1: {len(slots)} of {size(space)} configurations of {sorted(space)} on "
+                     f"{p.tune_scenario} ({pr.dir})")
+            until_done(study, store, _worker_main, (pr, "", "tune", parent, None), workers, "tune")
+            best, best_value = _best(study)
+            edges = grid_edges(best, space_record(space))
+            _log(pr, f"chosen: {best} (validation ACC {best_value:.4f})"
+                     + (f"; on the edge of its grid: {', '.join(edges)}" if edges else ""))
+        else:
+            _log(pr, f"phase 1 skipped: zero-budget protocol, the method's defaults ({pr.dir})")
         eval_slots = [{"seed": s} for s in p.eval_seeds]
         ev = open_study(pr, "-eval", [], {}) if study_exists(pr, "-eval") else None
         if ev is None:
@@ -267,7 +277,7 @@ def _best(study: Any) -> tuple[dict[str, Any], float]:
     return dict(best.params), float(best.value)
 
 
-def _record(pr: ProtocolRun, study: Any, ev: Any, best: dict[str, Any], best_value: float,
+def _record(pr: ProtocolRun, study: Any, ev: Any, best: dict[str, Any], best_value: float | None,
             space: dict[str, Any], parent: str, started: str) -> ProtocolRecord:
     import numpy as np
 

@@ -275,8 +275,10 @@ TUNABLE = (bool, int, float, str, type(None))  # what optuna's suggest_categoric
 
 
 def _protocol(method: str) -> Protocol:
-    """The protocol of the method's default track, or the tiny one when that track has none."""
-    return PROTOCOLS.get(default_track(method), TINY_PROTOCOL)
+    """The protocol of the method's default track, or the tiny one when that track has none or
+    has no tuning phase (a zero-budget protocol: the grid points below need one)."""
+    proto = PROTOCOLS.get(default_track(method))
+    return proto if proto is not None and proto.tuned else TINY_PROTOCOL
 
 
 def _points(space: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -407,7 +409,7 @@ def test_search_space_run_configs_round_trip(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("track", sorted(PROTOCOLS))
 def test_every_track_protocol_config_round_trips(track: str, tmp_path: Path) -> None:
     pr = ProtocolRun("naive", PROTOCOLS[track], {}, storage="", runs_dir=str(tmp_path), progress=False)
-    for phase in ("tune", "eval"):
+    for phase in ("tune", "eval") if PROTOCOLS[track].tuned else ("eval",):  # zero budget: no tuning phase
         cfg = pr.config(phase, {}, 0, "")
         assert all(_same(back, cfg) for back in _read_back(cfg, tmp_path)), phase
 

@@ -47,7 +47,7 @@ def test_each_declaration_parses_as_pending_and_says_what_it_needs(name: str) ->
     text = " ".join(t.description.split())
     assert text.startswith("NOT RUN HERE") and "GPU" in text and "not run here" in t.title
     assert f"clbench track check {name}" in text and "CLBENCH_DATA_DIR" in text
-    assert (f"make board TRACK={name}" in text) == (t.tune is not None)  # no protocol, no board
+    assert (f"make board TRACK={name}" in text) == t.has_protocol  # no protocol, no board
     if t.tune is not None:
         assert t.tune.name != t.evaluate.name  # never tuned on the evaluation data
     if "model.weights" in t.fixed:  # the declared file, and where the commands say to put it

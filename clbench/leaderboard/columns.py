@@ -14,14 +14,22 @@ from typing import Any
 
 from clbench import stats
 from clbench.leaderboard.record import LeaderboardEntry, MeanStd, is_num
-from clbench.metrics import metric_digits, metric_label
+from clbench.metrics import higher_is_better, metric_digits, metric_label
 from clbench.search import grid_edges
 from clbench.tuning import Protocol
 
 
-def _rank_key(entry: LeaderboardEntry) -> tuple[float, str]:
-    acc = metric_mean(entry, "acc")
-    return (-acc if acc is not None else math.inf, entry.method)
+def rank_metric(proto: Protocol | None) -> str:
+    """The metric a board ranks by: its protocol's ``rank_by`` (ACC without a protocol)."""
+    return proto.rank_by if proto is not None else "acc"
+
+
+def _rank_key(entry: LeaderboardEntry, metric: str = "acc") -> tuple[float, str]:
+    """Best first by ``metric``'s mean in its direction (:func:`clbench.metrics.higher_is_better`)."""
+    v = metric_mean(entry, metric)
+    if v is None:
+        return (math.inf, entry.method)
+    return (-v if higher_is_better(metric) else v, entry.method)
 
 
 def metric_mean(entry: LeaderboardEntry, metric: str) -> float | None:
@@ -54,11 +62,11 @@ def _ci(s: MeanStd | None, digits: int = 3) -> str:
     return f"{s.mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def rank_labels(entries: Sequence[LeaderboardEntry]) -> list[str]:
-    """Rank labels of entries already in rank order: an entry whose 95 % ACC interval overlaps
-    the one above shares its rank (``3=``); entries without intervals (schema 1) never share."""
-    intervals = [tuple(e.summary["acc"].ci95) if "acc" in e.summary and e.summary["acc"].ci95 else None
-                 for e in entries]
+def rank_labels(entries: Sequence[LeaderboardEntry], metric: str = "acc") -> list[str]:
+    """Rank labels of entries already in rank order: an entry whose 95 % interval of the ranked
+    ``metric`` overlaps the one above shares its rank (``3=``); entries without intervals
+    (schema 1) never share."""
+    intervals = [(s.ci95 if (s := e.summary.get(metric)) is not None else None) or None for e in entries]
     return stats.shared_ranks([(float(iv[0]), float(iv[1])) if iv else None for iv in intervals])
 
 
@@ -68,14 +76,15 @@ def baseline(entries: Sequence[LeaderboardEntry]) -> str | None:
     return next((e.health.lower for e in entries if e.health is not None), None)
 
 
-def versus_baseline(entry: LeaderboardEntry, entries: Sequence[LeaderboardEntry]) -> str:
-    """ACC difference to the baseline's entry on the same seeds and the paired t-test's p; a
-    ▲/▼ marks p < 0.05. ``-`` for the baseline itself, without it, or without shared seeds."""
+def versus_baseline(entry: LeaderboardEntry, entries: Sequence[LeaderboardEntry], metric: str = "acc") -> str:
+    """Difference of ``metric`` to the baseline's entry on the same seeds and the paired t-test's
+    p; a ▲/▼ (the difference's sign) marks p < 0.05. ``-`` for the baseline itself, without it,
+    or without shared seeds."""
     name = baseline(entries)
     base = next((e for e in entries if e.method == name), None)
     if base is None or entry is base:
         return "-"
-    mine, theirs = _acc_by_seed(entry), _acc_by_seed(base)
+    mine, theirs = _by_seed(entry, metric), _by_seed(base, metric)
     seeds = sorted(set(mine) & set(theirs))
     test = stats.paired_t([mine[s] for s in seeds], [theirs[s] for s in seeds])
     if test is None:
@@ -85,8 +94,8 @@ def versus_baseline(entry: LeaderboardEntry, entries: Sequence[LeaderboardEntry]
     return f"{diff:+.3f} (p {p:.2g}){mark}"
 
 
-def _acc_by_seed(entry: LeaderboardEntry) -> dict[int, float]:
-    return {r.seed: float(v) for r in entry.runs if (v := r.metrics.get("acc")) is not None}
+def _by_seed(entry: LeaderboardEntry, metric: str = "acc") -> dict[int, float]:
+    return {r.seed: float(v) for r in entry.runs if (v := r.metrics.get(metric)) is not None}
 
 
 def edge_params(entry: LeaderboardEntry) -> list[str]:
@@ -136,17 +145,23 @@ def _metric_column(key: str, metric: str) -> Column:
             lambda e: metric_mean(e, metric))
 
 
-def _columns(entries: Sequence[LeaderboardEntry]) -> list[Column]:
-    """(key, header, type, text(entry), sort value(entry)) for the board's columns."""
+def _columns(entries: Sequence[LeaderboardEntry], metric: str = "acc", shown: Sequence[str] = ()) -> list[Column]:
+    """(key, header, type, text(entry), sort value(entry)) for the board's columns; ``metric``
+    is the ranked one (key ``rank_by``), ``shown`` the track's metrics shown beside it."""
     cols: list[Column] = [("method", "Method", "text", lambda e: e.method, lambda e: e.method)]
-    cis = any(e.summary.get("acc") is not None and e.summary["acc"].ci95 for e in entries)
-    cols.append(("acc", "ACC [95 % CI]" if cis else metric_label("acc"), "num",
-                 lambda e: _ci(e.summary.get("acc"), metric_digits("acc")), lambda e: metric_mean(e, "acc")))
+    cis = any(e.summary.get(metric) is not None and e.summary[metric].ci95 for e in entries)
+    label = metric_label(metric)
+    cols.append((metric, f"{label} [95 % CI]" if cis else label, "num",
+                 lambda e: _ci(e.summary.get(metric), metric_digits(metric)), lambda e: metric_mean(e, metric)))
     base = baseline(entries)
     if base is not None and any(e.method == base for e in entries):
-        cols.append(("vs_base", f"ΔACC vs {base} (paired t)", "text",
-                     lambda e: versus_baseline(e, entries), lambda e: versus_baseline(e, entries)))
-    cols += [_metric_column(m, m) for m in ("bwt", "forgetting", "plasticity")]
+        cols.append(("vs_base", f"Δ{label} vs {base} (paired t)", "text",
+                     lambda e: versus_baseline(e, entries, metric), lambda e: versus_baseline(e, entries, metric)))
+    if metric == "acc":
+        cols += [_metric_column(m, m) for m in ("bwt", "forgetting", "plasticity")]
+    else:  # ACC and the track's shown metrics that some entry has a number for
+        cols += [_metric_column(m, m) for m in dict.fromkeys(("acc", *shown))
+                 if m != metric and any(metric_mean(e, m) is not None for e in entries)]
     if _has_general(entries):
         cols.append(_metric_column("general", "general_retention"))
     cols += [
@@ -168,6 +183,14 @@ def _protocol_line(track: str, proto: Protocol | None) -> str:
         return f"Track `{track}` is not a known track: every entry here is rejected."
     retired = ("**Superseded:** this track is retired; its board is kept readable and no longer "
                "extended (see `leaderboards/README.md` for the current tracks). ") if proto.retired else ""
+    label = metric_label(proto.rank_by)
+    order = "higher" if higher_is_better(proto.rank_by) else "lower"
+    if not proto.tuned:
+        return (f"{retired}Zero-budget protocol {proto.name} v{proto.version}: no tuning, every method runs "
+                f"with its defaults on `{proto.eval_scenario}` with seeds {', '.join(map(str, proto.eval_seeds))}. "
+                f"Ranked by {label} ({order} is better): mean ± sample std over seeds, {label} with its 95 % "
+                f"t-interval; a rank shared with the entry above (`3=`) means the intervals overlap. Δ{label}: "
+                f"paired t-test against the track's lower reference learner on the same seeds (▲/▼: p < 0.05).")
     return (f"{retired}Protocol {proto.name} v{proto.version}: tune on `{proto.tune_scenario}` "
             f"({proto.n_trials} trials, {proto.sampler} sampler seed {proto.sampler_seed}, objective "
             f"{proto.objective} on the validation split), evaluate H* on `{proto.eval_scenario}` with "

@@ -105,9 +105,11 @@ def _build_entry(proto: ProtocolRecord, runs: Sequence[RunRecord]) -> Leaderboar
             objective_split=p.objective_split, tuning_seeds=list(p.tuning_seeds),
             trials_failed=sum(t.state == "FAIL" for t in tun.trials),
             tuning_train_time_s=sum((float(t.train_time_s or 0.0) for t in tun.trials), 0.0)),
+        # a zero-budget protocol (n_trials 0) has no tuning phase: no tuning scenario
         tuning=EntryTuning(scenario=tun.scenario, version=_str(tun.scenario_version, "tuning.scenario_version"),
                            content_hash=_str(tun.scenario_hash, "tuning.scenario_hash"),
-                           options=_plain(tun.scenario_options), best_value=_finite(proto.best_value)),
+                           options=_plain(tun.scenario_options), best_value=_finite(proto.best_value))
+        if p.n_trials > 0 else None,
         evaluation=EntryScenario(scenario=ev.scenario, version=_str(ev.scenario_version, "evaluation.scenario_version"),
                                  content_hash=_str(ev.scenario_hash, "evaluation.scenario_hash"),
                                  options=_plain(ev.scenario_options)),

@@ -7,7 +7,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clbench.leaderboard.columns import _columns, _protocol_line, commits_line, rank_labels
+from clbench.leaderboard.columns import (
+    _columns,
+    _protocol_line,
+    commits_line,
+    rank_labels,
+    rank_metric,
+)
 from clbench.leaderboard.record import LeaderboardEntry
 from clbench.tuning import Protocol
 
@@ -26,7 +32,8 @@ def _md_cell(text: str) -> str:
 def _readme(track: str, proto: Protocol | None, valid: Sequence[LeaderboardEntry],
             rejected: Sequence[tuple[str, list[str]]], old: str | None,
             health: Mapping[str, Any] | None = None) -> str:
-    cols = _columns(valid)
+    metric = rank_metric(proto)
+    cols = _columns(valid, metric, proto.shown if proto is not None else ())
     lines = [MARK_START, "", _protocol_line(track, proto), ""]
     if health is not None:
         from clbench.health import health_table
@@ -36,7 +43,7 @@ def _readme(track: str, proto: Protocol | None, valid: Sequence[LeaderboardEntry
     if valid:
         lines += ["| # | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += ["| " + " | ".join([rank, *(_md_cell(c[3](e)) for c in cols)]) + " |"
-                  for rank, e in zip(rank_labels(valid), valid, strict=True)]
+                  for rank, e in zip(rank_labels(valid, metric), valid, strict=True)]
         lines += ["", commits_line(valid) + " Tuned configurations, one YAML per method "
                   "(`clbench run --config configs/<method>.yaml`): [configs/](configs/)."]
     else:

@@ -152,10 +152,10 @@ def _reference_levels(entries: Sequence[LeaderboardEntry]) -> list[tuple[str, fl
 
 
 def mean_matrix(entry: LeaderboardEntry) -> list[list[float]]:
-    """Element-wise mean of R over the entry's seeds."""
+    """Element-wise mean of R over the entry's seeds (T x T, or 1 x D for one online pass)."""
     Rs = [r.R for r in entry.runs]
-    T = len(Rs[0])
-    return [[sum(R[i][j] for R in Rs) / len(Rs) for j in range(T)] for i in range(T)]
+    rows, cols = len(Rs[0]), len(Rs[0][0]) if Rs[0] else 0
+    return [[sum(R[i][j] for R in Rs) / len(Rs) for j in range(cols)] for i in range(rows)]
 
 
 def _heat(v: float) -> str:
@@ -168,15 +168,15 @@ def _heat(v: float) -> str:
 def heatmap_svg(entry: LeaderboardEntry, cell: int = 34) -> str:
     """Mean R as a heatmap: rows = trained through experience i, columns = tested on j."""
     R = mean_matrix(entry)
-    T, ml, mt = len(R), 40, 34
-    cell = max(12, min(cell, 340 // max(T, 1)))
-    w, h = ml + T * cell + 48, mt + T * cell + 8
+    T, D, ml, mt = len(R), len(R[0]) if R else 0, 40, 34
+    cell = max(12, min(cell, 340 // max(T, D, 1)))
+    w, h = ml + D * cell + 48, mt + max(T * cell, 60) + 8
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" data-method="{_e(entry.method)}" '
            f'width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="R heatmap">',
            f'<text x="{ml}" y="12" font-size="11">tested on →</text>',
            f'<text transform="translate(11 {mt + T * cell / 2}) rotate(-90)" font-size="11" '
            f'text-anchor="middle">trained through →</text>']
-    for j in range(T):
+    for j in range(D):
         out.append(f'<text x="{ml + j * cell + cell / 2}" y="{mt - 5}" font-size="10" text-anchor="middle">{j}</text>')
     for i, row in enumerate(R):
         out.append(f'<text x="{ml - 5}" y="{mt + i * cell + cell / 2 + 4}" font-size="10" text-anchor="end">{i}</text>')
@@ -187,7 +187,7 @@ def heatmap_svg(entry: LeaderboardEntry, cell: int = 34) -> str:
             if cell >= 26:
                 out.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" font-size="10" text-anchor="middle" '
                            f'fill="{"#fff" if v > 0.55 else "#222"}">{v:.2f}</text>')
-    out.append(_colour_bar(ml + T * cell + 12, mt, T * cell))
+    out.append(_colour_bar(ml + D * cell + 12, mt, max(T * cell, 60)))
     out.append("</svg>")
     return "".join(out)
 

@@ -3,7 +3,7 @@
 - **The method is registered**, and its **registered search space** is the one the entry was
   tuned over: an entry may not declare its own grid, and the chosen hyperparameters must be
   points of the registered grid (a method whose space has changed since has a stale entry).
-- **The budget adds up:** at least one trial, failed trials among the used ones, a non-negative
+- **The budget adds up:** at least one trial (none under a zero budget), failed trials among the used ones, a non-negative
   tuning time.
 - **Summaries follow from the per-seed values:** every metric's mean, std, count and 95 %
   interval, and every cost counter's, recomputed from ``runs`` by the rules of the entry's
@@ -40,11 +40,14 @@ def registered_search_spaces() -> dict[str, dict[str, Any]]:
     return dict(_SPACES)
 
 
-def method_errors(entry: LeaderboardEntry, spaces: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The method registered; the entry's search space and H* inside the registered grid."""
+def method_errors(entry: LeaderboardEntry, spaces: Mapping[str, Mapping[str, Any]], tuned: bool = True) -> list[str]:
+    """The method registered; the entry's search space and H* inside the registered grid (a
+    zero-budget protocol, ``tuned`` false, searches no grid: the settings check requires both empty)."""
     space = spaces.get(entry.method)
     if space is None:
         return [f"method {entry.method!r} is not registered (registered: {', '.join(sorted(spaces))})"]
+    if not tuned:
+        return []
     errs = []
     if entry.search_space != dict(space):
         errs.append(f"search space {sorted(entry.search_space)} is not {entry.method}'s registered "
@@ -60,7 +63,7 @@ def method_errors(entry: LeaderboardEntry, spaces: Mapping[str, Mapping[str, Any
 def budget_errors(entry: LeaderboardEntry) -> list[str]:
     """What the budget's own numbers must satisfy."""
     b, errs = entry.budget, []
-    if b.trials_used < 1:
+    if b.trials_used < 1 and b.n_trials > 0:  # n_trials 0: a zero-budget protocol (checked against the track's)
         errs.append(f"budget: trials_used={b.trials_used}; a protocol entry needs at least one trial")
     if not 0 <= b.trials_failed <= b.trials_used:
         errs.append(f"budget: trials_failed={b.trials_failed} is not between 0 and trials_used={b.trials_used}")

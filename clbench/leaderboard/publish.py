@@ -15,7 +15,7 @@ from typing import Any
 
 from clbench.checkpoint import atomic_write_bytes
 from clbench.errors import ClbenchError
-from clbench.leaderboard.columns import _rank_key
+from clbench.leaderboard.columns import _rank_key, rank_metric
 from clbench.leaderboard.entry import entry_filename, entry_files, entry_from_protocol
 from clbench.leaderboard.html import index_html, render_html
 from clbench.leaderboard.markdown import _readme
@@ -52,7 +52,8 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
     """Write ``<track>/README.md`` and ``<track>/index.html`` for every track folder that holds
     entries or a health check (``health.json``, shown above the ranking).
 
-    Only entries that validate are ranked (by mean ACC, best first); the others are listed as
+    Only entries that validate are ranked (by the mean of the track's ``rank_by`` metric, ACC
+    unless declared, best first in its direction); the others are listed as
     rejected with their reasons. Track folders that are symbolic links are skipped. Returns the
     written paths.
     """
@@ -78,8 +79,9 @@ def render(leaderboards_dir: str | Path = "leaderboards", protocols: Mapping[str
                 rejected.append((f.name, reasons))
             else:
                 valid.append(entry)
-        valid.sort(key=_rank_key)
         proto = protocols.get(track_dir.name)
+        metric = rank_metric(proto)
+        valid.sort(key=lambda e: _rank_key(e, metric))
         readme = track_dir / "README.md"
         old = readme.read_text(encoding="utf-8") if readme.is_file() else None
         _atomic_write(readme, _readme(track_dir.name, proto, valid, rejected, old, health))

@@ -11,12 +11,13 @@ Entry (``schema_version`` 2, ``kind`` ``clbench-leaderboard-entry``)::
 
     {"schema_version", "kind", "track", "method",
      "protocol": {"name", "version"},
-     "hyperparameters": {param: value},                 # H*, chosen in phase 1
+     "hyperparameters": {param: value},                 # H*, chosen in phase 1 ({}: zero budget)
      "config": {dotted key: value},                     # protocol's fixed settings + H*
      "search_space": {param: {...}},
      "budget": {"n_trials", "trials_used", "sampler", "sampler_seed", "objective",
                 "objective_split", "tuning_seeds", "trials_failed", "tuning_train_time_s"},
-     "tuning": {"scenario", "version", "content_hash", "options", "best_value"},
+     "tuning": {"scenario", "version", "content_hash", "options", "best_value"} | null,
+                                                        # null: zero-budget protocol (n_trials 0)
      "evaluation": {"scenario", "version", "content_hash", "options"},
      "seeds": [int],
      "runs": [{"seed", "R", "R_pretrain", "metrics", "general", "cost", "mechanism"}],  # one per seed
@@ -209,7 +210,7 @@ class LeaderboardEntry:
     config: dict[str, Any]
     search_space: dict[str, Any]
     budget: EntryBudget
-    tuning: EntryTuning
+    tuning: EntryTuning | None  # null: a zero-budget protocol (no tuning phase)
     evaluation: EntryScenario
     seeds: list[int]
     runs: list[EntryRun]

@@ -44,7 +44,9 @@ def validate_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
     n_trials and trials used vs the track's protocol; sampler, objective, and the validation
     split), scenarios (tuning ≠ evaluation, the track's scenarios, registered VERSION), the
     method registered and H* inside its registered grid (:mod:`clbench.leaderboard.provenance`),
-    seeds, and that metrics follow from R and every summary from the per-seed values.
+    seeds, and that metrics follow from R and every summary from the per-seed values. Under a
+    zero-budget protocol (``n_trials`` 0) an entry holds no trial, no tuning scenario, no
+    hyperparameters and an empty search space; a test-time track's R is one row (1 x D).
 
     Args:
         entry: an entry dict as read from its file, or a :class:`LeaderboardEntry`.
@@ -80,7 +82,8 @@ def check_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
     for check in (_protocol_errors, _budget_errors, _settings_errors, _scenario_errors):
         reasons += check(rec, proto, versions)
     spaces = provenance.registered_search_spaces() if search_spaces is None else search_spaces
-    reasons += provenance.method_errors(rec, spaces) + provenance.budget_errors(rec) + provenance.commit_errors(rec)
+    reasons += (provenance.method_errors(rec, spaces, tuned=proto.tuned) + provenance.budget_errors(rec)
+                + provenance.commit_errors(rec))
     return rec, reasons + _consistency_errors(rec, proto)
 
 
@@ -101,12 +104,15 @@ def _shape_errors(entry: LeaderboardEntry, raw: Any) -> list[str]:
 def _run_shape_errors(run: EntryRun, where: str) -> list[str]:
     errs: list[str] = []
     R, b = run.R, run.R_pretrain
-    if not (R and all(len(row) == len(R) and all(is_num(x) for x in row) for row in R)):
-        errs.append(f"{where}.R must be a non-empty square matrix of numbers")
+    # square (T x T, training streams) or one row (1 x D, test-time streams: the track's kind says which)
+    cols = len(R[0]) if R and isinstance(R[0], list) else 0
+    if not (R and cols and all(len(row) == cols and all(is_num(x) for x in row) for row in R)
+            and (len(R) == cols or len(R) == 1)):
+        errs.append(f"{where}.R must be a non-empty square matrix (or one row) of numbers")
     elif not all(0.0 <= x <= 1.0 for row in R for x in row):
         errs.append(f"{where}.R has values outside [0, 1]")
-    if b is not None and not (len(b) == len(R) and all(is_num(x) and 0.0 <= x <= 1.0 for x in b)):
-        errs.append(f"{where}.R_pretrain must hold one number in [0, 1] per experience ({len(R)})")
+    if b is not None and not (len(b) == cols and all(is_num(x) and 0.0 <= x <= 1.0 for x in b)):
+        errs.append(f"{where}.R_pretrain must hold one number in [0, 1] per experience ({cols})")
     errs += [f"missing field {where}.metrics.{k}" for k in _REQUIRED_METRICS if k not in run.metrics]
     return errs
 
@@ -158,6 +164,9 @@ def _budget_errors(entry: LeaderboardEntry, proto: Protocol, _v: Mapping[str, st
 def _settings_errors(entry: LeaderboardEntry, proto: Protocol, _v: Mapping[str, str]) -> list[str]:
     """The protocol's fixed settings unchanged, H* inside the search space, nothing hand-set."""
     cfg, hp, errs = entry.config, entry.hyperparameters, []
+    if not proto.tuned and (hp or entry.search_space):
+        errs.append(f"the {proto.track} protocol has a zero budget (every method runs its defaults); the "
+                    f"entry brings hyperparameters {sorted(hp)} or a search space {sorted(entry.search_space)}")
     for k, v in proto.fixed.items():
         if k not in cfg or cfg[k] != v:
             errs.append(f"config {k}={cfg.get(k)!r} deviates from the protocol's fixed {k}={v!r}")
@@ -180,13 +189,22 @@ def _canon(obj: Any) -> str:
 
 def _scenario_errors(entry: LeaderboardEntry, proto: Protocol, versions: Mapping[str, str]) -> list[str]:
     tun, ev, errs = entry.tuning, entry.evaluation, []
-    # one scenario family may serve both phases with different options (e.g. text_cl tasks)
-    same = tun.scenario == ev.scenario and _canon(tun.options) == _canon(ev.options)
-    if same or tun.content_hash == ev.content_hash:
-        errs.append(f"tuned on the evaluation scenario ({tun.scenario} "
-                    f"{tun.content_hash[:12]} vs {ev.scenario} {ev.content_hash[:12]})")
-    for phase, rec, want, opts in (("tuning", tun, proto.tune_scenario, proto.tune_options),
-                                   ("evaluation", ev, proto.eval_scenario, proto.eval_options)):
+    phases: list[tuple[str, Any, str, Mapping[str, Any]]] = [
+        ("evaluation", ev, proto.eval_scenario, proto.eval_options)]
+    if tun is None:
+        if proto.tuned:
+            errs.append(f"records no tuning scenario; the {proto.track} protocol tunes on {proto.tune_scenario!r}")
+    elif not proto.tuned:
+        errs.append(f"records a tuning scenario ({tun.scenario}); the {proto.track} protocol has a zero "
+                    "budget and no tuning phase")
+    else:
+        # one scenario family may serve both phases with different options (e.g. text_cl tasks)
+        same = tun.scenario == ev.scenario and _canon(tun.options) == _canon(ev.options)
+        if same or tun.content_hash == ev.content_hash:
+            errs.append(f"tuned on the evaluation scenario ({tun.scenario} "
+                        f"{tun.content_hash[:12]} vs {ev.scenario} {ev.content_hash[:12]})")
+        phases.insert(0, ("tuning", tun, proto.tune_scenario, proto.tune_options))
+    for phase, rec, want, opts in phases:
         if rec.scenario != want:
             errs.append(f"{phase} scenario {rec.scenario!r} is not the {proto.track} track's {want!r}")
         elif _canon(rec.options) != _canon(opts):
@@ -207,8 +225,25 @@ def _consistency_errors(entry: LeaderboardEntry, proto: Protocol) -> list[str]:
         errs.append(f"evaluation seeds {entry.seeds} differ from the protocol's {list(proto.eval_seeds)}")
     if run_seeds != entry.seeds:
         errs.append(f"runs have seeds {run_seeds}, entry lists {entry.seeds}")
-    errs += [e for r in entry.runs for e in _metrics_from_R_errors(r)]
+    one_row = proto.kind == "test_time"
+    for r in entry.runs:
+        if (len(r.R) == 1) != one_row and len(r.R[0]) > 1:
+            errs.append(f"seed {r.seed}: R is {len(r.R)} x {len(r.R[0])}; a {proto.kind} track's R is "
+                        + ("one row of online accuracies (1 x D)" if one_row else "square (T x T)"))
+    errs += [e for r in entry.runs for e in (_online_metrics_errors(r) if one_row else _metrics_from_R_errors(r))]
     return errs + provenance.summary_errors(entry)
+
+
+def _online_metrics_errors(r: EntryRun) -> list[str]:
+    """A test-time run's metrics that its one row of online accuracies determines: ``acc`` (the
+    row's mean) and ``mean_error`` (1 - acc)."""
+    row = r.R[0] if r.R else []
+    if not row:
+        return []
+    acc = sum(row) / len(row)
+    derived = {"acc": acc, "mean_error": 1.0 - acc}
+    bad = [k for k, v in derived.items() if k in r.metrics and not _close(r.metrics[k], v)]
+    return [f"seed {r.seed}: metrics {', '.join(bad)} do not follow from its R"] if bad else []
 
 
 def _metrics_from_R_errors(r: EntryRun) -> list[str]:
