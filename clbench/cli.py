@@ -96,9 +96,12 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     rec = run_protocol(method, args.track, values, storage=args.storage, workers=args.workers)
     results = [read_results(Path(d) / "results.json") for d in rec.evaluation.run_dirs if d]
     tune = rec.tuning
-    print(f"\nphase 1: {tune.trials_used}/{rec.protocol.n_trials} trials on {tune.scenario} "
-          f"({tune.trials_failed} failed); chosen {rec.best_params} "
-          f"(validation ACC {rec.best_value or float('nan'):.4f})")
+    if rec.protocol.n_trials == 0:  # a zero-budget protocol: no tuning phase
+        print("\nphase 1: none (zero-budget protocol: the method's default settings)")
+    else:
+        print(f"\nphase 1: {tune.trials_used}/{rec.protocol.n_trials} trials on {tune.scenario} "
+              f"({tune.trials_failed} failed); chosen {rec.best_params} "
+              f"(validation ACC {rec.best_value or float('nan'):.4f})")
     print(f"phase 2: {rec.evaluation.scenario}, seeds {rec.evaluation.seeds}\n")
     print(aggregate_table(results))
     protocol_dir = Path(rec.evaluation.run_dirs[0] or "").parents[3] if results else ""
