@@ -171,7 +171,9 @@ def _str(v: Any, name: str) -> str:
 
 
 def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
+    """``v`` as a float (an integer threshold such as 500 steps too: the entry record reads floats
+    back, and an entry must round-trip bit-identically), or None when missing or not finite."""
+    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def _run_record(r: RunRecord) -> EntryRun:
