@@ -178,3 +178,20 @@ def test_track_declares_a_zero_budget_protocol(tmp_path: Path) -> None:
                                                                            (0, 1, 2, 3, 4))
     real = tuning.PROTOCOLS.get("tta")
     assert real is not None and not real.tuned and real.rank_by == "mean_error"
+
+
+def test_the_paired_mark_follows_the_metric_direction(board: tuple[Path, dict[str, Path]]) -> None:
+    """A lower mean error than the baseline is better: ▲, never the sign of the difference."""
+    from clbench.leaderboard.columns import versus_baseline
+
+    root, dirs = board
+    boards = root / "boards"
+    for method in METHODS:
+        submit(dirs[method], boards, scenario_versions=VERSIONS)
+    entries = [LeaderboardEntry.from_json(json.loads((boards / TRACK / f"{m}.json").read_text())) for m in METHODS]
+    base = next(e for e in entries if e.method == "source_only")
+    lowered = dataclasses.replace(base, method="lower_error", runs=[
+        dataclasses.replace(r, metrics={**r.metrics, "mean_error": r.metrics["mean_error"] - 0.1 - 0.01 * r.seed})
+        for r in base.runs])
+    cell = versus_baseline(lowered, [base, lowered], "mean_error")
+    assert cell.startswith("-0.1") and cell.endswith("▲"), cell

@@ -78,8 +78,8 @@ def baseline(entries: Sequence[LeaderboardEntry]) -> str | None:
 
 def versus_baseline(entry: LeaderboardEntry, entries: Sequence[LeaderboardEntry], metric: str = "acc") -> str:
     """Difference of ``metric`` to the baseline's entry on the same seeds and the paired t-test's
-    p; a ▲/▼ (the difference's sign) marks p < 0.05. ``-`` for the baseline itself, without it,
-    or without shared seeds."""
+    p; ▲ (better) / ▼ (worse), in ``metric``'s direction (a lower error is better), marks
+    p < 0.05. ``-`` for the baseline itself, without it, or without shared seeds."""
     name = baseline(entries)
     base = next((e for e in entries if e.method == name), None)
     if base is None or entry is base:
@@ -90,7 +90,8 @@ def versus_baseline(entry: LeaderboardEntry, entries: Sequence[LeaderboardEntry]
     if test is None:
         return "-"
     diff, p = test
-    mark = (" ▲" if diff > 0 else " ▼") if p < 0.05 else ""
+    better = diff > 0 if higher_is_better(metric) else diff < 0
+    mark = (" ▲" if better else " ▼") if p < 0.05 else ""
     return f"{diff:+.3f} (p {p:.2g}){mark}"
 
 
@@ -190,12 +191,12 @@ def _protocol_line(track: str, proto: Protocol | None) -> str:
                 f"with its defaults on `{proto.eval_scenario}` with seeds {', '.join(map(str, proto.eval_seeds))}. "
                 f"Ranked by {label} ({order} is better): mean ± sample std over seeds, {label} with its 95 % "
                 f"t-interval; a rank shared with the entry above (`3=`) means the intervals overlap. Δ{label}: "
-                f"paired t-test against the track's lower reference learner on the same seeds (▲/▼: p < 0.05).")
+                f"paired t-test against the track's lower reference learner on the same seeds (▲ better, ▼ worse: p < 0.05).")
     return (f"{retired}Protocol {proto.name} v{proto.version}: tune on `{proto.tune_scenario}` "
             f"({proto.n_trials} trials, {proto.sampler} sampler seed {proto.sampler_seed}, objective "
             f"{proto.objective} on the validation split), evaluate H* on `{proto.eval_scenario}` with "
             f"seeds {', '.join(map(str, proto.eval_seeds))}. Mean ± sample std over seeds, ACC with its "
             f"95 % t-interval; a rank shared with the entry above (`3=`) means the intervals overlap. "
             f"ΔACC: paired t-test against the track's lower reference learner on the same seeds "
-            f"(▲/▼: p < 0.05). Schema-1 entries "
+            f"(▲ better, ▼ worse: p < 0.05). Schema-1 entries "
             f"show the population std and no interval.")
