@@ -25,11 +25,17 @@ class Grid:
 
     ``closed_max``: the largest value is a limit of the mechanism (for example a sample size that
     already takes the whole memory, so that any larger value is the same setting); the method's
-    ``search_space`` comment says why. A winner there is no open edge either."""
+    ``search_space`` comment says why. A winner there is no open edge either.
+
+    ``inert_when``: ``(key, value)`` pairs of another dimension of the same space at which this
+    parameter has no effect (a distillation temperature when the distillation weight is 0). A
+    configuration that sets any of them leaves this parameter's value arbitrary, so it is not
+    reported as an edge winner however it was drawn."""
 
     values: tuple[Any, ...]
     closed_min: bool = False
     closed_max: bool = False
+    inert_when: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.values:
@@ -39,11 +45,13 @@ class Grid:
 
     def record(self) -> dict[str, Any]:
         closed = {(True, False): "min", (False, True): "max", (True, True): "both"}.get((self.closed_min, self.closed_max))
-        return {"type": "grid", "values": list(self.values), **({"closed": closed} if closed else {})}
+        return {"type": "grid", "values": list(self.values), **({"closed": closed} if closed else {}),
+                **({"inert_when": dict(self.inert_when)} if self.inert_when else {})}
 
 
-def grid(*values: Any, closed_min: bool = False, closed_max: bool = False) -> Grid:
-    return Grid(tuple(values), closed_min, closed_max)
+def grid(*values: Any, closed_min: bool = False, closed_max: bool = False,
+         inert_when: Mapping[str, Any] | None = None) -> Grid:
+    return Grid(tuple(values), closed_min, closed_max, tuple(sorted((inert_when or {}).items())))
 
 
 # The learning-rate grid every method shares (AdamW on every track), in half-decade steps. Widened
@@ -83,11 +91,14 @@ def with_base(extra: Mapping[str, Grid] | None = None, base: Sequence[str] = ("t
 def grid_edges(chosen: Mapping[str, Any], space: Mapping[str, Any]) -> list[str]:
     """The chosen values that are the smallest or largest of a numeric grid of three or more
     values (the optimum may lie outside the grid), as ``key=value (min|max)``; the minimum of a
-    grid closed there (:class:`Grid`), and the maximum of one closed there, are no open edge. ``space`` is a search-space record
+    grid closed there (:class:`Grid`), and the maximum of one closed there, are no open edge; nor is
+    a parameter that ``chosen`` makes inert (``inert_when``). ``space`` is a search-space record
     (:func:`space_record`: ``{key: {"values": [...]}}``)."""
     out = []
     for key, value in sorted(chosen.items()):
         rec = space.get(key) or {}
+        if any(k in chosen and chosen[k] == v for k, v in (rec.get("inert_when") or {}).items()):
+            continue
         values = list(rec.get("values") or [])
         nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(nums) < 3 or len(nums) != len(values) or isinstance(value, bool) or not isinstance(value, int | float):

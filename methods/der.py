@@ -95,9 +95,9 @@ class DER(Method):
     objectives: ClassVar[frozenset[str]] = frozenset({"classification"})
     # alpha 0 leaves the logit term out (ER with beta > 0, naive with beta 0); widened after
     # vision_cil's winner sat on alpha 0.01 and beta 2.0, and to alpha 3.0 after vision_dil's sat on
-    # 1.0 (round 2).
+    # 1.0 (round 2), and beta to 8.0 after vision_cil's sat on 4.0 (round 3).
     search_space = with_base({"method.alpha": grid(0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, closed_min=True),
-                              "method.beta": grid(0.0, 0.5, 1.0, 2.0, 4.0, closed_min=True)})
+                              "method.beta": grid(0.0, 0.5, 1.0, 2.0, 4.0, 8.0, closed_min=True)})
 
     def __init__(self, config: DERConfig | None = None) -> None:
         super().__init__(config)

@@ -95,8 +95,10 @@ class LwF(Method):
     Config = LwFConfig
     # alpha 0 is plain fine-tuning (the limit); widened after winners sat on 0.1 and 5.0 (vision_dil,
     # vision_cil) and on temperature 4.0 (vision_dil), then on temperature 0.25 (vision_cil, round 2).
+    # The temperature does nothing when alpha is 0, so a winner there is no temperature edge.
     search_space = with_base({"method.alpha": grid(0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, closed_min=True),
-                              "method.temperature": grid(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)})
+                              "method.temperature": grid(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0,
+                                                         inert_when={"method.alpha": 0.0})})
 
     def __init__(self, config: LwFConfig | None = None) -> None:
         super().__init__(config)

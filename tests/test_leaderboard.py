@@ -374,7 +374,7 @@ def _failed_health(e: dict[str, Any]) -> None:
         (_inflate, True, "metrics acc do not follow from its R"),
         (_unregistered, True, "method 'unregistered_method' is not registered"),
         (_off_grid, True, "hyperparameter trainer.lr=0.07 is outside fixture_method's registered grid"),
-        (_own_grid, True, "is not fixture_method's registered grid"),
+        (_own_grid, True, "search space differs from fixture_method's registered grid (method.strength: entry {'type': 'grid', 'values': [0.5, 2.0]}"),
         (_failed_beyond_used, True, f"budget: trials_failed={N + 3} is not between 0 and trials_used={N}"),
         (_no_trial, True, "budget: trials_used=0; a protocol entry needs at least one trial"),
         (_narrow_std, True, "summary disagrees with the per-seed metrics (acc)"),

@@ -35,3 +35,22 @@ def test_a_closed_maximum_is_not_an_edge_but_its_minimum_still_is() -> None:
     assert grid_edges({"method.size": 4096, "method.both": 2.0}, space) == []
     assert grid_edges({"method.both": 0.0}, space) == []
     assert grid_edges({"method.size": 16}, space) == ["method.size=16 (min)"]
+
+
+def test_a_parameter_made_inert_by_another_is_no_edge_winner() -> None:
+    space = space_record({"method.weight": grid(0.0, 0.5, 1.0, closed_min=True),
+                          "method.temperature": grid(0.5, 1.0, 2.0, inert_when={"method.weight": 0.0})})
+    assert space["method.temperature"]["inert_when"] == {"method.weight": 0.0}
+    assert grid_edges({"method.weight": 0.0, "method.temperature": 2.0}, space) == []  # temperature does nothing
+    assert grid_edges({"method.weight": 0.5, "method.temperature": 2.0}, space) == ["method.temperature=2.0 (max)"]
+
+
+def test_methods_make_a_parameter_inert_only_through_a_value_of_their_own_space() -> None:
+    from clbench.registry import METHODS, load_plugins
+
+    load_plugins()
+    for name in METHODS.names():
+        space = getattr(METHODS.get(name), "search_space", None) or {}
+        for key, g in space.items():
+            for other, value in g.inert_when:
+                assert other != key and other in space and value in space[other].values, (name, key, other)

@@ -50,8 +50,11 @@ def method_errors(entry: LeaderboardEntry, spaces: Mapping[str, Mapping[str, Any
         return []
     errs = []
     if entry.search_space != dict(space):
-        errs.append(f"search space {sorted(entry.search_space)} is not {entry.method}'s registered "
-                    f"grid {sorted(space)} (stale entry, or a grid declared by hand)")
+        keys = sorted(set(entry.search_space) | set(space))
+        diff = "; ".join(f"{k}: entry {entry.search_space.get(k, '(none)')}, registered {space.get(k, '(none)')}"
+                         for k in keys if entry.search_space.get(k) != space.get(k))
+        errs.append(f"search space differs from {entry.method}'s registered grid ({diff}): a stale "
+                    "entry, or a grid declared by hand")
     for key, value in sorted(entry.hyperparameters.items()):
         values = (space.get(key) or {}).get("values")
         if values is None or not any(_same(value, v) for v in values):
