@@ -84,11 +84,23 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
+    """The GPU's name; on CPU the processor's model and the vector instruction set torch's kernels
+    use (``Intel(R) Xeon(R) Processor (AVX512)``): runs on two CPUs that differ there can differ in
+    the last bits of every sum, and so in R (see ``clbench leaderboard reproduce``)."""
+    import torch
 
+    if device.startswith("cuda"):
         return str(torch.cuda.get_device_name(0))
-    return platform.processor() or platform.machine()
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    model = model or platform.processor() or platform.machine()
+    with contextlib.suppress(Exception):
+        return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+    return model
 
 
 def write_results(run_dir: Path, record: RunRecord) -> Path:

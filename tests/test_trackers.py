@@ -266,3 +266,13 @@ def test_only_rank_0_writes_tracker_files(tmp_path: Path, monkeypatch: pytest.Mo
         assert _csv_rows(tmp_path) == [(0, "acc", 0.5)] and (tmp_path / "params.json").is_file()
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: RANK alone means nothing
     assert trackers.process_rank() == 0
+
+
+def test_the_environment_names_the_cpu_model_and_the_kernels_instruction_set() -> None:
+    """Two CPUs that differ in either can give R that differ in the last bits: the record says which ran."""
+    import torch
+
+    from clbench.tracking import environment
+
+    name = environment("cpu")["device_name"]
+    assert name.endswith(f"({torch.backends.cpu.get_cpu_capability()})") and len(name) > 10, name
