@@ -24,16 +24,16 @@ BENCH_RUNS_DIR = "runs/bench"
 COMPARE_RUNS_DIR = "runs/compare"
 DEFAULT_TRACK = "vision_cil"
 TEST_TIME_TRACK = "tta"
-SOURCE_TRACK = "vision_ft"  # the vision track whose stream carries source data
+SOURCE_TRACK = "vision_ft"  # the vision track whose stream carries source data (and a foundation)
 
 
 def default_track(method: str) -> str:
     """``tta`` for methods that only run on test-time streams, ``vision_ft`` for methods that
-    need source data, else ``vision_cil``."""
+    need source data or a pretrained model (its foundation), else ``vision_cil``."""
     cls = METHODS.get(method)
     if set(cls.scenario_types) == {"test_time"}:
         return TEST_TIME_TRACK
-    return SOURCE_TRACK if cls.needs_source_data else DEFAULT_TRACK
+    return SOURCE_TRACK if cls.needs_source_data or cls.needs_pretrained else DEFAULT_TRACK
 
 
 def suite_for(track: str) -> dict[str, dict[str, Any]]:

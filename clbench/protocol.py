@@ -50,6 +50,11 @@ class Method:
     scenario_types: ClassVar[frozenset[str]] = frozenset(SCENARIO_TYPES)
     model_families: ClassVar[frozenset[str]] = frozenset({"any"})
     needs_source_data: ClassVar[bool] = False
+    # the method tunes parameter-efficient modules of a frozen pretrained model, so its claim
+    # presumes pretrained weights: the tuning protocol (and so every board) refuses it on a model
+    # that starts untrained (no pretrained weights, no foundation pretrained on a source split);
+    # a plain ``clbench run`` still allows it (an ablation on purpose)
+    needs_pretrained: ClassVar[bool] = False
     adapts_at_test_time: ClassVar[bool] = False
     objectives: ClassVar[frozenset[str]] = frozenset(OBJECTIVES)
     registry_name: ClassVar[str] = ""

@@ -68,6 +68,20 @@ from clbench.trainer import resolve_device, world_info
 from clbench.tta import TestTimeLoop
 
 
+def pretrains_foundation(model: Any, stream: Stream, cfg: RunConfig) -> bool:
+    """Whether the run pretrains a foundation on the stream's source split before the stream:
+    the scenario carries a source with a probe, ``foundation.pretrain`` is on, and the model does
+    not arrive pretrained."""
+    return (stream.source is not None and stream.source.probe and cfg.foundation.pretrain
+            and not is_pretrained(model))
+
+
+def starts_pretrained(model: Any, stream: Stream, cfg: RunConfig) -> bool:
+    """Whether the stream's first experience meets a pretrained model: one that arrives
+    pretrained, or one the run pretrains on the source split (:func:`pretrains_foundation`)."""
+    return is_pretrained(model) or pretrains_foundation(model, stream, cfg)
+
+
 def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     """Run ``cfg`` and return its record (also written to ``<run dir>/results.json``).
 
@@ -106,8 +120,7 @@ def run(cfg: RunConfig, resume: bool = False, force: bool = False) -> RunRecord:
     # a model that arrives pretrained (Hugging Face checkpoints, a backbone given weights: read on
     # the instance, the class's declaration as default) is already the foundation: the source then
     # only serves calibration and the general-capability probe
-    if (stream.source is not None and stream.source.probe and cfg.foundation.pretrain
-            and not is_pretrained(model)):
+    if pretrains_foundation(model, stream, cfg):
         foundation = obtain_foundation(model, model_name, dict(cfg.model_options), stream, cfg.foundation,
                                        resolve_device(cfg.trainer.device), cfg.trainer.progress)
         # pretraining draws random numbers, loading the cached foundation does not: reseed so

@@ -245,18 +245,25 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
 
 
 def _precheck(cfg: Any) -> None:
-    """Refuse a method the protocol's scenarios/backbone cannot run: its declared capabilities,
-    then its ``setup`` on a throw-away model (a method that finds at setup what the model lacks
+    """Refuse a method the protocol's scenarios/backbone cannot run: its declared capabilities
+    (``needs_pretrained`` too: a method that tunes modules of a pretrained model is not ranked
+    on a model that starts untrained), then its ``setup`` on a throw-away model (a method that finds at setup what the model lacks
     raises :class:`~clbench.errors.IncompatibleError` there, once, instead of failing every
     trial of the budget)."""
     from clbench.models import build_model, model_family
     from clbench.protocol import check_compatible
-    from clbench.runner import resolve
+    from clbench.runner import resolve, starts_pretrained
 
     res = resolve(cfg)
     stream = res.scenario.build()
     model, _ = build_model(cfg.model, stream.info(), dict(cfg.model_options))
     check_compatible(res.method_cls, stream, model_family(model))
+    if res.method_cls.needs_pretrained and not starts_pretrained(model, stream, cfg):
+        raise IncompatibleError(
+            f"method {cfg.method!r} tunes parameter-efficient modules of a frozen "
+            f"pretrained model, but model {cfg.model!r} starts untrained on scenario {stream.name!r} "
+            "(no pretrained weights, no foundation pretrained on a source split): the protocol does "
+            "not rank it there (a track with a pretrained model or a foundation does)")
     method = res.method_cls(res.method_cfg)
     method.objective = stream.objective
     try:

@@ -167,6 +167,8 @@ class CoDyRA(Method):
     """
 
     Config = CoDyRAConfig
+    # adapts a frozen pretrained model: the protocol does not rank it on one that starts untrained
+    needs_pretrained = True
     mechanism_figures = ("kept_fraction",)
     # widened to 0.1 after vision_cil's winner sat on 0.02 (grid round 2)
     search_space = with_base({"method.kappa_max": grid(0.0, 0.0002, 0.001, 0.005, 0.02, 0.1, closed_min=True)})

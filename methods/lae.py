@@ -207,6 +207,8 @@ class LAE(Method):
     """
 
     Config = LAEConfig
+    # adapts a frozen pretrained model: the protocol does not rank it on one that starts untrained
+    needs_pretrained = True
     mechanism_figures = ("warmup_steps", "ema_moved_fraction")
     # decay 0 makes the offline PET a copy of the online one (the limit); widened after vision_cil's
     # winner sat on 0.9.

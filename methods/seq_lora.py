@@ -159,6 +159,8 @@ class SeqLoRA(Method):
     """
 
     Config = SeqLoRAConfig
+    # adapts a frozen pretrained model: the protocol does not rank it on one that starts untrained
+    needs_pretrained = True
     # vision: ViT q/v, MLP every Linear but the head; a CNN has no Linear to adapt but its head and is
     # refused by setup (ConfigError) unless method.target_modules names its conv layers
     model_families = frozenset({"vision", "hf_encoder", "hf_causal_lm"})

@@ -271,3 +271,24 @@ def test_a_kill_within_an_experience_resumes_from_the_last_step_checkpoint_with_
     assert [p.optimizer_steps for p in resumed.per_experience] == [p.optimizer_steps for p in whole.per_experience]
     assert not step_file.exists()  # removed once the experience's boundary checkpoint is written
     assert cfg.key() == make(tmp_path / "killed", method, **{**opts, "trainer.checkpoint_every": 0}).key()
+
+
+def test_the_protocol_does_not_rank_a_method_that_needs_a_pretrained_model_on_an_untrained_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """needs_pretrained: refused by the protocol's precheck (so a board lists it as not
+    applicable), allowed by a plain run (an ablation on purpose), accepted on a pretrained model."""
+    from clbench import runner
+    from clbench.tuning import _precheck
+
+    class AdaptsPretrained(Method):
+        """Tunes modules of a frozen pretrained model."""
+
+        needs_pretrained = True
+
+    with METHODS.override("naive", AdaptsPretrained):
+        cfg = tiny_config(tmp_path, "naive")
+        with pytest.raises(IncompatibleError, match=r"method 'naive' tunes .* starts untrained on scenario"):
+            _precheck(cfg)
+        assert run(cfg).metrics["acc"] >= 0.0
+        monkeypatch.setattr(runner, "is_pretrained", lambda model: True)
+        _precheck(cfg)  # a model that arrives pretrained: ranked

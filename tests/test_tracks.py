@@ -73,6 +73,7 @@ def test_quick_suite_and_default_tracks_come_from_the_declarations() -> None:
     t = get_track("vision_cil")
     assert bench.suite_for("vision_cil") == {t.evaluate.name: t.run_values()}
     assert bench.default_track("naive") == "vision_cil"
+    assert bench.default_track("seq_lora") == "vision_ft"  # needs a pretrained model: the foundation track
     with pytest.raises(ConfigError, match="track"):
         get_track("no_such_track")
 
