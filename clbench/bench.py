@@ -54,12 +54,20 @@ def suite_configs(overrides: Mapping[str, Any], seeds: Sequence[int], runs_dir: 
             for scenario, fixed in suite.items() for seed in seeds]
 
 
-def run_all(configs: Sequence[RunConfig], resume: bool) -> tuple[list[RunRecord], list[str]]:
-    """Run every config; incompatible (method, scenario) pairs are skipped with the reason."""
+def run_all(configs: Sequence[RunConfig], resume: bool, ranked: bool = False) -> tuple[list[RunRecord], list[str]]:
+    """Run every config; incompatible (method, scenario) pairs are skipped with the reason.
+    ``ranked``: also skip what the tuning protocol would not rank (:func:`clbench.tuning.precheck`,
+    e.g. a method that needs a pretrained model on one that starts untrained), as a board does."""
+    from clbench.tuning import precheck
+
     results: list[RunRecord] = []
     skipped: list[str] = []
+    checked: set[tuple[str, str]] = set()
     for cfg in configs:
         try:
+            if ranked and (cfg.method, cfg.scenario) not in checked:
+                precheck(cfg)
+                checked.add((cfg.method, cfg.scenario))
             results.append(run(cfg, resume=resume, force=not resume))
         except IncompatibleError as exc:
             note = f"skipped {cfg.method} on {cfg.scenario}: {exc}"
@@ -86,6 +94,7 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
                 methods: Sequence[str] | None = None) -> str:
     """Methods (default: all registered) on a track's quick suite; the track's health table,
     then one table with the track's ranking and shown metrics and each method's mechanism figures.
+    A method the track's board would not rank (not applicable) is listed as not run, with why.
 
     The text is written into ``readme`` between ``<!-- compare-<track>:start/end -->``.
     """
@@ -97,7 +106,7 @@ def run_compare(seeds: Sequence[int] = (0, 1, 2), resume: bool = False,
     results: list[RunRecord] = []
     skipped: list[str] = []
     for method in methods or METHODS.names():
-        r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR, track), resume)
+        r, s = run_all(suite_configs({"method": method}, seeds, COMPARE_RUNS_DIR, track), resume, ranked=True)
         results += r
         skipped += s
     parts = []

@@ -203,7 +203,7 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
 
     pr = ProtocolRun(method, p, overrides, storage, runs_dir, progress, check_locations(None, locations or {}))
     # settings valid and the pair runnable, before any work
-    _precheck(pr.config("tune" if p.tuned else "eval", {}, 0, ""))
+    precheck(pr.config("tune" if p.tuned else "eval", {}, 0, ""))
     space = pr.space if p.tuned else {}
     slots = draw(space, p.n_trials, p.sampler_seed) if p.tuned else []
     pr.dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ def run_protocol(method: str, track: str = "vision", overrides: Mapping[str, Any
     return record
 
 
-def _precheck(cfg: Any) -> None:
+def precheck(cfg: Any) -> None:
     """Refuse a method the protocol's scenarios/backbone cannot run: its declared capabilities
     (``needs_pretrained`` too: a method that tunes modules of a pretrained model is not ranked
     on a model that starts untrained), then its ``setup`` on a throw-away model (a method that finds at setup what the model lacks

@@ -97,3 +97,18 @@ def test_compare_orders_methods_best_first_in_the_ranking_metrics_direction() ->
 
     assert order(["acc", "forgetting"]) == ["high_acc", "low_forgetting", "no_value"]  # higher is better
     assert order(["forgetting", "acc"]) == ["low_forgetting", "no_value", "high_acc"]  # lower is better
+
+
+def test_compare_lists_a_method_the_board_would_not_rank_as_not_run(tiny_suite: None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method that needs a pretrained model, on the tiny suite's untrained MLP: not run, with why."""
+    class AdaptsPretrained(Method):
+        """Tunes modules of a frozen pretrained model."""
+
+        needs_pretrained = True
+
+    monkeypatch.setattr(METHODS, "names", lambda: ["joint", "naive"])
+    with METHODS.override("naive", AdaptsPretrained):
+        text = bench.run_compare(seeds=(0,))
+    assert "| joint |" in text and "| naive |" not in text
+    assert "- not run (naive) on tiny: tunes parameter-efficient modules of a frozen pretrained model" in text

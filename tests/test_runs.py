@@ -278,7 +278,7 @@ def test_the_protocol_does_not_rank_a_method_that_needs_a_pretrained_model_on_an
     """needs_pretrained: refused by the protocol's precheck (so a board lists it as not
     applicable), allowed by a plain run (an ablation on purpose), accepted on a pretrained model."""
     from clbench import runner
-    from clbench.tuning import _precheck
+    from clbench.tuning import precheck
 
     class AdaptsPretrained(Method):
         """Tunes modules of a frozen pretrained model."""
@@ -288,7 +288,7 @@ def test_the_protocol_does_not_rank_a_method_that_needs_a_pretrained_model_on_an
     with METHODS.override("naive", AdaptsPretrained):
         cfg = tiny_config(tmp_path, "naive")
         with pytest.raises(IncompatibleError, match=r"method 'naive' tunes .* starts untrained on scenario"):
-            _precheck(cfg)
+            precheck(cfg)
         assert run(cfg).metrics["acc"] >= 0.0
         monkeypatch.setattr(runner, "is_pretrained", lambda model: True)
-        _precheck(cfg)  # a model that arrives pretrained: ranked
+        precheck(cfg)  # a model that arrives pretrained: ranked
