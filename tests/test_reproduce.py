@@ -20,6 +20,11 @@ BOARDS = Path(__file__).parents[1] / "leaderboards"
 #: CI runs: a text_til run is about 400 s on a 2-core machine
 SLOW_RUN_S = 120.0
 
+#: ACC of the rerun against the recorded one, and the largest difference of one cell of R, when R
+#: is not within DEFAULT_ATOL (a machine other than the entry's: see the test)
+ACC_ATOL = 0.02
+CROSS_MACHINE_CELL_ATOL = 0.1
+
 
 def _cheapest_per_track() -> list[object]:
     import json
@@ -38,4 +43,11 @@ def test_a_shipped_entry_reproduces_its_seed_0(entry: Path, tmp_path: Path, monk
     monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))  # the foundation is pretrained again
     out = reproduce(entry, seed=0, runs_dir=str(tmp_path / "runs"), progress=False)
     assert out.same_data, out.report()
-    assert out.max_abs_diff <= DEFAULT_ATOL, out.report()
+    if out.max_abs_diff <= DEFAULT_ATOL:
+        return
+    # Another CPU than the one that made the entry: float sums differ in the last bits and training
+    # amplifies that (on the entry's machine the rerun is bit-identical, max |ΔR| = 0). Measured on
+    # 2026-12-02, tta/source_only made on one session's machine and rerun on another, same code:
+    # one cell of its 60 off by 0.066, ACC 0.5445 vs 0.5404. The run must still agree in ACC.
+    assert out.acc_recorded is not None and abs(out.acc_rerun - out.acc_recorded) <= ACC_ATOL, out.report()
+    assert out.max_abs_diff <= CROSS_MACHINE_CELL_ATOL, out.report()
