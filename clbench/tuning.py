@@ -261,7 +261,8 @@ def precheck(cfg: Any) -> None:
     if res.method_cls.needs_pretrained and not starts_pretrained(model, stream, cfg):
         raise IncompatibleError(
             f"method {cfg.method!r} tunes parameter-efficient modules of a frozen "
-            f"pretrained model, but model {cfg.model!r} starts untrained on scenario {stream.name!r} "
+            f"pretrained model, but model {cfg.model if cfg.model != 'auto' else type(model).__name__!r} "
+            f"starts untrained on scenario {stream.name!r} "
             "(no pretrained weights, no foundation pretrained on a source split): the protocol does "
             "not rank it there (a track with a pretrained model or a foundation does)")
     method = res.method_cls(res.method_cfg)
