@@ -190,9 +190,11 @@ class _Run:
 
         lm-eval scores the underlying Hugging Face model directly (a method's ``predict`` path
         is not used), through vLLM on a saved copy with ``eval.backend=vllm``
-        (:func:`clbench.vllm_backend.lm_eval_scores_vllm`); its time is counted in
-        ``cost.general_eval_time_s``, not in training.
+        (:func:`clbench.vllm_backend.lm_eval_scores_vllm`). The time of all of it (source test,
+        frozen-embedding probes, lm-eval) is counted in ``cost.general_eval_time_s``, not in
+        training.
         """
+        start = time.perf_counter()
         scores: dict[str, float] = {}
         source = self.stream.source
         if source is not None and source.probe:
@@ -204,11 +206,10 @@ class _Run:
             from clbench.vllm_backend import lm_eval_scores_vllm
 
             score = lm_eval_scores_vllm if self.cfg.eval.backend == "vllm" else lm_eval_scores
-            start = time.perf_counter()
             hf_model, tokenizer = handle()
             scores.update(score(hf_model, tokenizer, self.cfg.eval.lm_eval_tasks,
                                 limit=self.cfg.eval.lm_eval_limit or None))
-            self.progress.general_time_s += time.perf_counter() - start
+        self.progress.general_time_s += time.perf_counter() - start
         return scores
 
     def _experience(self, i: int, t0: float) -> None:

@@ -216,3 +216,4 @@ def test_stream_carries_probes_and_the_runner_scores_them(tmp_path: Path) -> Non
     before, after = res.general.before, res.general.after
     assert set(before) == {"probe_sst2/acc", "probe_imdb/acc"} and len(after) == 2
     assert all(0.0 <= v <= 1.0 for v in before.values()) and "general_retention" in res.metrics
+    assert res.cost.general_eval_time_s > 0  # the probes' time is general evaluation, not training
