@@ -33,7 +33,12 @@ from clbench.modules import block_roles, linear_layers, role_patterns, transform
 
 
 def classifier_head(model: nn.Module, num_classes: int) -> tuple[str, nn.Linear] | None:
-    """The last ``nn.Linear`` with ``num_classes`` outputs (a language model's vocabulary head is not)."""
+    """The model's declared ``head`` (the submodule every clbench classifier has) when it is an
+    ``nn.Linear`` with ``num_classes`` outputs; otherwise the last ``nn.Linear`` with that many
+    outputs (a language model's vocabulary head is not one)."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and head.out_features == num_classes:
+        return "head", head
     found = [(n, m) for n, m in linear_layers(model) if m.out_features == num_classes]
     return found[-1] if found else None
 

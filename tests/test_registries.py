@@ -475,3 +475,19 @@ def test_declared_module_roles_let_methods_find_layers_with_unknown_names() -> N
     assert [n for n, _ in groups["attention"]] == ["blocks.0.wq", "blocks.0.wk", "blocks.0.wv", "blocks.0.wo"]
     assert groups["other"] == [] and block_groups("b", net.blocks[0])["attention"] == []
     assert attention_of(net.blocks[0], patterns) == ("", net.blocks[0]) and attention_of(net.blocks[0]) is None
+
+
+def test_pet_classifier_head_is_the_declared_head_even_when_not_the_last_linear() -> None:
+    from methods._pet import classifier_head
+
+    class Net(torch.nn.Module):  # head registered first, a same-sized projection after it
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(4, 3)
+            self.aux = torch.nn.Linear(4, 3)
+
+    net = Net()
+    assert classifier_head(net, 3) == ("head", net.head)
+    assert classifier_head(net, 5) is None
+    net.head = torch.nn.Linear(4, 5)  # a head of another size: the last Linear of that size
+    assert classifier_head(net, 3) == ("aux", net.aux)
