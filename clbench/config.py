@@ -154,7 +154,8 @@ class TrackingConfig:
     run_name: str = ""  # "" = <method>-<scenario>-s<seed>
     # where metrics go: any of mlflow, tensorboard, csv, wandb (a list or a comma-separated string)
     backends: tuple[str, ...] = ("mlflow",)
-    # log the training loss (``train_step_loss``) every this many optimizer steps; 0 = off
+    # log the training loss (``train_step_loss``) and the memory high-water mark
+    # (``train_step_peak_mem_mb``) every this many optimizer steps; 0 = off
     loss_every: int = 0
 
     def __post_init__(self) -> None:

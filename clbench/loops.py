@@ -33,7 +33,7 @@ from clbench.options import to_plain
 from clbench.protocol import Method
 from clbench.records import CostRecord, ExperienceRecord, RunProgress, RunRecord
 from clbench.streams import Stream
-from clbench.trackers import STEP_LOSS
+from clbench.trackers import STEP_LOSS, STEP_PEAK_MEM
 from clbench.trainer import Trainer, task_class_mask
 
 
@@ -148,16 +148,19 @@ class TrainingLoop(Loop):
         return M.summarize(progress.R, progress.b or [])
 
     def _loss_logger(self, progress: RunProgress) -> Callable[[int, torch.Tensor], None] | None:
-        """The trainer's step callback that logs ``train_step_loss`` at every
+        """The trainer's step callback that logs ``train_step_loss`` and the memory high-water
+        mark ``train_step_peak_mem_mb`` (:func:`peak_memory_mb`) at every
         ``tracking.loss_every``-th optimizer step of the stream (None when off)."""
         p, every = self.parts, self.parts.cfg.tracking.loss_every
         if not every or p.log is None:
             return None
         log, before = p.log, sum(e.optimizer_steps for e in progress.per_exp)  # steps of earlier experiences
 
+        device = p.device
+
         def on_step(step: int, loss: torch.Tensor) -> None:
             if (before + step) % every == 0:
-                log({STEP_LOSS: float(loss)}, before + step)
+                log({STEP_LOSS: float(loss), STEP_PEAK_MEM: peak_memory_mb(device)}, before + step)
 
         return on_step
 
@@ -176,6 +179,17 @@ class TrainingLoop(Loop):
             save_checkpoint(run_dir, {**step, "experience": i, "config_key": key}, STEP_CHECKPOINT)
 
         return state, save
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The memory high-water mark so far, in MiB: on CUDA the peak allocated since the experience
+    began (the trainer resets it there), elsewhere the process's peak resident set (Linux
+    ``ru_maxrss``, KiB), as ``cost.peak_rss_mb`` measures it."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def derive_seed(*parts: int) -> int:

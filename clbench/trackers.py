@@ -18,8 +18,8 @@ for them): tracker files there would be a second copy of the same run (another W
 sync, other TensorBoard event files), so their file backends log nothing.
 
 Steps: per-experience metrics have ``step`` = experience index, the final metrics ``step`` = the
-number of experiences, ``train_step_loss`` (``tracking.loss_every``) ``step`` = the optimizer step
-counted over the whole stream.
+number of experiences, ``train_step_loss`` and ``train_step_peak_mem_mb`` (``tracking.loss_every``)
+``step`` = the optimizer step counted over the whole stream.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ from clbench.errors import ConfigError
 from clbench.options import flatten
 
 STEP_LOSS = "train_step_loss"  # the training loss every ``tracking.loss_every`` optimizer steps
+# beside it: the memory high-water mark up to that step (peak CUDA memory allocated since the
+# experience began on CUDA, the process's peak resident set elsewhere), in MiB
+STEP_PEAK_MEM = "train_step_peak_mem_mb"
+STEP_PREFIX = "train_step_"  # metrics logged on the optimizer-step axis
 _PLUGIN_OPTIONS = ("method", "scenario", "model")
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}  # backend -> the package it needs
 
@@ -243,7 +247,8 @@ class WandbTracker(FileTracker):
     later). Project = ``tracking.experiment``; config = the params, with the tags under ``tags``;
     the run id is kept in ``<run dir>/wandb_run_id`` so a resumed run continues it. W&B steps only
     grow, so each metric is logged against its own axis: ``experience`` (per-experience and final
-    metrics) or ``optimizer_step`` (``train_step_loss``); the summary holds the final values."""
+    metrics) or ``optimizer_step`` (``train_step_loss``, ``train_step_peak_mem_mb``); the summary holds
+    the final values."""
 
     name = "wandb"
 
@@ -275,7 +280,7 @@ class WandbTracker(FileTracker):
     def _log(self, metrics: dict[str, float], step: int) -> None:
         run = self._open()
         for axis in ("experience", "optimizer_step"):
-            part = {k: v for k, v in metrics.items() if (k == STEP_LOSS) == (axis == "optimizer_step")}
+            part = {k: v for k, v in metrics.items() if k.startswith(STEP_PREFIX) == (axis == "optimizer_step")}
             for k in sorted(part.keys() - self._defined):
                 run.define_metric(k, step_metric=axis)
                 self._defined.add(k)

@@ -144,7 +144,7 @@ class Tracker(Protocol):
     ``start`` receives flat params (the runner gives them under the command line's names,
     :func:`clbench.trackers.cli_params`) and tags (a run's include ``run_dir``, where the file
     backends write); ``log_metrics`` a step (experience index; the number of experiences for the
-    final metrics; the optimizer step for ``train_step_loss``)."""
+    final metrics; the optimizer step for ``train_step_loss`` and ``train_step_peak_mem_mb``)."""
 
     uri: str
     run_id: str | None

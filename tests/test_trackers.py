@@ -21,7 +21,7 @@ from clbench.errors import ConfigError
 from clbench.records import RunRecord
 from clbench.runner import run
 from clbench.testing import tiny_config
-from clbench.trackers import STEP_LOSS, FanOut, check_backends, cli_params
+from clbench.trackers import STEP_LOSS, STEP_PEAK_MEM, FanOut, check_backends, cli_params
 from clbench.tracking import MlflowRun, git_commit, open_tracker
 
 # the tiny stream: 3 experiences of 48 training samples, batch 8, 2 epochs: 12 optimizer steps each
@@ -87,6 +87,11 @@ def test_loss_every_logs_the_step_loss_without_changing_training(tmp_path: Path)
     for i, exp in enumerate(logged.per_experience):  # one batch per step: the steps' mean is the experience's
         mine = [v for s, v in losses if i * STEPS_PER_EXP < s <= (i + 1) * STEPS_PER_EXP]
         assert sum(mine) / len(mine) == pytest.approx(exp.mean_loss)
+    # beside each logged loss, the memory high-water mark so far: never falls, at most the run's peak
+    mem = _series(_csv_rows(Path(logged.run_dir)), STEP_PEAK_MEM)
+    assert [s for s, _ in mem] == [s for s, _ in losses]
+    values = [v for _, v in mem]
+    assert 0 < values[0] and values == sorted(values) and values[-1] <= logged.cost.peak_rss_mb
 
 
 def test_mlflow_run_has_commit_and_scenario_tags_and_cli_param_names(tmp_path: Path) -> None:
@@ -109,6 +114,7 @@ def test_mlflow_run_has_commit_and_scenario_tags_and_cli_param_names(tmp_path: P
 
     _check_logged(res, history)
     assert [s for s, _ in history(STEP_LOSS)] == list(range(4, STEPS_PER_EXP * N_EXP + 1, 4))
+    assert [s for s, _ in history(STEP_PEAK_MEM)] == list(range(4, STEPS_PER_EXP * N_EXP + 1, 4))
     assert client.search_runs([r.info.experiment_id], "metrics.acc > -1 and params.`method.ewc_lambda` = '3.0'")
 
 
@@ -131,6 +137,7 @@ def test_wandb_offline_writes_the_run_inside_the_run_dir(tmp_path: Path, monkeyp
     exp_rows = [h for h in history if "experience" in h]
     _check_logged(res, lambda name: [(int(h["experience"]), h[name]) for h in exp_rows if name in h])
     steps = [int(h["optimizer_step"]) for h in history if STEP_LOSS in h]
+    assert steps == [int(h["optimizer_step"]) for h in history if STEP_PEAK_MEM in h]
     assert steps == list(range(6, STEPS_PER_EXP * N_EXP + 1, 6))
     assert summary["acc"] == pytest.approx(res.metrics["acc"])
 
