@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -143,36 +144,53 @@ def test_wandb_offline_writes_the_run_inside_the_run_dir(tmp_path: Path, monkeyp
 
 
 def _read_wandb(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """History rows and the last summary values of a W&B offline run file (a LevelDB-style log of
-    protobuf ``Record``s: a 7-byte header, 32 KiB blocks, 7-byte record headers)."""
+    """History rows and the last summary values of a W&B offline run file, once its writer (W&B's
+    service process, which may still be flushing after ``finish`` returns on a loaded machine) has
+    written the run's closing ``exit`` record."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data, pos, buf, records = path.read_bytes(), 7, b"", []
+    for _ in range(600):  # a bound, not a timing assertion: at most about a minute of waiting
+        recs = []
+        for raw in _wandb_records(path.read_bytes()):
+            rec = pb.Record()
+            rec.ParseFromString(raw)
+            recs.append(rec)
+        if any(r.WhichOneof("record_type") == "exit" for r in recs):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"{path} never got its exit record")
+
+    def items(entries: Any) -> dict[str, Any]:
+        return {e.key or "/".join(e.nested_key): json.loads(e.value_json) for e in entries}
+
+    history: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for rec in recs:
+        if rec.WhichOneof("record_type") == "history":
+            history.append(items(rec.history.item))
+        elif rec.WhichOneof("record_type") == "summary":
+            summary.update(items(rec.summary.update))
+    return history, summary
+
+
+def _wandb_records(data: bytes) -> list[bytes]:
+    """The raw records of a W&B run file (a LevelDB-style log of protobuf ``Record``s: a 7-byte
+    header, 32 KiB blocks, 7-byte record headers); a record still being written is left out."""
+    pos, buf, records = 7, b"", []
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # block trailer
             pos += 32768 - pos % 32768
             continue
         _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0:
+        if kind == 0 or pos + 7 + n > len(data):  # padding, or a record not yet written in full
             break
         buf += data[pos + 7 : pos + 7 + n]
         pos += 7 + n
         if kind in (1, 4):  # a full record, or the last piece of one
             records.append(buf)
             buf = b""
-    def items(entries: Any) -> dict[str, Any]:
-        return {e.key or "/".join(e.nested_key): json.loads(e.value_json) for e in entries}
-
-    history: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    for raw in records:
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "history":
-            history.append(items(rec.history.item))
-        elif rec.WhichOneof("record_type") == "summary":
-            summary.update(items(rec.summary.update))
-    return history, summary
+    return records
 
 
 def test_bad_backend_name_is_one_clear_error() -> None:
