@@ -72,6 +72,38 @@ def draw(space: Mapping[str, Grid], n: int, seed: int) -> list[dict[str, Any]]:
     return [dict(zip(keys, c, strict=True)) for c in combos[:n]]
 
 
+def widen(space: Mapping[str, Grid], wider: Mapping[str, Sequence[Any]], where: str) -> dict[str, Grid]:
+    """``space`` with the grids named in ``wider`` replaced by the given values: a track's
+    ``search`` (clbench.tracks), which widens a method's grids on that track only, after a winner
+    there sat on an open edge. Only widening: the new values must include every registered one
+    (so a track can never narrow a method's search); the closed ends and ``inert_when`` of the
+    registered grid carry over where that end is unchanged. ``where`` names the declaration in
+    errors (``<track.yaml>: search.<method>``)."""
+    from clbench.errors import ConfigError
+
+    out = dict(space)
+    for key, values in wider.items():
+        if key not in space:
+            raise ConfigError(f"{where}.{key}", key, sorted(space))
+        reg, new = space[key], tuple(values)
+        missing = [v for v in reg.values if v not in new]
+        if missing or len(set(new)) != len(new):
+            raise ConfigError(f"{where}.{key}", list(new),
+                              f"distinct values including every registered one {list(reg.values)} "
+                              f"(a track only widens a grid){f'; missing {missing}' if missing else ''}")
+        closed_min = reg.closed_min and min(new) == min(reg.values)
+        closed_max = reg.closed_max and max(new) == max(reg.values)
+        out[key] = Grid(new, closed_min, closed_max, reg.inert_when)
+    return out
+
+
+def from_record(rec: Mapping[str, Any]) -> Grid:
+    """The :class:`Grid` a :meth:`Grid.record` describes."""
+    closed = rec.get("closed")
+    return Grid(tuple(rec.get("values") or ()), closed in ("min", "both"), closed in ("max", "both"),
+                tuple(sorted((rec.get("inert_when") or {}).items())))
+
+
 def space_record(space: Mapping[str, Grid]) -> dict[str, Any]:
     return {k: space[k].record() for k in sorted(space)}
 

@@ -51,11 +51,21 @@ class Protocol:
     rank_by: str = "acc"
     shown: tuple[str, ...] = ()  # metrics the board shows beside it
     kind: str = "labelled"  # the track's kind (clbench.tracks.KINDS): test_time runs record R as 1 x D
+    # method -> {dotted key: values}: grids this track widens (track.yaml ``search``)
+    search: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
 
     @property
     def tuned(self) -> bool:
         """Whether the protocol has a tuning phase (a budget of one trial or more)."""
         return self.n_trials > 0
+
+    def space_for(self, method: str, registered: Mapping[str, Any]) -> dict[str, Any]:
+        """``method``'s search space on this track: its registered grids (``registered``, name ->
+        :class:`clbench.search.Grid`), with the ones the track widens replaced."""
+        from clbench.search import widen
+
+        wider = self.search.get(method)
+        return widen(registered, wider, f"{self.track}: search.{method}") if wider else dict(registered)
 
     def record(self) -> dict[str, Any]:
         """What protocol.json stores under ``protocol``."""
@@ -73,7 +83,8 @@ def protocol_of(track: Any) -> Protocol:
                     n_trials=track.n_trials, tune_options=dict(tune.options) if tune else {},
                     eval_options=dict(track.evaluate.options), fixed=dict(track.fixed),
                     eval_seeds=track.eval_seeds, retired=track.status == "retired",
-                    rank_by=track.rank_by, shown=tuple(track.shown), kind=track.kind)
+                    rank_by=track.rank_by, shown=tuple(track.shown), kind=track.kind,
+                    search={m: dict(g) for m, g in track.search.items()})
 
 
 def _declared() -> dict[str, Protocol]:
@@ -127,7 +138,7 @@ class ProtocolRun:
         from clbench.registry import METHODS, load_plugins
 
         load_plugins()
-        return dict(METHODS.get(self.method).search_space)
+        return self.protocol.space_for(self.method, METHODS.get(self.method).search_space)
 
     @property
     def name(self) -> str:

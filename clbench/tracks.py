@@ -34,6 +34,11 @@ reference learners and thresholds of its health check. The quick suite (``make b
       upper: <method>                                    # sequential fine-tuning, training on all seen data
       thresholds: {learns: 0.8, forgets: 0.05, headroom: 0.05, resolution: 4.0, ...}
       upper_options: {method.once: true}                 # optional: the upper learner's options in the check
+    search:                                              # optional: grids this track widens, per method
+      lwf: {method.alpha: [0.0, 0.1, ..., 10.0, 20.0, 50.0]}
+    #   after a winner on this track sat on an open edge of a method's registered grid: the values
+    #   replace that grid on this track only (they must include every registered value, so a track
+    #   only widens), the budget stays the track's n_trials; other tracks keep the registered grid
 
 Location overrides: a track check (:func:`clbench.health.check_track`) and a board
 (:func:`clbench.board.make_board`, ``clbench board <track> key=path ...``) take, on top of the
@@ -124,6 +129,8 @@ class Track:
     seeds: tuple[int, ...]
     health: Health
     path: Path
+    # method -> {dotted key: values}: the grids this track widens (clbench.search.widen)
+    search: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
 
     def run_values(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run-config values of a quick-suite / health-check run (seed and method not included)."""
@@ -220,8 +227,26 @@ def parse_track(doc: Any, path: Path) -> Track:
         health=Health(str(h.get("lower", "")), str(h.get("upper", "")),
                       {**DEFAULT_THRESHOLDS[kind], **{k: float(v) for k, v in (h.get("thresholds") or {}).items()}},
                       _upper_options(h.get("upper_options"), path)),
-        path=path,
+        path=path, search=_search(doc.get("search"), path),
     )
+
+
+def _search(doc: Any, path: Path) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """``search:``: method -> {dotted key: non-empty list of values} (whether the method and key
+    exist, and that the list widens the registered grid, is checked where the grid is used)."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: search", doc, "a mapping: method -> {dotted key: [values]}")
+    out: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for method, grids in doc.items():
+        if not isinstance(grids, dict) or not grids:
+            raise ConfigError(f"{path}: search.{method}", grids, "a mapping: dotted key -> [values]")
+        for key, values in grids.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{path}: search.{method}.{key}", values, "a non-empty list of values")
+        out[str(method)] = {str(k): tuple(v) for k, v in grids.items()}
+    return out
 
 
 @lru_cache(maxsize=4)

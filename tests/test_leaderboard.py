@@ -729,3 +729,17 @@ def test_rejections_on_a_retired_board_are_listed_but_not_counted(
     assert "0 valid, 0 rejected, 1 rejected on retired boards" in out
     lb.render(boards)
     assert "**Superseded:**" in (boards / "vision" / "README.md").read_text()
+
+
+def test_an_entry_tuned_over_a_grid_its_track_widens_is_valid_there_and_stale_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = _entry(tmp_path)
+    e["search_space"]["method.strength"]["values"].append(2.0)
+    e["hyperparameters"]["method.strength"] = e["config"]["method.strength"] = 2.0
+    _rehash(e)
+    assert any("search space differs from fixture_method's registered grid" in r for r in lb.validate_entry(e))
+    wide = dataclasses.replace(PROTOCOLS["vision"], search={"fixture_method": {"method.strength": (0.1, 0.5, 1.0, 2.0)}})
+    monkeypatch.setitem(PROTOCOLS, "vision", wide)
+    assert [r for r in lb.validate_entry(e) if "grid" in r or "search" in r] == []
+    # the board says which grids the track widens
+    assert "fixture_method `method.strength` to 0.1, 0.5, 1.0, 2.0" in lb.columns._protocol_line("vision", wide)

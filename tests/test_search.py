@@ -54,3 +54,33 @@ def test_methods_make_a_parameter_inert_only_through_a_value_of_their_own_space(
         for key, g in space.items():
             for other, value in g.inert_when:
                 assert other != key and other in space and value in space[other].values, (name, key, other)
+
+
+def test_a_track_widens_a_grid_keeping_its_closed_end_and_inert_rule() -> None:
+    from clbench.search import from_record, widen
+
+    reg = {"method.alpha": grid(0.0, 1.0, 10.0, closed_min=True, inert_when={"method.t": 1.0}),
+           "trainer.lr": grid(1e-3, 1e-2, closed_max=True)}
+    wide = widen(reg, {"method.alpha": [0.0, 1.0, 10.0, 50.0]}, "x.yaml: search.m")
+    assert wide["method.alpha"].values == (0.0, 1.0, 10.0, 50.0)
+    assert wide["method.alpha"].closed_min and wide["method.alpha"].inert_when == (("method.t", 1.0),)
+    assert wide["trainer.lr"] is reg["trainer.lr"]
+    # a new top is an open edge again; the registered closed top no longer holds beyond it
+    assert not widen(reg, {"trainer.lr": [1e-3, 1e-2, 1e-1]}, "w")["trainer.lr"].closed_max
+    assert grid_edges({"method.alpha": 50.0}, space_record(wide)) == ["method.alpha=50.0 (max)"]
+    assert grid_edges({"method.alpha": 10.0}, space_record(wide)) == []
+    # the record round-trips
+    assert {k: from_record(r) for k, r in space_record(wide).items()} == wide
+
+
+def test_a_track_can_only_widen_a_grid_it_names_and_says_which_values_are_missing() -> None:
+    from clbench.errors import ConfigError
+    from clbench.search import widen
+
+    reg = {"method.alpha": grid(0.0, 1.0, 10.0, closed_min=True)}
+    with pytest.raises(ConfigError, match=r"x.yaml: search.lwf.method.alph.*method.alpha"):
+        widen(reg, {"method.alph": [1.0]}, "x.yaml: search.lwf")
+    with pytest.raises(ConfigError, match=r"search.lwf.method.alpha.*only widens.*missing \[0.0\]"):
+        widen(reg, {"method.alpha": [1.0, 10.0, 50.0]}, "x.yaml: search.lwf")
+    with pytest.raises(ConfigError, match="distinct"):
+        widen(reg, {"method.alpha": [0.0, 1.0, 10.0, 10.0]}, "x.yaml: search.lwf")

@@ -101,6 +101,37 @@ def test_bad_declarations_name_file_field_and_choices(tmp_path: Path) -> None:
         parse_track(_doc(rank_by="acuracy"), path)
     with pytest.raises(ConfigError, match=r"shown.*'retention'"):
         parse_track(_doc(shown=["forgetting", "retention"]), path)
+    with pytest.raises(ConfigError, match=r"search.lwf.method.alpha.*non-empty list"):
+        parse_track(_doc(search={"lwf": {"method.alpha": 50.0}}), path)
+    with pytest.raises(ConfigError, match=r"search=.*mapping"):
+        parse_track(_doc(search=["lwf"]), path)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, t in TRACKS.items() if t.search))
+def test_widened_grids_name_registered_methods_and_widen_their_grids(name: str) -> None:
+    load_plugins()
+    p = tuning.PROTOCOLS[name]
+    for method, grids in TRACKS[name].search.items():
+        assert method in METHODS.names(), method
+        space = p.space_for(method, METHODS.get(method).search_space)  # raises on a narrowed grid
+        assert {k: space[k].values for k in grids} == grids
+
+
+def test_a_protocol_run_tunes_over_the_grids_its_track_widens(tmp_path: Path) -> None:
+    from clbench.search import space_record
+    from clbench.study import ProtocolRun
+
+    load_plugins()
+    t = parse_track(_doc(tune={"scenario": "split_digits", "options": {}},
+                         search={"lwf": {"method.alpha": [0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]}}),
+                    tmp_path / "x" / "track.yaml")
+    p = tuning.protocol_of(t)
+    wide, plain = ProtocolRun("lwf", p, {}, ""), ProtocolRun("ewc", p, {}, "")
+    assert wide.space["method.alpha"].values[-2:] == (20.0, 50.0)
+    assert plain.space == METHODS.get("ewc").search_space
+    narrow = ProtocolRun("lwf", replace(p, search={}), {}, "")
+    assert wide.name != narrow.name  # another grid, another study
+    assert space_record(wide.space) != space_record(narrow.space)
 
 
 def _run(acc: float, plasticity: float, forgetting: float, retention: float | None = None,

@@ -199,4 +199,14 @@ def _protocol_line(track: str, proto: Protocol | None) -> str:
             f"95 % t-interval; a rank shared with the entry above (`3=`) means the intervals overlap. "
             f"ΔACC: paired t-test against the track's lower reference learner on the same seeds "
             f"(▲ better, ▼ worse: p < 0.05). Schema-1 entries "
-            f"show the population std and no interval.")
+            f"show the population std and no interval.{_widened(proto)}")
+
+
+def _widened(proto: Protocol) -> str:
+    """The grids the track widens (track.yaml ``search``), as a sentence; '' when none."""
+    if not proto.search:
+        return ""
+    parts = [f"{m} `{k}` to {', '.join(map(str, v))}" for m, grids in sorted(proto.search.items())
+             for k, v in sorted(grids.items())]
+    return (" Grids this track widens (after a winner here sat on an open edge of the method's "
+            f"registered grid; same budget): {'; '.join(parts)}.")

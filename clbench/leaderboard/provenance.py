@@ -2,7 +2,9 @@
 
 - **The method is registered**, and its **registered search space** is the one the entry was
   tuned over: an entry may not declare its own grid, and the chosen hyperparameters must be
-  points of the registered grid (a method whose space has changed since has a stale entry).
+  points of the registered grid (a method whose space has changed since has a stale entry). On a
+  track that widens some of a method's grids (track.yaml ``search``) the widened grids are the
+  registered ones there.
 - **The budget adds up:** at least one trial (none under a zero budget), failed trials among the used ones, a non-negative
   tuning time.
 - **Summaries follow from the per-seed values:** every metric's mean, std, count and 95 %
@@ -40,14 +42,21 @@ def registered_search_spaces() -> dict[str, dict[str, Any]]:
     return dict(_SPACES)
 
 
-def method_errors(entry: LeaderboardEntry, spaces: Mapping[str, Mapping[str, Any]], tuned: bool = True) -> list[str]:
+def method_errors(entry: LeaderboardEntry, spaces: Mapping[str, Mapping[str, Any]], tuned: bool = True,
+                  protocol: Any = None) -> list[str]:
     """The method registered; the entry's search space and H* inside the registered grid (a
-    zero-budget protocol, ``tuned`` false, searches no grid: the settings check requires both empty)."""
+    zero-budget protocol, ``tuned`` false, searches no grid: the settings check requires both empty).
+    ``protocol`` (a :class:`clbench.study.Protocol`): the grids its track widens replace the
+    registered ones (track.yaml ``search``)."""
     space = spaces.get(entry.method)
     if space is None:
         return [f"method {entry.method!r} is not registered (registered: {', '.join(sorted(spaces))})"]
     if not tuned:
         return []
+    if protocol is not None and protocol.search.get(entry.method):
+        from clbench.search import from_record, space_record
+
+        space = space_record(protocol.space_for(entry.method, {k: from_record(r) for k, r in space.items()}))
     errs = []
     if entry.search_space != dict(space):
         keys = sorted(set(entry.search_space) | set(space))

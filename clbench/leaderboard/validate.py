@@ -82,7 +82,7 @@ def check_entry(entry: Any, protocols: Mapping[str, Protocol] = PROTOCOLS, *,
     for check in (_protocol_errors, _budget_errors, _settings_errors, _scenario_errors):
         reasons += check(rec, proto, versions)
     spaces = provenance.registered_search_spaces() if search_spaces is None else search_spaces
-    reasons += (provenance.method_errors(rec, spaces, tuned=proto.tuned) + provenance.budget_errors(rec)
+    reasons += (provenance.method_errors(rec, spaces, tuned=proto.tuned, protocol=proto) + provenance.budget_errors(rec)
                 + provenance.commit_errors(rec))
     return rec, reasons + _consistency_errors(rec, proto)
 
