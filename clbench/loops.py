@@ -187,6 +187,11 @@ def peak_memory_mb(device: torch.device) -> float:
     ``ru_maxrss``, KiB), as ``cost.peak_rss_mb`` measures it."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far, in MiB (Linux ``ru_maxrss`` is in KiB)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -7,7 +7,6 @@ from the last one and gives the same R as an uninterrupted run (per-experience r
 
 from __future__ import annotations
 
-import resource
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from clbench.config import RunConfig
 from clbench.errors import ClbenchError, ConfigError
 from clbench.finish import MLFLOW_ID, STATUS, finish_outputs, read_finished, read_text
 from clbench.foundation import obtain_foundation
-from clbench.loops import RunParts, TrainingLoop, derive_seed
+from clbench.loops import RunParts, TrainingLoop, derive_seed, peak_rss_mb
 from clbench.models import build_model, count_params, is_pretrained, lm_eval_handle, model_family
 from clbench.options import to_plain
 from clbench.probes import probe_scores
@@ -291,7 +290,7 @@ class _Run:
             wall_time_s=self.progress.wall_s, train_time_s=train_time, train_samples=samples,
             train_samples_per_s=samples / max(train_time, 1e-9),
             optimizer_steps=sum(p.optimizer_steps for p in per),
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mb=peak_rss_mb(),
             peak_cuda_mb=_cuda_peak_mb(), trainable_params=trainable, total_params=total,
             general_eval_time_s=self.progress.general_time_s))
 
