@@ -35,7 +35,7 @@ reference learners and thresholds of its health check. The quick suite (``make b
       thresholds: {learns: 0.8, forgets: 0.05, headroom: 0.05, resolution: 4.0, ...}
       upper_options: {method.once: true}                 # optional: the upper learner's options in the check
     search:                                              # optional: grids this track widens, per method
-      lwf: {method.alpha: [0.0, 0.1, ..., 10.0, 20.0, 50.0]}
+      <method>: {method.<option>: [v1, v2, ..., wider values]}
     #   after a winner on this track sat on an open edge of a method's registered grid: the values
     #   replace that grid on this track only (they must include every registered value, so a track
     #   only widens), the budget stays the track's n_trials; other tracks keep the registered grid
